@@ -1,0 +1,306 @@
+"""Benchmark configs: YAML files in ``benchmarks/configs/`` loaded into typed dataclasses.
+
+A config is the matched budget every method shares (data, tokenizer, backbone, ``train``,
+``eval``) plus a ``methods`` section with the method-specific options only. Unknown keys,
+wrong types and method options that try to change the shared budget are errors naming the key.
+Command-line overrides use dotted keys: ``--set train.iterations=200 methods.purr.z_loss=0``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backbones.dit import parse_backbone_name
+from backbones.vqvae import VQVAEConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist5k"
+    """``mnist5k`` (offline default), ``imagefolder`` (``path`` = ROOT/<class>/<image>) or
+    ``shards`` (``path`` = a folder written by ``python -m benchmarks.encode``)."""
+    path: str | None = None
+    image_size: int = 32
+    reference: str | None = None
+    """Evaluation reference: None = the training images; or an image folder, or an ADM-style ``.npz``."""
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "vqvae"
+    """``vqvae`` (trained by the suite on the data) or a pretrained kind read from ``ckpt``:
+    ``vq-f8``, ``llamagen-vq8``, ``llamagen-vq16``, ``taming-f16``."""
+    ckpt: str | None = None
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+
+
+@dataclass
+class TrainConfig:
+    """The shared training budget (SPEC.md: identical for every method)."""
+
+    iterations: int = 1000
+    batch_size: int = 64
+    """Global batch; with data parallelism each rank takes batch_size / world_size."""
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    label_dropout: float = 0.1
+    seed: int = 0
+    """Seed of the first run; ``--seeds N`` runs seed, seed + 1, ..., seed + N - 1."""
+    checkpoint_every: int = 500
+    """Checkpoints (and evaluations) every this many steps, and at the last step."""
+    keep_checkpoints: int = 1
+    log_every: int = 10
+    device: str = "auto"
+    """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
+    compile: bool = False
+
+
+@dataclass
+class EvalCell:
+    """One evaluation setting of a sampler."""
+
+    steps: int = 100
+    temperature: float | None = None
+    """None = the method's default (``eval.temperature``)."""
+    cfg_scale: float = 1.0
+    at: str = "every"
+    """``every`` checkpoint or only the ``last`` one."""
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    num_samples: int = 1000
+    batch_size: int = 250
+    feature_extractor: str = "auto"
+    """``auto`` (``mnist-cnn`` for MNIST data, else ``inception-v3-compat``), or one of those."""
+    inception_weights: str | None = None
+    cells: list[EvalCell] = field(default_factory=lambda: [EvalCell()])
+    temperatures: list[float] = field(default_factory=list)
+    """The temperature sweep (run with ``sweep_steps`` at the last checkpoint)."""
+    sweep_steps: int = 50
+    sweep_at: int | None = None
+    """Step of the checkpoint the sweep runs at (None = the last one)."""
+    method_temperature: dict[str, float] = field(default_factory=dict)
+    """Per-method default temperature for the cells (e.g. ``purr: 0.9``); others use 1.0."""
+    grid_samples: int = 64
+    """Images in each PNG sample grid."""
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "local"
+    partition: str | None = None
+    gpus_per_job: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float = 8
+    timeout_min: int = 60
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    max_num_timeout: int = 3
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "unnamed"
+    description: str = ""
+    backbone: str = "mini/1"
+    """A DiT preset and patch size, e.g. ``DiT-XL/2`` or ``mini/1``."""
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SHARED_SECTIONS = ("data", "tokenizer", "train", "eval", "backbone")
+
+
+# ----------------------------------------------------------------------------- building
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (recursively), converting ints to floats
+    and lists to tuples where the annotation asks for them."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise ConfigError naming them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; valid keys"
+                          f"{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(f"unknown config {name_or_path!r}; available: {', '.join(available_configs())} "
+                      "(or a path to a .yaml file)")
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested mapping in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(name_or_path: str = "default", overrides: list[str] = ()) -> BenchmarkConfig:
+    """Load a config by name (``benchmarks/configs/NAME.yaml``) or path, apply ``--set`` overrides,
+    and validate it (including each method section against its plugin's options)."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    data.setdefault("name", path.stem)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    cfg = build(BenchmarkConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict) -> BenchmarkConfig:
+    """Rebuild a resolved config (e.g. from a checkpoint or manifest)."""
+    cfg = build(BenchmarkConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: BenchmarkConfig) -> None:
+    from methods import get_method
+
+    try:
+        parse_backbone_name(cfg.backbone)
+    except ValueError as e:
+        raise ConfigError(f"backbone: {e}") from None
+    shared = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(BenchmarkConfig)}
+    for name, options in cfg.methods.items():
+        try:
+            cls = get_method(name)
+        except KeyError as e:
+            raise ConfigError(f"methods.{name}: {e.args[0]}") from None
+        if not isinstance(options, dict):
+            raise ConfigError(f"methods.{name}: expected a mapping of options, got {options!r}")
+        for key in options:
+            if key in shared:
+                raise ConfigError(f"methods.{name}.{key}: {key!r} is a shared budget key; every method "
+                                  f"must use the same value, set it once in the shared section instead")
+            if key not in cls.option_names():
+                raise ConfigError(f"methods.{name}.{key}: unknown option for method {name!r}; "
+                                  f"valid options: {', '.join(cls.option_names()) or '(none)'}")
+    t = cfg.train
+    checks = [(t.iterations >= 1, "train.iterations must be >= 1"),
+              (t.batch_size >= 1, "train.batch_size must be >= 1"),
+              (t.lr > 0, "train.lr must be > 0"),
+              (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+              (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
+              (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+              (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+              (t.log_every >= 1, "train.log_every must be >= 1"),
+              (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
+              (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+              (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
+               f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
+              (cfg.launcher.kind in ("local", "submitit-local", "slurm"),
+               f"launcher.kind must be local, submitit-local or slurm, got {cfg.launcher.kind!r}")]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def method_options(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
+    return dict(cfg.methods.get(method, {}))

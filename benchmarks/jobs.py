@@ -1,0 +1,48 @@
+"""One benchmark job = one (method, seed): prepare the shared latent space, train, evaluate.
+
+Every launcher (in-process, submitit subprocesses, SLURM job arrays) runs this same function,
+so a job's results do not depend on where it ran.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.config import BenchmarkConfig
+from benchmarks.distributed import DistEnv
+from benchmarks.latents import LatentSpace, prepare_latents
+from benchmarks.manifest import update_manifest
+from benchmarks.train import Trainer
+
+
+def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
+    d, tok = cfg.data, cfg.tokenizer
+    return prepare_latents(d.dataset, d.path, d.image_size, tok.kind, tok.ckpt, tok.vqvae, progress=progress)
+
+
+def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool):
+    if not cfg.eval.enabled:
+        return None
+    from benchmarks.evaluate import Evaluator
+
+    return Evaluator(cfg, latents, run_dir, progress=progress)
+
+
+def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *,
+            latents: LatentSpace | None = None, evaluator=None, progress: bool = True) -> dict:
+    """Train (resuming from the newest checkpoint if any) and evaluate one job; returns its summary."""
+    run_dir = Path(run_dir)
+    dist = DistEnv.from_environment()
+    if latents is None:
+        start = time.perf_counter()
+        latents = latents_for(cfg, progress=progress and dist.is_main)
+        if dist.is_main:
+            update_manifest(run_dir, {"timings": {"latents_s": round(time.perf_counter() - start, 2)},
+                                      "latents": latents.info})
+    if evaluator is None:
+        evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
+    trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)
+    summary = trainer.run(resume=True, on_checkpoint=evaluator if dist.is_main else None)
+    if dist.is_main:
+        update_manifest(run_dir, {"jobs": {f"{method}/seed{seed}": summary}})
+    return summary

@@ -1,0 +1,73 @@
+"""The run manifest (``<run>/manifest.json``): resolved config, package versions, machine,
+latent-space info, per-job summaries and timings. Several jobs of one run (e.g. a SLURM job
+array) update it concurrently, so every update is a locked read-merge-write, written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from benchmarks.atomic import locked, save_json
+
+PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "pandas", "submitit", "matplotlib", "seaborn")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def machine_info() -> dict:
+    info = {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def git_commit() -> str:
+    """The project's git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_manifest(run_dir: str | Path, patch: dict) -> dict:
+    """Merge ``patch`` into the manifest (nested dicts merge key by key) under a file lock."""
+    path = Path(run_dir) / "manifest.json"
+    with locked(path):
+        manifest = _merge(read_manifest(run_dir), patch)
+        save_json(manifest, path)
+    return manifest

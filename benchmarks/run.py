@@ -1,0 +1,142 @@
+"""``python -m benchmarks.run``: train every method at a matched budget, evaluate, report.
+
+    python -m benchmarks.run --methods purr,cfm,dfm                 # the offline MNIST benchmark
+    python -m benchmarks.run --config smoke --out runs/smoke         # CI-sized
+    python -m benchmarks.run --list                                  # methods and configs
+    python -m benchmarks.run --resume --out runs/default             # continue a stopped run
+
+Rerunning a command on an existing run folder continues it (finished jobs and evaluation cells
+are skipped). Exit status 2 for bad input (unknown method, config or key).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
+from benchmarks.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", help="comma-separated method names (default: the config's methods section)")
+    p.add_argument("--config", default=None, help="config name in benchmarks/configs or a YAML path (default: default)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds: train.seed, train.seed + 1, ...")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set train.iterations=200 methods.purr.z_loss=0")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved config (error if there is none)")
+    p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
+    p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    return p.parse_args(argv)
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def import_plugins(spec: str) -> None:
+    for module in filter(None, (m.strip() for m in spec.split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            fail(f"--plugins: cannot import {module!r}: {e}")
+
+
+def print_listing() -> None:
+    from methods import get_method, method_names
+
+    print("methods:")
+    for name in method_names():
+        cls = get_method(name)
+        options = ", ".join(cls.option_names()) or "no options"
+        print(f"  {name:<14} ({options}); temperature: {cls.temperature_meaning}")
+    print("configs:")
+    for name in available_configs():
+        print(f"  {name}")
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
+    if args.resume:
+        if args.out is None:
+            fail("--resume needs --out RUN_DIR (the run to continue)")
+        saved = read_manifest(args.out).get("config")
+        if saved is None:
+            fail(f"--resume: {args.out} holds no run (no manifest.json with a config)")
+        if args.config or args.overrides:
+            fail("--resume continues with the run's saved config; do not pass --config or --set")
+        return from_dict(saved), args.out
+    cfg = load_config(args.config or "default", args.overrides)
+    return cfg, args.out or Path("runs") / cfg.name
+
+
+def check_same_config(run_dir: Path, cfg: BenchmarkConfig) -> None:
+    """Refuse to mix results of different configs in one run folder."""
+    saved = read_manifest(run_dir).get("config")
+    if saved is None or saved == cfg.to_dict():
+        return
+    current = cfg.to_dict()
+
+    def diff(a, b, prefix=""):
+        for key in sorted(set(a) | set(b)):
+            va, vb = a.get(key), b.get(key)
+            if isinstance(va, dict) and isinstance(vb, dict):
+                yield from diff(va, vb, f"{prefix}{key}.")
+            elif va != vb:
+                yield f"{prefix}{key}: {va!r} in the run, {vb!r} now"
+
+    fail(f"{run_dir} holds a run with a different config ({'; '.join(list(diff(saved, current))[:5])}); "
+         "use another --out, or --resume to continue it as it was")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import methods  # noqa: F401  (registers the built-ins)
+    from methods import method_names
+
+    import_plugins(args.plugins)
+    if args.list:
+        print_listing()
+        return 0
+    try:
+        cfg, run_dir = resolve_config(args)
+    except ConfigError as e:
+        fail(str(e))
+    saved = read_manifest(run_dir) if args.resume else {}
+    if args.methods:
+        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:
+        chosen = saved.get("methods") or list(cfg.methods) or method_names()
+    unknown = [m for m in chosen if m not in method_names()]
+    if unknown:
+        fail(f"unknown method {unknown[0]!r}; registered methods: {', '.join(method_names())}")
+    if args.seeds < 1:
+        fail("--seeds must be >= 1")
+    seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
+    check_same_config(run_dir, cfg)
+
+    from benchmarks.launch import launch
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
+                              "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
+                              "git_commit": git_commit()})
+    start = time.perf_counter()
+    launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress)
+    update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
+    print(f"\nrun folder: {run_dir.resolve()}")
+    for name in ("metrics.csv", "report/report.md", "samples"):
+        if (run_dir / name).exists():
+            print(f"  {name:<18} {(run_dir / name).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
