@@ -130,6 +130,23 @@ def uniform_times(n: int, generator: torch.Generator, device, t_eps: float = T_E
     return t_eps + (1.0 - t_eps) * u
 
 
+def gaussian_path_draws(codes: Tensor, code_dim: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Randomness of one step on the Gaussian path z_t = t z1 + (1 - t) z0 (purr, cfm, cfm-endpoint).
+
+    codes (B, h, w) -> ``{"t": (B,) ~ U[T_EPS, 1), "z0": (B, d, h, w) ~ N(0, I)}``, drawn on
+    ``generator.device``.
+    """
+    b, h, w = codes.shape
+    return {"t": uniform_times(b, generator, generator.device),
+            "z0": torch.randn(b, code_dim, h, w, generator=generator, device=generator.device)}
+
+
+def check_temperature(temperature: float, method: str) -> None:
+    """Samplers take a strictly positive temperature; anything else is an error naming the method."""
+    if not temperature > 0:
+        raise ValueError(f"method {method!r}: temperature must be > 0, got {temperature}")
+
+
 def time_grid(steps: int, device) -> Tensor:
     """The Euler grid 0 = t_0 < t_1 < ... < t_N = 1, shape (steps + 1,)."""
     if steps < 1:
@@ -192,8 +209,13 @@ def entropy(probs: Tensor, dim: int = 1) -> Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim)
 
 
+def categorical_draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Draw one category per position from probabilities (B, V, h, w) -> (B, h, w)."""
+    b, v, h, w = probs.shape
+    flat = probs.permute(0, 2, 3, 1).reshape(-1, v)
+    return torch.multinomial(flat, 1, generator=generator).view(b, h, w)
+
+
 def softmax_draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
     """Draw one category per position from softmax(logits / tau); logits (B, V, h, w) -> (B, h, w)."""
-    b, v, h, w = logits.shape
-    probs = F.softmax(logits.float() / temperature, dim=1).permute(0, 2, 3, 1).reshape(-1, v)
-    return torch.multinomial(probs, 1, generator=generator).view(b, h, w)
+    return categorical_draw(F.softmax(logits.float() / temperature, dim=1), generator)

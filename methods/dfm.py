@@ -1,0 +1,131 @@
+"""Discrete flow matching with a masked source (``dfm``), and the machinery shared with ``dfm-uniform``.
+
+Mixture path with scheduler ``kappa(t) = t``: every position independently keeps its clean code
+``c`` with probability ``kappa(t)``, else shows a source token. ``draw`` gives ``t ~ U[T_EPS, 1)``
+and per-position uniforms ``u``; a position keeps its code iff ``u < t``.
+
+Training: the backbone takes the token grid ``x_t`` and emits logits over the vocabulary per
+position; loss = CE(l, c) + z_loss * logsumexp(l)^2, averaged over positions.
+
+Sampling (Euler on the CTMC, step h = t' - t): every position that may still move jumps with
+probability ``min(1, h kappa'(t) / (1 - kappa(t))) = min(1, h / (1 - t))`` (1 on the last step)
+to a draw from ``softmax(l[:K] / tau)`` (CFG on the logits before the temperature). The trace
+records the mean per-position entropy of that jump distribution (the model's posterior over the
+clean code) at each step.
+
+``dfm``: vocabulary V = K + 1 with mask id K; the sampler starts all-mask, only masked positions
+move, and a position never returns to the mask (no re-masking). Option ``masked_only`` restricts
+the loss to masked positions (the paper's loss counts all positions).
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, categorical_draw, categorical_loss,
+                          check_temperature, entropy, euler_hazard, guided, passes_per_step, time_grid,
+                          uniform_times)
+from methods.registry import register
+
+
+class DiscreteFlow(Method):
+    """The mixture-path DFM core; subclasses choose the source (vocabulary, corruption, start)."""
+
+    temperature_meaning = "softmax temperature on jump distribution"
+
+    def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5):
+        super().__init__(codebook, normalized)
+        if not z_loss >= 0:
+            raise ValueError(f"method {self.name!r}: z_loss must be >= 0, got {z_loss}")
+        self.z_loss = z_loss
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """V: the token ids the backbone reads and the logits it emits."""
+
+    @abstractmethod
+    def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        """The source token grid (B, h, w) that replaces dropped codes in training."""
+
+    @abstractmethod
+    def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
+        """The sampler's starting grid x_0, (B, h, w) int64."""
+
+    @abstractmethod
+    def movable(self, x: Tensor) -> Tensor:
+        """Bool (B, h, w): positions allowed to jump at the next sampler step."""
+
+    def backbone_io(self) -> BackboneIO:
+        return BackboneIO("tokens", self.vocab_size, self.vocab_size)
+
+    def draw(self, codes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """``{"t": (B,) ~ U[T_EPS, 1), "u": (B, h, w) ~ U[0, 1)}`` on ``generator.device``."""
+        return {"t": uniform_times(codes.shape[0], generator, generator.device),
+                "u": torch.rand(codes.shape, generator=generator, device=generator.device)}
+
+    def corrupt(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        """x_t: keep ``codes`` where u < kappa(t) = t, else the source token; (B, h, w) int64."""
+        keep = draws["u"] < draws["t"].view(-1, 1, 1)
+        return torch.where(keep, codes, self.source_tokens(codes, draws))
+
+    def loss_mask(self, x_t: Tensor) -> Tensor | None:
+        """Positions that count in the loss (None: all)."""
+        return None
+
+    def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
+        x_t = self.corrupt(codes, draws)
+        logits = model(x_t, draws["t"], labels)  # (B, V, h, w)
+        return categorical_loss(logits, codes, self.z_loss, self.loss_mask(x_t))
+
+    @torch.no_grad()
+    def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
+               temperature: float = 1.0, cfg_scale: float = 1.0,
+               generator: torch.Generator | None = None) -> SampleOutput:
+        check_temperature(temperature, self.name)
+        device, b = labels.device, labels.shape[0]
+        ts = time_grid(steps, device).tolist()
+        x = self.initial_tokens(b, grid, device, generator)
+        entropies = []  # mean entropy of the jump distribution per step, on the device until the end
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            logits = guided(model, x, torch.full((b,), t, device=device), labels, cfg_scale).float()
+            probs = F.softmax(logits[:, :self.num_codes] / temperature, dim=1)  # never jump to the mask
+            entropies.append(entropy(probs).mean())
+            u = torch.rand(x.shape, generator=generator, device=device)
+            jump = self.movable(x) & (u < euler_hazard(t_next - t, t))
+            x = torch.where(jump, categorical_draw(probs, generator), x)
+        trace = {"t": ts[:-1], "entropy": torch.stack(entropies).tolist()}
+        return SampleOutput(codes=x, nfe=steps * passes_per_step(cfg_scale), trace=trace)
+
+
+@register
+class MaskedDiscreteFlow(DiscreteFlow):
+    name = "dfm"
+
+    def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5,
+                 masked_only: bool = False):
+        super().__init__(codebook, normalized, z_loss=z_loss)
+        self.masked_only = masked_only
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_codes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes + 1
+
+    def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        return torch.full_like(codes, self.mask_id)
+
+    def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
+        return torch.full((b, *grid), self.mask_id, dtype=torch.long, device=device)
+
+    def movable(self, x: Tensor) -> Tensor:
+        return x == self.mask_id
+
+    def loss_mask(self, x_t: Tensor) -> Tensor | None:
+        return x_t == self.mask_id if self.masked_only else None
