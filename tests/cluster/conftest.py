@@ -1,7 +1,9 @@
 """pytest plumbing for tests that run jobs on a real single-machine SLURM cluster.
 
 `pytest tests/cluster` brings a cluster up once per session (see .ci/slurm/cluster.py), runs the
-tests against it and stops every daemon it started. Options:
+tests against it and stops every daemon it started. Options (pytest registers them only when
+tests/cluster is named on the command line; a bare `pytest` still runs these tests, use
+$SLURM_CONF there):
 
     --slurm-conf PATH   use the live cluster of this slurm.conf (default: $SLURM_CONF, if that
                         cluster answers) instead of starting one; it is left running
