@@ -90,6 +90,8 @@ class EvalConfig:
     feature_extractor: str = "auto"
     """``auto`` (``mnist-cnn`` for MNIST data, else ``inception-v3-compat``), or one of those."""
     inception_weights: str | None = None
+    """Local Inception-v3 weights file (or set VQFLOW_INCEPTION_WEIGHTS)."""
+    kid_subsets: int = 100
     cells: list[EvalCell] = field(default_factory=lambda: [EvalCell()])
     temperatures: list[float] = field(default_factory=list)
     """The temperature sweep (run with ``sweep_steps`` at the last checkpoint)."""

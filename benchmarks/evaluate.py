@@ -69,15 +69,17 @@ class Evaluator:
     # ------------------------------------------------------------------ reference side
     def extractor(self):
         if self._extractor is None:
-            self._extractor = fidelity.extractor_for(self.cfg.eval.feature_extractor, self.cfg.data.dataset,
-                                                     self.cfg.eval.inception_weights)
+            name = self.cfg.eval.feature_extractor
+            if name == "auto":
+                name = "mnist-cnn" if self.cfg.data.dataset == "mnist5k" else "inception-v3-compat"
+            self._extractor = fidelity.get_extractor(name, self.cfg.eval.inception_weights)
         return self._extractor
 
     def reference(self):
         if self._reference is None:
             ref = self.cfg.data.reference
             if ref is not None and ref.endswith(".npz"):
-                self._reference = fidelity.reference_from_npz(ref, self.extractor())
+                self._reference = fidelity.reference_from_npz(ref, self.extractor(), progress=self.progress)
             else:
                 images = self.latents.images
                 if ref is not None:
@@ -87,7 +89,8 @@ class Evaluator:
                 if images is None:
                     raise ValueError("evaluation needs reference images: data.dataset is 'shards', so set "
                                      "data.reference to an image folder or an ADM-style .npz reference batch")
-                self._reference = fidelity.reference_from_images(images, self.extractor(), progress=self.progress)
+                hint = self.cfg.data.dataset if ref is None else Path(ref).name
+                self._reference = fidelity.reference_from_images(images, self.extractor(), hint, progress=self.progress)
         return self._reference
 
     def tokenizer_floor(self) -> dict:
@@ -101,9 +104,9 @@ class Evaluator:
         n = min(self.cfg.eval.num_samples, len(self.latents.images))
         subset = torch.utils.data.Subset(self.latents.images, np.linspace(0, len(self.latents.images) - 1, n).astype(int))
         metrics = fidelity.reconstruction_metrics(self.latents.tokenizer, subset, self.reference(), self.extractor(),
-                                                  progress=self.progress)
+                                                  progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
         floor = {**metrics, "n_samples": n, "tokenizer": self.latents.info.get("tokenizer"),
-                 "feature_extractor": self.extractor().name, "ref_stats": self.reference().id,
+                 "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                  "eval_wall_s": round(time.perf_counter() - start, 2)}
         save_json(floor, path)
         return floor
@@ -125,7 +128,7 @@ class Evaluator:
                 "train_wall_s": round(event.train_wall_s, 3), "backbone": self.cfg.backbone, "params": event.params,
                 "tokenizer": self.latents.info.get("tokenizer"), "sampler": SAMPLER, "steps": cell.steps, "nfe": nfe,
                 "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "n_samples": self.cfg.eval.num_samples,
-                "feature_extractor": self.extractor().name, "ref_stats": self.reference().id,
+                "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                 "git_commit": self.commit}
 
     @torch.no_grad()
@@ -166,8 +169,8 @@ class Evaluator:
             start = time.perf_counter()
             images, nfe, trace = self.generate(event, cell)
             self.save_grid(images, event, cell)
-            metrics = fidelity.compute_metrics(images, self.reference(), self.extractor(),
-                                               device=event.device, progress=self.progress)
+            metrics = fidelity.compute_metrics(images, self.reference(), self.extractor(), device=event.device,
+                                               progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
             entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
             row.update(nfe=nfe, entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
                        **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc")})

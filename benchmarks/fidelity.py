@@ -331,8 +331,8 @@ def save_reference_npz(reference: Reference, path: str | os.PathLike) -> None:
 
 
 def metrics_from_features(features: dict[str, Tensor], reference: Reference, extractor: ExtractorSpec, *,
-                          kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
-                          progress: bool = False) -> dict[str, float]:
+                          kid_subset_size: int | None = None,
+                          kid_subsets: int = DEFAULTS["kid_subsets"]) -> dict[str, float]:
     """Metrics of generated-set features (from ``extract_features``) against ``reference``.
 
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std"}; KID and
@@ -350,7 +350,7 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
         raise ValueError(f"reference {reference.id} has {ref_mu.shape[0]}-d statistics; extractor {extractor.id} "
                          f"gives {features[fid_layer].shape[1]}-d features")
     gen_stats = fid_features_to_statistics(features[fid_layer])
-    out = {"fid": fid_statistics_to_metric(*_same_dtype(gen_stats, reference.fid_stats), progress)[KEY_METRIC_FID]}
+    out = {"fid": fid_statistics_to_metric(*_same_dtype(gen_stats, reference.fid_stats), False)[KEY_METRIC_FID]}
     isc = isc_features_to_metric(features[extractor.layer("isc")], DEFAULTS["isc_splits"],
                                  DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"])
     out["isc"], out["isc_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
@@ -361,10 +361,10 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
     subset = kid_subset_size or min(DEFAULTS["kid_subset_size"], n_gen, len(ref_kid))
     if not 2 <= subset <= min(n_gen, len(ref_kid)):
         raise ValueError(f"kid_subset_size={subset} must be in [2, min(generated={n_gen}, reference={len(ref_kid)})]")
-    kid = kid_features_to_metric(features[extractor.layer("kid")], ref_kid, kid_subset_size=subset, verbose=progress,
+    kid = kid_features_to_metric(features[extractor.layer("kid")], ref_kid, kid_subset_size=subset, verbose=False,
                                  kid_subsets=1 if subset == n_gen == len(ref_kid) else kid_subsets)
     prc = prc_features_to_metric(features[extractor.layer("prc")], reference.features[extractor.layer("prc")],
-                                 save_cpu_ram=True, verbose=progress)
+                                 save_cpu_ram=True, verbose=False)
     out.update(kid_mean=kid[KEY_METRIC_KID_MEAN], kid_std=kid[KEY_METRIC_KID_STD],
                precision=prc[KEY_METRIC_PRECISION], recall=prc[KEY_METRIC_RECALL])
     return {k: float(out[k]) for k in METRIC_KEYS}
@@ -389,7 +389,7 @@ def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *
         warnings.warn(f"reference {reference.id}: {reference.note}", stacklevel=2)
     features = extract_features(generated, extractor, device=device, progress=progress, batch_size=batch_size)
     return metrics_from_features(features, reference, extractor, kid_subset_size=kid_subset_size,
-                                 kid_subsets=kid_subsets, progress=progress)
+                                 kid_subsets=kid_subsets)
 
 
 @torch.no_grad()
