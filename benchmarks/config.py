@@ -202,7 +202,7 @@ def build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; valid keys"
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}'; valid keys"
                           f"{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:

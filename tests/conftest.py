@@ -37,3 +37,31 @@ def toy_latents(tmp_path):
     write_meta(shard_dir, grid=(8, 8), codebook_size=16, num_classes=10, shards=[entry])
     return LatentSpace(tokenizer=tokenizer, shards=CodeShards(shard_dir), images=None, num_classes=10,
                        image_size=32, info={"tokenizer": "toy"})
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One project cache for the end-to-end tests of a session, so the smoke VQ-VAE and the
+    MNIST feature extractor are trained once, not per test."""
+    return tmp_path_factory.mktemp("vqflow-cache")
+
+
+@pytest.fixture
+def run_cli(shared_cache):
+    """Run ``python -m benchmarks.run ARGS`` in a real subprocess from the project root."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "VQFLOW_CACHE": str(shared_cache), "PYTHONPATH": str(root)}
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run
