@@ -120,6 +120,9 @@ class DiT(nn.Module):
     [0, num_classes] -> (B, C, h, w).
     ``features(x, t, y)`` returns the modulated final hidden states (B, T, width) before the
     output projection ``head`` (T = hw / p^2), for losses that fuse the projection themselves.
+    ``forward(x, t, y, return_features=True)`` returns the same features through ``forward``, so
+    such losses still call the model through its wrappers (DistributedDataParallel's forward sets
+    up the gradient all-reduce; calling ``.module.features`` directly would skip it).
     """
 
     def __init__(self, io: BackboneIO, grid: tuple[int, int], num_classes: int, *, depth: int,
@@ -184,8 +187,9 @@ class DiT(nn.Module):
         out = out.view(b, h // p, w // p, p, p, -1)
         return out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h, w)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self.unpatchify(self.head(self.features(x, t, y)))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, *, return_features: bool = False) -> Tensor:
+        features = self.features(x, t, y)  # (B, T, width)
+        return features if return_features else self.unpatchify(self.head(features))
 
 
 def build_dit(name: str, io: BackboneIO, grid: tuple[int, int], num_classes: int, **overrides) -> DiT:

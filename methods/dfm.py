@@ -16,6 +16,9 @@ clean code) at each step.
 ``dfm``: vocabulary V = K + 1 with mask id K; the sampler starts all-mask, only masked positions
 move, and a position never returns to the mask (no re-masking). Option ``masked_only`` restricts
 the loss to masked positions (the paper's loss counts all positions).
+
+With the shared DiT the V-logit head is fused (``methods.heads``): loss, jump draws and entropies
+are computed chunk by chunk without the full logits tensor (CFG on the features before the head).
 """
 from __future__ import annotations
 
@@ -23,11 +26,10 @@ from abc import abstractmethod
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, categorical_draw, categorical_loss,
-                          check_temperature, entropy, euler_hazard, guided, passes_per_step, time_grid,
-                          uniform_times)
+from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, euler_hazard,
+                          passes_per_step, time_grid, uniform_times)
+from methods.heads import head_loss, head_readout
 from methods.registry import register
 
 
@@ -78,8 +80,7 @@ class DiscreteFlow(Method):
 
     def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
         x_t = self.corrupt(codes, draws)
-        logits = model(x_t, draws["t"], labels)  # (B, V, h, w)
-        return categorical_loss(logits, codes, self.z_loss, self.loss_mask(x_t))
+        return head_loss(model, x_t, draws["t"], labels, codes, self.z_loss, self.loss_mask(x_t))  # V logits
 
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
@@ -91,12 +92,13 @@ class DiscreteFlow(Method):
         x = self.initial_tokens(b, grid, device, generator)
         entropies = []  # mean entropy of the jump distribution per step, on the device until the end
         for t, t_next in zip(ts[:-1], ts[1:]):
-            logits = guided(model, x, torch.full((b,), t, device=device), labels, cfg_scale).float()
-            probs = F.softmax(logits[:, :self.num_codes] / temperature, dim=1)  # never jump to the mask
-            entropies.append(entropy(probs).mean())
             u = torch.rand(x.shape, generator=generator, device=device)
+            # jump targets ~ softmax(l[:K] / tau): never the mask
+            post = head_readout(model, x, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
+                                temperature=temperature, num_codes=self.num_codes, draw=True, generator=generator)
+            entropies.append(post.entropy.mean())
             jump = self.movable(x) & (u < euler_hazard(t_next - t, t))
-            x = torch.where(jump, categorical_draw(probs, generator), x)
+            x = torch.where(jump, post.draw, x)
         trace = {"t": ts[:-1], "entropy": torch.stack(entropies).tolist()}
         return SampleOutput(codes=x, nfe=steps * passes_per_step(cfg_scale), trace=trace)
 

@@ -11,17 +11,21 @@ velocity ``v = (mu - z) / (1 - t)``, written in closed form as
 The final codes follow ``final_rule``: ``nearest`` codebook entry to ``z`` (L2, cosine for a
 normalised codebook; the paper's rule), ``argmax`` of the last logits, or a ``sample`` from the
 last posterior.
+
+With the shared DiT the K-logit head is fused (``methods.heads``): the loss and the per-step
+posterior read-out (mean, entropy) are computed chunk by chunk without the full logits tensor,
+and CFG mixes the features before the head (equal to mixing the logits: the head is affine).
+Other models (test oracles) take the dense reference path.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from backbones.tokenizer import nearest_codes
-from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, categorical_draw, categorical_loss,
-                          check_temperature, entropy, gaussian_path_draws, guided, interpolate, passes_per_step,
-                          time_grid)
+from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, gaussian_path_draws,
+                          interpolate, passes_per_step, time_grid)
+from methods.heads import head_loss, head_readout
 from methods.registry import register
 
 FINAL_RULES = ("nearest", "argmax", "sample")
@@ -52,12 +56,7 @@ class Purrception(Method):
     def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
         t = draws["t"]
         z_t = interpolate(draws["z0"], self.embed(codes), t)  # (B, d, h, w)
-        logits = model(z_t, t, labels)  # (B, K, h, w)
-        return categorical_loss(logits, codes, self.z_loss)
-
-    def posterior_mean(self, probs: Tensor) -> Tensor:
-        """mu = sum_k pi_k e_k: probs (B, K, h, w) -> (B, d, h, w)."""
-        return torch.einsum("bkhw,kd->bdhw", probs, self.codebook)
+        return head_loss(model, z_t, t, labels, codes, self.z_loss)  # K logits per position
 
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
@@ -68,17 +67,18 @@ class Purrception(Method):
         ts = time_grid(steps, device).tolist()
         z = torch.randn(b, self.code_dim, *grid, generator=generator, device=device)
         entropies = []  # mean H(pi) per step, kept on the device until the end (no per-step sync)
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            logits = guided(model, z, torch.full((b,), t, device=device), labels, cfg_scale).float()
-            probs = F.softmax(logits / temperature, dim=1)
-            entropies.append(entropy(probs).mean())
+        for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+            last = i == steps - 1
+            post = head_readout(model, z, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
+                                temperature=temperature, num_codes=self.num_codes, codebook=self.codebook,
+                                argmax=last and self.final_rule == "argmax", draw=last and self.final_rule == "sample",
+                                generator=generator)
+            entropies.append(post.entropy.mean())
             # z + (h / (1 - t)) (mu - z); lerp returns mu exactly at weight 1 (the last step)
-            z = torch.lerp(z, self.posterior_mean(probs), (t_next - t) / (1.0 - t))
+            z = torch.lerp(z, post.mean, (t_next - t) / (1.0 - t))
         if self.final_rule == "nearest":
             codes = nearest_codes(z, self.codebook, self.normalized)
-        elif self.final_rule == "argmax":
-            codes = logits.argmax(dim=1)
         else:
-            codes = categorical_draw(probs, generator)
+            codes = post.argmax if self.final_rule == "argmax" else post.draw
         trace = {"t": ts[:-1], "entropy": torch.stack(entropies).tolist()}
         return SampleOutput(codes=codes, nfe=steps * passes_per_step(cfg_scale), trace=trace)
