@@ -10,6 +10,11 @@ atomically every ``checkpoint_every`` steps and at the end; ``on_checkpoint`` (t
 runs after each one, so an interrupted evaluation is redone from the checkpoint on resume.
 Because the data order and all noise come from generators saved in the checkpoint, a resumed
 run continues with exactly the losses of an uninterrupted one (on CPU).
+
+Preemption: a notice received during a step (``benchmarks.distributed.PREEMPTION``, installed by
+cluster jobs) makes the trainer save a checkpoint at the end of that step, with the partial log
+interval, and hand over to the job's preemption handler (which requeues the job). Such an
+off-schedule checkpoint is resumed from but never evaluated.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from tqdm.auto import tqdm
 from backbones.dit import build_dit
 from benchmarks.atomic import atomic_path, save_torch
 from benchmarks.config import BenchmarkConfig, method_options
-from benchmarks.distributed import DistEnv
+from benchmarks.distributed import PREEMPTION, DistEnv
 from benchmarks.flops import model_flops, parameter_count
 from benchmarks.latents import LatentSpace
 from methods import get_method
@@ -108,6 +113,9 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
         self.step = 0
         self.train_wall_s = 0.0
+        self.log_sums: dict[str, float] = {}
+        """Sums of the step statistics since the last log row (saved, so a preemption mid-interval
+        still logs the interval's true mean)."""
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -126,6 +134,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
                 "train_wall_s": self.train_wall_s,
+                "log_sums": dict(self.log_sums),
                 "rng": {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state(),
                         "torch": torch.get_rng_state()},
                 "method": self.method_name,
@@ -147,6 +156,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.train_wall_s = float(state["train_wall_s"])
+        self.log_sums = dict(state.get("log_sums", {}))
         self.data_gen.set_state(state["rng"]["data"])
         self.noise_gen.set_state(state["rng"]["noise"].to(self.noise_gen.get_state().device))
         torch.set_rng_state(state["rng"]["torch"])
@@ -226,10 +236,17 @@ class Trainer:
                                train_wall_s=self.train_wall_s, params=self.params, seed=self.seed,
                                job_dir=self.dir, device=self.device, is_last=self.step >= t.iterations)
 
+    def on_schedule(self, step: int) -> bool:
+        """Whether ``step`` is a scheduled (evaluated) checkpoint: every ``checkpoint_every`` steps and the last."""
+        t = self.cfg.train
+        return step % t.checkpoint_every == 0 or step >= t.iterations
+
     def run(self, *, resume: bool = True,
             on_checkpoint: Callable[[CheckpointEvent], None] | None = None) -> dict:
         """Train to ``train.iterations``. With ``resume``, continue from the newest checkpoint
-        (re-running ``on_checkpoint`` for it, so interrupted evaluations complete)."""
+        (re-running ``on_checkpoint`` for it if it is a scheduled one, so interrupted evaluations
+        complete). After a preemption checkpoint, returns early where the job's handler returns
+        (ranks > 0; under submitit rank 0 exits instead)."""
         t = self.cfg.train
         existing = self.checkpoints()
         if existing and not resume:
@@ -237,35 +254,44 @@ class Trainer:
         if existing:
             self.load_checkpoint(existing[-1])
             self._truncate_log()
-            if on_checkpoint is not None:
-                on_checkpoint(self.event())
+            if on_checkpoint is not None and self.on_schedule(self.step):
+                with PREEMPTION.interruptible():
+                    on_checkpoint(self.event())
         bar = tqdm(total=t.iterations, initial=self.step, desc=f"train {self.method_name} seed {self.seed}",
                    disable=not self.progress, dynamic_ncols=True, unit="step")
         pending: list[dict] = []
-        sums: dict[str, float] = {}
-        interval_start = time.perf_counter()
+        interval_start, interval_steps = time.perf_counter(), 0
         while self.step < t.iterations:
-            start = time.perf_counter()
-            stats = self.train_step()
-            self.train_wall_s += time.perf_counter() - start
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.iterations:
-                n = self.step % t.log_every or t.log_every
-                now = time.perf_counter()
-                row = {"step": self.step, "images_seen": self.step * t.batch_size,
-                       **{k: v / n for k, v in sums.items()},
-                       "train_wall_s": round(self.train_wall_s, 4),
-                       "steps_per_s": round(n / max(now - interval_start, 1e-9), 3)}
-                pending.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                sums, interval_start = {}, now
-            if self.step % t.checkpoint_every == 0 or self.step == t.iterations:
-                self._write_log(pending)
-                pending = []
-                self.save_checkpoint()
-                if on_checkpoint is not None:
+            with PREEMPTION.deferred():  # a preemption signal waits for the end of the step
+                start = time.perf_counter()
+                stats = self.train_step()
+                self.train_wall_s += time.perf_counter() - start
+                for k, v in stats.items():
+                    self.log_sums[k] = self.log_sums.get(k, 0.0) + v
+                interval_steps += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.iterations:
+                    n = self.step % t.log_every or t.log_every
+                    now = time.perf_counter()
+                    row = {"step": self.step, "images_seen": self.step * t.batch_size,
+                           **{k: v / n for k, v in self.log_sums.items()},
+                           "train_wall_s": round(self.train_wall_s, 4),
+                           "steps_per_s": round(interval_steps / max(now - interval_start, 1e-9), 3)}
+                    pending.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    self.log_sums, interval_start, interval_steps = {}, now, 0
+                scheduled = self.on_schedule(self.step)
+                preempted = PREEMPTION.requested(self.dist, self.device)
+                if scheduled or preempted:
+                    self._write_log(pending)
+                    pending = []
+                    self.save_checkpoint()
+                if preempted:
+                    bar.close()
+                    PREEMPTION.act()  # under submitit: checkpoint(), requeue, exit (rank 0)
+                    break
+            if scheduled and on_checkpoint is not None:
+                with PREEMPTION.interruptible():
                     on_checkpoint(self.event())
         bar.close()
         return {"method": self.method_name, "seed": self.seed, "step": self.step, "params": self.params,
