@@ -1,23 +1,77 @@
 """Launchers: where the (method, seed) jobs of a run execute.
 
-``local`` runs them one after another in this process, sharing the prepared latent space.
+``local``           one job after another in this process, sharing the prepared latent space.
+``submitit-local``  one subprocess per job (submitit's local executor), all started at once: the
+                    cluster code path (checkpoint on the preemption signal, requeue) on one machine.
+``slurm``           one SLURM job array with a task per (method, seed). A task spans
+                    ``launcher.gpus_per_job`` GPUs of one node with DDP (one process per GPU), or
+                    one process on CPUs.
+
+Every job writes into the same run folder: ``metrics.csv`` rows are lock-appended, the manifest is
+lock-merged, and each job owns ``<method>/seed<k>/`` (checkpoints, ``train_log.csv``, and
+``job_events.jsonl``: one JSON line per start, requeue and finish, written by rank 0). submitit's
+pickles and logs go to ``<run>/submitit/``. Submitting returns at once after printing the job ids
+(also recorded in the manifest under ``launches``); ``wait=True`` follows the jobs to the end.
+Jobs whose last event says they finished are not submitted again.
+
+Each job opens the latent space from the project cache (``$VQFLOW_CACHE``, which must be on a
+filesystem the nodes share; it is exported to the jobs) and prepares it if missing, under a file
+lock, so concurrent jobs prepare it once.
 """
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from benchmarks.config import BenchmarkConfig
+import submitit
+from submitit.core.utils import UncompletedJobError
+from tqdm.auto import tqdm
+
+from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
+from benchmarks.distributed import PREEMPTION, DistEnv
 from benchmarks.jobs import latents_for, make_evaluator, run_job
 from benchmarks.manifest import update_manifest
+from benchmarks.train import job_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SIGNAL_DELAY_S = 120
+"""SLURM signals a job this long before its time limit: time to finish a step and save a checkpoint."""
+DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
+POLL_S = 5.0
+JOB_TQDM_MININTERVAL_S = 30
+"""Progress bars in job logs (files, not terminals) redraw at most this often."""
+EVENTS = "job_events.jsonl"
 
 
-def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool = True) -> None:
-    kind = cfg.launcher.kind
-    if kind == "local":
+class LaunchError(RuntimeError):
+    """Jobs failed, or did not finish within the wait timeout; the message lists them."""
+
+
+def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool = True,
+           wait: bool = False, wait_timeout: float | None = None) -> bool:
+    """Run or submit every (method, seed) job of ``cfg.launcher.kind``. Returns True when all jobs
+    have finished (always for ``local``; with ``wait`` for the others), False when submitted jobs
+    are still running. Raises LaunchError if a job failed or ``wait_timeout`` seconds (default
+    DEFAULT_WAIT_TIMEOUT_S) passed."""
+    if cfg.launcher.kind == "local":
         run_local(cfg, methods, seeds, run_dir, progress=progress)
-    else:
-        raise NotImplementedError(f"launcher.kind {kind!r} is not available yet")
+        return True
+    jobs = submit(cfg, methods, seeds, run_dir)
+    if not jobs:
+        print("every job of this run has already finished")
+        return True
+    if not wait:
+        return False
+    follow(jobs, DEFAULT_WAIT_TIMEOUT_S if wait_timeout is None else wait_timeout, progress=progress)
+    return True
 
 
 def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
@@ -28,4 +82,238 @@ def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_di
     evaluator = make_evaluator(cfg, latents, run_dir, progress)
     for method in methods:
         for seed in seeds:
-            run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
+            record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
+            summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
+            record_event(run_dir, method, seed, "done", step=summary["step"])
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+class BenchmarkJob(submitit.helpers.Checkpointable):
+    """One (method, seed) of a run, as submitit runs it (in every task of the job).
+
+    Called as ``job(cfg_dict, method, seed, run_dir)``. It trains and evaluates through
+    ``benchmarks.jobs.run_job`` (which resumes from the newest checkpoint and skips evaluation
+    cells already in ``metrics.csv``). On the preemption / time-limit signal, the trainer saves a
+    checkpoint at the end of its current step (``benchmarks.distributed.PREEMPTION`` defers
+    submitit's handler to that point), then submitit calls ``checkpoint()``, which resubmits the
+    same call: the requeued job resumes from that checkpoint. The object pickles with only the
+    names of the modules that register its methods (imported first, for plugin methods).
+    """
+
+    def __init__(self, modules: tuple[str, ...] = ()):
+        self.modules = tuple(modules)
+
+    def __call__(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> dict:
+        for module in self.modules:
+            importlib.import_module(module)
+        cfg = from_dict(cfg_dict)
+        sig = preemption_signal()
+        if callable(signal.getsignal(sig)):  # submitit's handler: defer it to step boundaries
+            PREEMPTION.install(sig)
+        try:
+            main = DistEnv.from_environment().is_main
+            if main:
+                record_event(run_dir, method, seed, "start", job_id=current_job_id(),
+                             restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+                             from_step=newest_checkpoint_step(run_dir, method, seed))
+            summary = run_job(cfg, method, seed, run_dir, progress=True)
+            if main:
+                record_event(run_dir, method, seed, "done", step=summary["step"])
+            return summary
+        finally:
+            PREEMPTION.uninstall()
+
+    def checkpoint(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's signal handler (rank 0) once the state on disk is current: after
+        the trainer's preemption checkpoint, or at once outside training steps (evaluation,
+        set-up), where the newest checkpoint already is the current state."""
+        record_event(run_dir, method, seed, "requeue", job_id=current_job_id(),
+                     checkpoint_step=newest_checkpoint_step(run_dir, method, seed))
+        return submitit.helpers.DelayedSubmission(self, cfg_dict, method, seed, run_dir)
+
+
+def preemption_signal() -> int:
+    """The signal submitit's jobs checkpoint on: SIGUSR2 unless $SUBMITIT_PREEMPT_SIGNAL names another."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def current_job_id() -> str | None:
+    try:
+        return submitit.JobEnvironment().job_id
+    except RuntimeError:  # not inside a submitit job
+        return None
+
+
+def plugin_modules(methods: list[str]) -> tuple[str, ...]:
+    """Modules a job must import so that ``methods`` are registered (built-ins and plugins)."""
+    from methods import get_method
+
+    return tuple(sorted({get_method(m).__module__ for m in methods}))
+
+
+# ----------------------------------------------------------------------------- job events
+
+
+def events_path(run_dir: str | Path, method: str, seed: int) -> Path:
+    return job_dir(Path(run_dir), method, seed) / EVENTS
+
+
+def record_event(run_dir: str | Path, method: str, seed: int, event: str, **fields) -> None:
+    """Append ``{"event", "time", "host", "pid", **fields}`` to the job's ``job_events.jsonl``."""
+    path = events_path(run_dir, method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **fields})
+    with open(path, "a") as f:  # one short write in append mode: lines never interleave
+        f.write(line + "\n")
+
+
+def read_events(run_dir: str | Path, method: str, seed: int) -> list[dict]:
+    path = events_path(run_dir, method, seed)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def newest_checkpoint_step(run_dir: str | Path, method: str, seed: int) -> int:
+    """Step of the newest checkpoint of a job (0 if it has none)."""
+    names = sorted((job_dir(Path(run_dir), method, seed) / "checkpoints").glob("step_*.pt"))
+    return int(names[-1].stem.split("_")[1]) if names else 0
+
+
+def finished(run_dir: str | Path, method: str, seed: int, iterations: int) -> bool:
+    """Whether the job's last event is a finish at ``iterations`` (training and evaluation done)."""
+    events = read_events(run_dir, method, seed)
+    return bool(events) and events[-1]["event"] == "done" and events[-1].get("step", 0) >= iterations
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -> dict:
+    """submitit parameters of one job: one node; with GPUs one task (DDP rank) per GPU, else one task."""
+    gpus = launcher.gpus_per_job
+    params = {"name": name, "timeout_min": launcher.timeout_min, "cpus_per_task": launcher.cpus_per_task,
+              "mem_gb": float(launcher.mem_gb), "nodes": 1, "tasks_per_node": max(gpus, 1)}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if launcher.kind == "slurm":
+        params.update({f"slurm_{k}": v for k, v in [("partition", launcher.partition), ("account", launcher.account),
+                                                     ("qos", launcher.qos), ("constraint", launcher.constraint)]
+                       if v is not None})
+        params.update(slurm_signal_delay_s=SIGNAL_DELAY_S, slurm_setup=setup)
+    else:
+        params["local_setup"] = setup
+    return params
+
+
+def job_setup() -> list[str]:
+    """Shell lines run before each job: the project importable, the same cache, quiet progress bars."""
+    lines = [f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
+             f"export TQDM_MININTERVAL={JOB_TQDM_MININTERVAL_S}"]
+    if "VQFLOW_CACHE" in os.environ:
+        lines.append(f"export VQFLOW_CACHE={shlex.quote(str(Path(os.environ['VQFLOW_CACHE']).resolve()))}")
+    return lines
+
+
+def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
+    launcher = cfg.launcher
+    cluster = "slurm" if launcher.kind == "slurm" else "local"
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **{f"{cluster}_max_num_timeout": launcher.max_num_timeout})
+    executor.update_parameters(**executor_parameters(launcher, f"vqflow-{cfg.name}", job_setup()))
+    return executor
+
+
+def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> list[tuple[str, submitit.Job]]:
+    """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
+    run_dir = Path(run_dir).resolve()
+    todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
+    skipped = len(methods) * len(seeds) - len(todo)
+    if skipped:
+        print(f"skipping {skipped} finished job(s)")
+    if not todo:
+        return []
+    executor = make_executor(cfg, run_dir / "submitit")
+    job = BenchmarkJob(plugin_modules(methods))
+    n = len(todo)
+    submitted = executor.map_array(job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n)
+    keys = [f"{m}/seed{s}" for m, s in todo]
+    jobs = list(zip(keys, submitted))
+    array_id = submitted[0].job_id.split("_")[0]
+    where = f"SLURM job array {array_id}" if cfg.launcher.kind == "slurm" else "local subprocesses"
+    update_manifest(run_dir, {"launches": {array_id: {"kind": cfg.launcher.kind, "submitted": time.time(),
+                                                      "jobs": {key: j.job_id for key, j in jobs}}}})
+    print(f"submitted {n} job(s) as {where}; logs in {run_dir / 'submitit'}")
+    for key, j in jobs:
+        print(f"  {j.job_id:<14} {key}")
+    if cfg.launcher.kind == "slurm":
+        print(f"follow with: squeue -j {array_id}   (or rerun the command with --wait)")
+    sys.stdout.flush()
+    return jobs
+
+
+# ----------------------------------------------------------------------------- following
+
+
+def follow(jobs: list[tuple[str, submitit.Job]], timeout_s: float, *, progress: bool = True,
+           poll_s: float = POLL_S) -> None:
+    """Wait for the jobs, with a bar over finished jobs and the states of the others.
+    Raises LaunchError listing the failed jobs, or the unfinished ones after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    pending = dict(jobs)
+    failed: list[str] = []
+    with tqdm(total=len(jobs), desc="jobs finished", unit="job", disable=not progress, dynamic_ncols=True) as bar:
+        while pending:
+            refresh_states(list(pending.values()))
+            for key, job in list(pending.items()):
+                if job.done():
+                    del pending[key]
+                    bar.update(1)
+                    problem = job_problem(job)
+                    if problem:
+                        failed.append(f"{key} (job {job.job_id}): {problem}")
+                        tqdm.write(f"job {job.job_id} ({key}) failed", file=sys.stderr)
+            states = Counter(str(job.state).split()[0].lower() for job in pending.values())
+            bar.set_postfix_str(", ".join(f"{state} {count}" for state, count in sorted(states.items())))
+            if pending and time.monotonic() > deadline:
+                still = ", ".join(f"{key} ({job.job_id})" for key, job in pending.items())
+                raise LaunchError(f"gave up waiting after {timeout_s:.0f} s; still running (they continue): {still}"
+                                  + (f"\nfailed: " + "\n".join(failed) if failed else ""))
+            if pending:
+                time.sleep(poll_s)
+    if failed:
+        raise LaunchError(f"{len(failed)} of {len(jobs)} job(s) failed:\n" + "\n".join(failed))
+
+
+def refresh_states(jobs: list[submitit.Job]) -> None:
+    """One accounting query for all SLURM jobs (submitit otherwise backs off to one a minute)."""
+    slurm_jobs = [job for job in jobs if isinstance(job, submitit.SlurmJob)]
+    if slurm_jobs:
+        slurm_jobs[0].watcher.update()
+
+
+def job_problem(job: submitit.Job) -> str | None:
+    """None if a finished job succeeded, else its error (with the log's tail) or final state."""
+    try:
+        error = job.exception()
+    except UncompletedJobError as e:
+        return f"ended without a result ({e})"[-3000:]
+    return None if error is None else str(error)[-3000:]
+
+
+# ----------------------------------------------------------------------------- after the run
+
+
+def build_report_if_available(run_dir: Path) -> Path | None:
+    """Build the run's report with ``reports.build_report(run_dir)`` if that exists; returns what it returns."""
+    try:
+        reports = importlib.import_module("reports")
+    except ImportError:
+        print("no report: the reports package is not available")
+        return None
+    build = getattr(reports, "build_report", None)
+    if build is None:
+        print("no report: reports.build_report does not exist")
+        return None
+    return build(run_dir)

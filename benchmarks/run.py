@@ -4,6 +4,7 @@
     python -m benchmarks.run --config smoke --out runs/smoke         # CI-sized
     python -m benchmarks.run --list                                  # methods and configs
     python -m benchmarks.run --resume --out runs/default             # continue a stopped run
+    python -m benchmarks.run --config smoke --launcher slurm --set launcher.partition=gpu --wait
 
 Rerunning a command on an existing run folder continues it (finished jobs and evaluation cells
 are skipped). Exit status 2 for bad input (unknown method, config or key).
@@ -34,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
     p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    p.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default=None,
+                   help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
+                        "launcher.gpus_per_job=... launcher.timeout_min=... (see LauncherConfig)")
+    p.add_argument("--wait", action="store_true",
+                   help="submitit launchers: follow the submitted jobs until they finish, then build the report")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up waiting after this long (the jobs keep running; default 48 h)")
     return p.parse_args(argv)
 
 
@@ -78,11 +86,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
 
 
 def check_same_config(run_dir: Path, cfg: BenchmarkConfig) -> None:
-    """Refuse to mix results of different configs in one run folder."""
+    """Refuse to mix results of different configs in one run folder (where the jobs run, the
+    ``launcher`` section, may change between invocations)."""
     saved = read_manifest(run_dir).get("config")
-    if saved is None or saved == cfg.to_dict():
-        return
     current = cfg.to_dict()
+    if saved is not None:
+        saved = {k: v for k, v in saved.items() if k != "launcher"}
+        current.pop("launcher")
+    if saved is None or saved == current:
+        return
 
     def diff(a, b, prefix=""):
         for key in sorted(set(a) | set(b)):
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, run_dir = resolve_config(args)
     except ConfigError as e:
         fail(str(e))
+    if args.launcher:
+        cfg.launcher.kind = args.launcher
     saved = read_manifest(run_dir) if args.resume else {}
     if args.methods:
         chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -122,15 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
     check_same_config(run_dir, cfg)
 
-    from benchmarks.launch import launch
+    from benchmarks.launch import LaunchError, build_report_if_available, launch
 
     run_dir.mkdir(parents=True, exist_ok=True)
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
     start = time.perf_counter()
-    launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress)
-    update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
+    try:
+        done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
+                      wait_timeout=args.wait_timeout)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if done:
+        update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
+        build_report_if_available(run_dir)
     print(f"\nrun folder: {run_dir.resolve()}")
     for name in ("metrics.csv", "report/report.md", "samples"):
         if (run_dir / name).exists():
