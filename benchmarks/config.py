@@ -33,6 +33,8 @@ class DataConfig:
     ``shards`` (``path`` = a folder written by ``python -m benchmarks.encode``)."""
     path: str | None = None
     image_size: int = 32
+    num_classes: int | None = None
+    """Classes in the data; needed by ``--dry-run`` for datasets it does not read (checked at train time)."""
     reference: str | None = None
     """Evaluation reference: None = the training images; or an image folder, or an ADM-style ``.npz``."""
 
@@ -80,6 +82,8 @@ class EvalCell:
     cfg_scale: float = 1.0
     at: str = "every"
     """``every`` checkpoint or only the ``last`` one."""
+    num_samples: int | None = None
+    """None = ``eval.num_samples``."""
 
 
 @dataclass
@@ -98,6 +102,8 @@ class EvalConfig:
     sweep_steps: int = 50
     sweep_at: int | None = None
     """Step of the checkpoint the sweep runs at (None = the last one)."""
+    sweep_samples: int | None = None
+    """Samples per sweep cell (None = ``eval.num_samples``)."""
     method_temperature: dict[str, float] = field(default_factory=dict)
     """Per-method default temperature for the cells (e.g. ``purr: 0.9``); others use 1.0."""
     grid_samples: int = 64
@@ -300,6 +306,9 @@ def validate(cfg: BenchmarkConfig) -> None:
               (t.log_every >= 1, "train.log_every must be >= 1"),
               (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
               (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+              (all(c.at in ("every", "last") for c in cfg.eval.cells), "eval.cells[].at must be 'every' or 'last'"),
+              (cfg.eval.num_samples >= 10 and all((c.num_samples or 10) >= 10 for c in cfg.eval.cells),
+               "eval num_samples must be >= 10"),
               (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
                f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
               (cfg.launcher.kind in ("local", "submitit-local", "slurm"),

@@ -39,10 +39,11 @@ class Cell:
     steps: int
     temperature: float
     cfg_scale: float
+    num_samples: int
 
     @property
     def tag(self) -> str:
-        return f"steps{self.steps}_tau{self.temperature:g}_cfg{self.cfg_scale:g}"
+        return f"steps{self.steps}_tau{self.temperature:g}_cfg{self.cfg_scale:g}_n{self.num_samples}"
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -115,11 +116,12 @@ class Evaluator:
     def cells(self, event: CheckpointEvent) -> list[Cell]:
         ev = self.cfg.eval
         default_tau = ev.method_temperature.get(event.method.name, 1.0)
-        cells = [Cell(c.steps, c.temperature if c.temperature is not None else default_tau, c.cfg_scale)
+        cells = [Cell(c.steps, c.temperature if c.temperature is not None else default_tau, c.cfg_scale,
+                      c.num_samples or ev.num_samples)
                  for c in ev.cells if c.at == "every" or (c.at == "last" and event.is_last)]
         sweep_here = event.step == ev.sweep_at if ev.sweep_at is not None else event.is_last
         if sweep_here:
-            cells += [Cell(ev.sweep_steps, tau, 1.0) for tau in ev.temperatures]
+            cells += [Cell(ev.sweep_steps, tau, 1.0, ev.sweep_samples or ev.num_samples) for tau in ev.temperatures]
         return list(dict.fromkeys(cells))
 
     def row(self, event: CheckpointEvent, cell: Cell, nfe: int) -> dict:
@@ -127,7 +129,7 @@ class Evaluator:
                 "images_seen": event.images_seen, "train_flops": event.train_flops,
                 "train_wall_s": round(event.train_wall_s, 3), "backbone": self.cfg.backbone, "params": event.params,
                 "tokenizer": self.latents.info.get("tokenizer"), "sampler": SAMPLER, "steps": cell.steps, "nfe": nfe,
-                "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "n_samples": self.cfg.eval.num_samples,
+                "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "n_samples": cell.num_samples,
                 "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                 "git_commit": self.commit}
 
@@ -135,7 +137,7 @@ class Evaluator:
     def generate(self, event: CheckpointEvent, cell: Cell) -> tuple[torch.Tensor, int, dict[str, list[float]]]:
         """Sample and decode ``num_samples`` images: uint8 (n, C, H, W), NFE, mean trace."""
         ev, device = self.cfg.eval, event.device
-        labels = balanced_labels(ev.num_samples, self.latents.num_classes)
+        labels = balanced_labels(cell.num_samples, self.latents.num_classes)
         generator = torch.Generator(device=device).manual_seed(cell_seed(event.seed, event.step, cell))
         tokenizer = self.latents.tokenizer.to(device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

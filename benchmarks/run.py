@@ -35,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
     p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing")
+    p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
+                   help="GPU peak for --dry-run's GPU-hours (default: 989, H100 SXM dense bf16)")
+    p.add_argument("--utilisation", type=float, default=0.4,
+                   help="assumed model FLOP utilisation for --dry-run (default: 0.4)")
     p.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default=None,
                    help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
                         "launcher.gpus_per_job=... launcher.timeout_min=... (see LauncherConfig)")
@@ -134,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         fail("--seeds must be >= 1")
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
+    if args.dry_run:
+        from benchmarks.plan import dry_run
+
+        try:
+            print(dry_run(cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation))
+        except ValueError as e:
+            fail(str(e))
+        return 0
     check_same_config(run_dir, cfg)
 
     from benchmarks.launch import LaunchError, build_report_if_available, launch

@@ -1,0 +1,45 @@
+"""``--dry-run``: the plan and its cost for the paper's configs, without data or full-size weights."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from benchmarks.config import load_config
+from benchmarks.plan import checkpoint_steps, dry_run, evaluation_cells
+
+
+def params_by_method(text: str) -> dict[str, float]:
+    return {m: float(p) for m, p in re.findall(r"^(\S+)\s+([\d.]+)M\s", text, flags=re.M)}
+
+
+def test_paper_xl2_parameter_counts(run_cli, tmp_path):
+    # data.path points nowhere: the plan must not read data
+    out = run_cli("--config", "imagenet-dit-xl2-vqf8", "--dry-run", "--set", f"data.path={tmp_path}/missing").stdout
+    params = params_by_method(out)
+    assert params["purr"] == pytest.approx(750, abs=5)
+    assert params["cfm"] == pytest.approx(675, abs=5)
+    assert params["dfm"] == pytest.approx(775, abs=5)
+    assert "GPU-hours" in out and "4 methods x 1 seeds = 4" in out
+
+
+def test_paper_protocol_cells():
+    cfg = load_config("imagenet-dit-l2-vqf8")
+    steps = checkpoint_steps(cfg)
+    assert steps[0] == 100_000 and steps[-1] == 2_000_000 and 1_000_000 in steps
+    cells = evaluation_cells(cfg, "purr", steps)
+    along = [c for c in cells if c[1] == 100 and c[3] == 1.0 and c[4] == 10_000 and c[2] == 0.9]
+    assert [c[0] for c in along] == steps  # FID-10k, 100 steps, tau 0.9 at every checkpoint
+    sweep = sorted(c[2] for c in cells if c[0] == 1_000_000 and c[4] == 50_000)
+    assert sweep[0] == 0.3 and sweep[-1] == 1.5
+    assert (2_000_000, 250, 0.9, 1.3, 50_000) in cells  # final: CFG 1.3, 250 steps, FID-50k
+    assert all(c[2] == 1.0 for c in evaluation_cells(cfg, "cfm", steps) if c[0] != 1_000_000)
+
+
+def test_plan_costs_scale_with_seeds():
+    cfg = load_config("smoke")
+    one = dry_run(cfg, ["purr"], [0], peak_tflops=100, utilisation=0.5)
+    three = dry_run(cfg, ["purr"], [0, 1, 2], peak_tflops=100, utilisation=0.5)
+    hours = lambda text: float(re.search(r"^purr\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
+    assert hours(three) == pytest.approx(3 * hours(one), rel=0.05) or hours(one) == 0.0
+    assert "1 seeds" in one and "3 seeds" in three
