@@ -68,7 +68,7 @@ class VQVAEConfig:
     downsample: int = 4           # f: 32x32 images -> 8x8 code grids
     channels: int = 32            # width of the conv stacks
     train_steps: int = 600
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3              # Adam, cosine-annealed to 0 over train_steps
     commitment: float = 0.25      # beta
     ema_decay: float = 0.99       # gamma of the codebook EMA
