@@ -103,7 +103,7 @@ class ImageFolder(Dataset):
         path, label = self.samples[i]
         with Image.open(path) as img:
             img = center_crop_arr(img.convert(self.mode), self.size)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr)), label
 
