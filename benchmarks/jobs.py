@@ -13,6 +13,7 @@ from benchmarks.distributed import DistEnv
 from benchmarks.latents import LatentSpace, prepare_latents
 from benchmarks.manifest import update_manifest
 from benchmarks.train import Trainer
+from benchmarks.utilisation import measure_peak_flops, mfu
 
 
 def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
@@ -42,7 +43,22 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     if evaluator is None:
         evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
     trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)
-    summary = trainer.run(resume=True, on_checkpoint=evaluator if dist.is_main else None)
+    peak = measure_peak_flops(trainer.device, seconds=0.3)
+    eval_seconds = 0.0
+
+    def evaluate(event) -> None:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        evaluator(event)
+        eval_seconds += time.perf_counter() - start
+
+    run_evaluator = evaluate if evaluator is not None and dist.is_main else None
+    summary = trainer.run(resume=True, on_checkpoint=run_evaluator)
+    per_device_step_flops = summary["flops_per_step"] / dist.world_size
+    seconds_per_step = max(summary["train_wall_s"], 1e-9) / max(summary["step"], 1)
+    summary.update(eval_s=round(eval_seconds, 2), world_size=dist.world_size, peak_flops_per_s=peak,
+                   achieved_flops_per_s=per_device_step_flops / seconds_per_step,
+                   mfu=mfu(per_device_step_flops, seconds_per_step, peak))
     if dist.is_main:
         update_manifest(run_dir, {"jobs": {f"{method}/seed{seed}": summary}})
     return summary
