@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import submitit
+import torch
 from submitit.core.utils import UncompletedJobError
 from tqdm.auto import tqdm
 
@@ -108,6 +109,8 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     def __call__(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> dict:
         for module in self.modules:
             importlib.import_module(module)
+        if "SLURM_CPUS_PER_TASK" in os.environ:  # without CPU binding torch would use every core of the node
+            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         cfg = from_dict(cfg_dict)
         sig = preemption_signal()
         if callable(signal.getsignal(sig)):  # submitit's handler: defer it to step boundaries
