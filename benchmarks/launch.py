@@ -205,7 +205,9 @@ def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -
         params.update({f"slurm_{k}": v for k, v in [("partition", launcher.partition), ("account", launcher.account),
                                                      ("qos", launcher.qos), ("constraint", launcher.constraint)]
                        if v is not None})
-        params.update(slurm_signal_delay_s=SIGNAL_DELAY_S, slurm_setup=setup)
+        # --requeue: requeueable even where the cluster's JobRequeue default says otherwise
+        params.update(slurm_signal_delay_s=SIGNAL_DELAY_S, slurm_setup=setup,
+                      slurm_additional_parameters={"requeue": True})
     else:
         params["local_setup"] = setup
     return params
