@@ -1,0 +1,162 @@
+"""``build_report``: read run folders, draw every figure, write ``report.md``.
+
+Output layout (``out``, default ``<first run dir>/report``)::
+
+    report.md
+    figures/<name>.png, <name>.pdf   each figure
+    figures/<name>.csv               the tidy data it plots
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from reports import figures as F
+from reports.curves import convergence, entropy_traces, order_variants, sample_grids, sweeps
+from reports.load import Results, load_runs
+from reports.markdown import FigureEntry, render
+from reports.tables import floor_table, results_table, speedup_table
+
+
+def temperature_meanings(methods: list[str]) -> dict[str, str]:
+    """Each method's ``temperature_meaning`` from the method registry. The registry imports torch;
+    without it (or for a plugin that is not imported) the method is left out."""
+    try:
+        from methods import get_method
+    except ImportError:
+        return {}
+    out = {}
+    for name in methods:
+        try:
+            out[name] = get_method(name).temperature_meaning
+        except KeyError:
+            continue
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _setup_table(results: Results) -> pd.DataFrame:
+    rows = []
+    for run in results.runs:
+        cfg, train = run.config, run.config.get("train") or {}
+        rows.append({"run": run.name, "config": cfg.get("name", "-"), "backbone": run.backbone,
+                     "tokenizer": (cfg.get("tokenizer") or {}).get("kind", "-"),
+                     "iterations": train.get("iterations", "-"), "batch": train.get("batch_size", "-"),
+                     "methods": ", ".join(run.methods()), "seeds": ", ".join(map(str, run.manifest.get("seeds") or [])),
+                     "git commit": run.manifest.get("git_commit", "-")})
+    return pd.DataFrame(rows)
+
+
+def _codebook_sizes(results: Results) -> dict[str, int]:
+    sizes = {}
+    for run in results.runs:
+        size = (run.manifest.get("latents") or {}).get("codebook_size")
+        if size:
+            sizes.setdefault(run.backbone, int(size))
+    return sizes
+
+
+def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows: pd.DataFrame,
+                 step: int | None, meanings: dict[str, str]) -> list[FigureEntry]:
+    """Draw every figure the data supports into ``fig_dir``; returns their entries for report.md.
+    ``conv``: ``convergence(results)``; ``sweep_rows``: ``sweeps(results, step)``."""
+    entries = []
+
+    def keep(name: str, frame: pd.DataFrame, title: str, caption: str) -> None:
+        frame.to_csv(fig_dir / f"{name}.csv", index=False)
+        entries.append(FigureEntry(name, title, caption))
+
+    if not conv.empty:
+        for x, name, what in (("step", "fid_vs_iterations", "training iterations"),
+                              ("train_flops", "fid_vs_flops", "training FLOPs"),
+                              ("train_wall_s", "fid_vs_wall_clock", "training wall-clock seconds")):
+            if conv[x].isna().all():
+                continue
+            keep(name, F.plot_convergence(conv, results.floors, x, fig_dir, name), f"FID vs {what}",
+                 f"Cheap-cell FID against {what} (mean over seeds at each checkpoint, band ± 1 s.d. when there "
+                 "are several seeds); dashed: the tokenizer's reconstruction FID.")
+    if not sweep_rows.empty:
+        keep("fid_vs_temperature", F.plot_temperature(sweep_rows, results.floors, meanings, fig_dir),
+             "FID vs sampling temperature", "FID of the temperature sweep per method (★ = best); the legend says "
+             "what temperature means for each method.")
+        several = sweep_rows["backbone"].nunique() > 1
+        for backbone in sorted(sweep_rows["backbone"].unique()):
+            here = sweep_rows[sweep_rows["backbone"] == backbone]
+            for variant in order_variants(here["variant"]):
+                first = here[here["variant"] == variant].iloc[0]
+                at, steps = int(first["sweep_step"]), int(first["steps"])
+                grids = sample_grids(results, backbone, variant, at, steps, float(first["cfg_scale"]),
+                                     int(first["n_samples"]) if "n_samples" in first else None)
+                if grids.empty:
+                    continue
+                seed = int(grids["seed"].iloc[0])
+                name = "samples_" + slug(variant) + (f"_{slug(backbone)}" if several else "")
+                meaning = meanings.get(variant.split(" (")[0], "temperature")
+                title = f"{backbone} {variant}: samples of seed {seed} at step {at}, {steps} sampler steps\nτ: {meaning}"
+                plotted = F.plot_samples(grids, title, fig_dir, name)
+                files = [f"{results.runs[int(s)].name}/{Path(p).relative_to(results.runs[int(s)].path).as_posix()}"
+                         for s, p in zip(plotted["source"], plotted["path"])]
+                keep(name, plotted[["seed", "temperature"]].assign(file=files),
+                     f"Samples across temperature: {variant}" + (f" ({backbone})" if several else ""),
+                     f"Sample grids of seed {seed} at step {at}, temperature increasing from the first panel to the last.")
+    if not results.train_logs.empty:
+        keep("train_loss", F.plot_train_logs(results.train_logs, fig_dir), "Training loss and logsumexp",
+             "Per-interval means from train_log.csv (mean over seeds); logsumexp is what the z-loss keeps near 0. "
+             "Variants that differ in a setting (e.g. z_loss) are labelled by it.")
+    traces = entropy_traces(results, step)
+    if not traces.empty:
+        keep("entropy_vs_t", F.plot_entropy(traces, _codebook_sizes(results), fig_dir), "Entropy along the sampler",
+             "Mean per-position entropy along t, one curve per temperature (Purrception: entropy of the code "
+             "posterior; DFM: of the jump distribution), at the last checkpoint with traces.")
+    return entries
+
+
+def report_text(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame, meanings: dict[str, str],
+                figures: list[FigureEntry]) -> str:
+    """The content of report.md (deterministic given the inputs)."""
+    methods = sorted(set(results.variants["method"]))
+    meaning_rows = pd.DataFrame({"method": methods,
+                                 "temperature τ means": [meanings.get(m, "(not registered here: import its plugin)")
+                                                         for m in methods]})
+    return render(runs=[r.name for r in results.runs], setup=_setup_table(results),
+                  results=results_table(results, conv, sweep_rows), floors=floor_table(results),
+                  speedups=speedup_table(conv), meanings=meaning_rows, figures=figures, notes=results.notes)
+
+
+def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | None = None) -> Path:
+    """Rebuild the report of one or several run folders (merged; see ``reports.load``) into
+    ``out`` (default ``<first run dir>/report``) and return ``out``. ``step``: the checkpoint of
+    the temperature figure, sample grids and entropy traces (default: each variant's last one with
+    a temperature sweep / with traces). A single path is accepted in place of the list. Raises
+    RunFolderError for a missing or malformed run folder, ValueError if ``step`` has no sweep."""
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    run_dirs = [Path(d) for d in run_dirs]
+    results = load_runs(run_dirs)
+    conv, sweep_rows = convergence(results), sweeps(results, step)
+    out = Path(out) if out is not None else run_dirs[0] / "report"
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for stale in fig_dir.iterdir():  # figures of an earlier build that this data may not produce
+        if stale.suffix in (".png", ".pdf", ".csv") and stale.is_file():
+            stale.unlink()
+    meanings = temperature_meanings(sorted(set(results.variants["method"])))
+    entries = draw_figures(results, fig_dir, conv, sweep_rows, step, meanings)
+    _write_text(out / "report.md", report_text(results, conv, sweep_rows, meanings, entries))
+    return out

@@ -1,0 +1,218 @@
+"""Select the curves the report plots from merged results (``reports.load.Results``).
+
+- The *cheap cell* of a variant is the evaluation setting (sampler, steps, temperature, CFG
+  scale, sample count, feature extractor, reference statistics) evaluated at every checkpoint:
+  among the settings that the run's config lists as ``eval.cells`` with ``at: every`` (``None``
+  temperature = ``eval.method_temperature`` of the method, else 1.0), the one with rows at the
+  most (seed, step) points; without such rows, the setting with the most points.
+- The *temperature sweep* of a variant at a checkpoint is the group of rows at that step that
+  share every setting but the temperature and has the most distinct temperatures (at least 2).
+- Means over seeds are plain means with the sample standard deviation (ddof = 1; 0 for one seed).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports.load import Results
+
+CELL_COLUMNS = ["sampler", "steps", "temperature", "cfg_scale", "n_samples", "feature_extractor", "ref_stats"]
+CURVE_KEY = ["backbone", "variant"]
+X_COLUMNS = {"step": "training iterations", "train_flops": "training FLOPs",
+             "train_wall_s": "training wall-clock time (s)"}
+
+
+def cell_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in CELL_COLUMNS if c in frame.columns]
+
+
+def order_variants(variants) -> list[str]:
+    """Purrception variants first, then the others, each alphabetically."""
+    return sorted(set(variants), key=lambda v: (not (v == "purr" or v.startswith("purr ")), v))
+
+
+def _configured_cells(config: dict, method: str) -> set[tuple]:
+    """The ``at: every`` cells of a run config as (steps, temperature, cfg_scale, n_samples)."""
+    ev = config.get("eval") or {}
+    default_tau = float((ev.get("method_temperature") or {}).get(method, 1.0))
+    return {(int(c.get("steps", 0)), round(float(default_tau if c.get("temperature") is None else c["temperature"]), 6),
+             round(float(c.get("cfg_scale", 1.0)), 6), int(c.get("num_samples") or ev.get("num_samples") or 0))
+            for c in ev.get("cells") or [] if c.get("at", "every") == "every"}
+
+
+def cheap_cells(results: Results) -> pd.DataFrame:
+    """One row per (backbone, variant): its cheap cell's settings (``CELL_COLUMNS``) and
+    ``points`` (the number of (seed, step) evaluations of it)."""
+    m = results.metrics
+    cols = cell_columns(m)
+    rows = []
+    for (backbone, variant), group in m.groupby(CURVE_KEY, sort=True):
+        method = group["method"].iloc[0]
+        configured = set()
+        for source in sorted(group["source"].unique()):
+            configured |= _configured_cells(results.config(int(source)), method)
+        coverage = (group.groupby(cols, dropna=False)[["seed", "step"]]
+                    .apply(lambda g: len(g.drop_duplicates())).rename("points").reset_index())
+        n = coverage["n_samples"] if "n_samples" in coverage else pd.Series(0, index=coverage.index)
+        is_configured = pd.Series([
+            (int(r["steps"]), round(float(r["temperature"]), 6), round(float(r["cfg_scale"]), 6), int(k)) in configured
+            for (_, r), k in zip(coverage.iterrows(), n.fillna(0))], index=coverage.index, dtype=bool)
+        pool = coverage[is_configured] if is_configured.any() else coverage
+        best = pool.sort_values(["points", "steps", "temperature", "cfg_scale"], ascending=[False, False, True, True],
+                                kind="stable").iloc[0]
+        rows.append({"backbone": backbone, "variant": variant, "method": method, **best.to_dict()})
+    return pd.DataFrame(rows, columns=CURVE_KEY + ["method"] + cols + ["points"])
+
+
+def _match(frame: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``frame`` whose (backbone, variant, cell settings) are those of ``cells``."""
+    keys = CURVE_KEY + cell_columns(frame)
+    left = frame.assign(**{c: frame[c].astype(str) for c in keys})
+    right = cells[keys].assign(**{c: cells[c].astype(str) for c in keys}).assign(_keep=True)
+    merged = left.merge(right, on=keys, how="left")
+    return frame[merged["_keep"].fillna(False).to_numpy()]
+
+
+def convergence(results: Results) -> pd.DataFrame:
+    """The cheap-cell rows: one per (backbone, variant, seed, step), sorted, with
+    ``method``, ``train_flops``, ``train_wall_s``, ``fid`` and the cell settings."""
+    cells = cheap_cells(results)
+    if cells.empty:
+        return results.metrics.iloc[0:0]
+    rows = _match(results.metrics, cells)
+    return rows.sort_values(CURVE_KEY + ["seed", "step"]).reset_index(drop=True)
+
+
+def mean_curve(rows: pd.DataFrame, x: str = "step", value: str = "fid") -> pd.DataFrame:
+    """Mean and s.d. over seeds at each (backbone, variant, step): columns backbone, variant,
+    step, ``x`` (mean over seeds, e.g. wall-clock seconds), mean, std, n_seeds."""
+    keys = CURVE_KEY + ["step"]
+    agg = rows.groupby(keys, sort=True).agg(x_mean=(x, "mean"), mean=(value, "mean"), std=(value, "std"),
+                                            n_seeds=("seed", "nunique")).reset_index()
+    agg["std"] = agg["std"].fillna(0.0)
+    out = agg.rename(columns={"x_mean": x}) if x != "step" else agg.drop(columns="x_mean")
+    return out[keys + ([x] if x != "step" else []) + ["mean", "std", "n_seeds"]]
+
+
+def seed_matrix(rows: pd.DataFrame, x: str = "step") -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One variant's curves on the checkpoints every seed has: (x (P,), fid (S, P), seeds).
+    ``x`` is the mean over seeds of column ``x`` at each of those checkpoints."""
+    fid = rows.pivot_table(index="seed", columns="step", values="fid", aggfunc="first").dropna(axis=1)
+    if x == "step":
+        xs = fid.columns.to_numpy(float)
+    else:
+        xs = rows.pivot_table(index="seed", columns="step", values=x, aggfunc="first", dropna=False)
+        xs = xs.reindex(columns=fid.columns).mean(axis=0).to_numpy(float)
+    return xs, fid.to_numpy(float), [int(s) for s in fid.index]
+
+
+def _sweep_groups(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the largest temperature sweep among ``rows`` (one variant, one step), or none."""
+    keys = [c for c in cell_columns(rows) if c != "temperature"]
+    best, best_key = rows.iloc[0:0], None
+    for key, group in rows.groupby(keys, dropna=False, sort=True):
+        n = group["temperature"].nunique()
+        rank = (n, group["steps"].iloc[0])
+        if n >= 2 and (best_key is None or rank > best_key):
+            best, best_key = group, rank
+    return best
+
+
+def sweeps(results: Results, step: int | None = None) -> pd.DataFrame:
+    """Temperature-sweep rows per (backbone, variant), all seeds: at ``step`` if given, else at
+    the variant's last step with a sweep. Adds ``sweep_step``. Raises ValueError if ``step`` is
+    given and no variant has a sweep there (naming the steps that have one)."""
+    found, steps_with = [], set()
+    for _, group in results.metrics.groupby(CURVE_KEY, sort=True):
+        candidates = sorted(group["step"].unique(), reverse=True)
+        for s in candidates:
+            sweep = _sweep_groups(group[group["step"] == s])
+            if sweep.empty:
+                continue
+            steps_with.add(int(s))
+            if step is None or int(s) == step:
+                found.append(sweep.assign(sweep_step=int(s)))
+                if step is None:
+                    break
+    if step is not None and not found:
+        listed = ", ".join(map(str, sorted(steps_with))) or "none"
+        raise ValueError(f"no temperature sweep at step {step}; steps with a sweep: {listed}")
+    if not found:
+        return results.metrics.iloc[0:0].assign(sweep_step=pd.Series(dtype=int))
+    return pd.concat(found, ignore_index=True)
+
+
+def sweep_curve(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean/s.d. FID over seeds per (backbone, variant, temperature) of sweep rows."""
+    keys = CURVE_KEY + ["sweep_step", "steps", "temperature"]
+    agg = rows.groupby(keys, sort=True).agg(mean=("fid", "mean"), std=("fid", "std"),
+                                            n_seeds=("seed", "nunique")).reset_index()
+    agg["std"] = agg["std"].fillna(0.0)
+    return agg
+
+
+def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
+    """Mean entropy over seeds per (backbone, variant, temperature, t) at ``step`` (default: the
+    variant's last step with traces), for the (steps, cfg_scale) setting with the most temperatures.
+    Columns: backbone, variant, step, steps, cfg_scale, temperature, t, entropy, n_seeds."""
+    tr = results.traces
+    out = []
+    for (backbone, variant), group in tr.groupby(CURVE_KEY, sort=True):
+        at = group["step"].max() if step is None else step
+        here = group[group["step"] == at]
+        if here.empty:
+            continue
+        settings = here.groupby(["steps", "cfg_scale"])["temperature"].nunique().reset_index()
+        chosen = settings.sort_values(["temperature", "steps", "cfg_scale"], ascending=[False, False, True]).iloc[0]
+        rows = here[(here["steps"] == chosen["steps"]) & (here["cfg_scale"] == chosen["cfg_scale"])]
+        agg = rows.groupby(["temperature", "t"], sort=True).agg(entropy=("entropy", "mean"),
+                                                                n_seeds=("seed", "nunique")).reset_index()
+        out.append(agg.assign(backbone=backbone, variant=variant, step=int(at), steps=int(chosen["steps"]),
+                              cfg_scale=float(chosen["cfg_scale"])))
+    columns = CURVE_KEY + ["step", "steps", "cfg_scale", "temperature", "t", "entropy", "n_seeds"]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
+
+
+GRID_NAME = re.compile(r"^step(?P<step>\d+)_steps(?P<steps>\d+)_tau(?P<temperature>[^_]+)_cfg(?P<cfg_scale>[^_]+)"
+                       r"(?:_n(?P<n_samples>\d+))?\.png$")
+
+
+def sample_grids(results: Results, backbone: str, variant: str, step: int, steps: int,
+                 cfg_scale: float = 1.0, n_samples: int | None = None) -> pd.DataFrame:
+    """The PNG sample grids (``samples/<method>/seed<k>/step<9 digits>_steps<N>_tau<t>_cfg<w>[_n<n>].png``)
+    of one variant at one checkpoint and sampler setting (and sample count, where the name has one), from its lowest seed that has grids at two
+    or more temperatures: columns seed, temperature, path, source; one row per temperature, sorted."""
+    found = []
+    for (source, method), label in sorted(results.labels.items()):
+        run = results.runs[source]
+        if label != variant or run.backbone != backbone:
+            continue
+        for path in sorted((run.path / "samples" / method).glob("seed*/*.png")):
+            match = GRID_NAME.match(path.name)
+            seed = path.parent.name[len("seed"):]
+            if not match or not seed.isdigit():
+                continue
+            try:
+                tau, cfg = float(match["temperature"]), float(match["cfg_scale"])
+            except ValueError:
+                continue
+            same_n = n_samples is None or match["n_samples"] is None or int(match["n_samples"]) == n_samples
+            if int(match["step"]) == step and int(match["steps"]) == steps and abs(cfg - cfg_scale) < 1e-9 and same_n:
+                found.append({"seed": int(seed), "temperature": tau, "path": path, "source": source})
+    frame = pd.DataFrame(found, columns=["seed", "temperature", "path", "source"])
+    counts = frame.groupby("seed")["temperature"].nunique()
+    seeds = sorted(counts[counts >= 2].index)
+    if not seeds:
+        return frame.iloc[0:0]
+    chosen = frame[frame["seed"] == seeds[0]].sort_values(["temperature", "source"], kind="stable")
+    return chosen.drop_duplicates("temperature").reset_index(drop=True)
+
+
+def image_array(path: Path) -> np.ndarray:
+    """A PNG as an (H, W[, C]) float array in [0, 1]."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))

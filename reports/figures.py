@@ -1,0 +1,235 @@
+"""The report's figures. Every ``plot_*`` function draws one figure, saves it as PNG and PDF
+under ``out_dir`` (via ``save``) and returns the tidy DataFrame it plotted, so tests (and users)
+can check the data behind a figure without looking at pixels.
+
+Matplotlib is used through ``matplotlib.figure.Figure`` (no pyplot, no global backend state);
+PDFs are written without a creation date so that rebuilding gives identical files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, ticker
+from matplotlib.figure import Figure
+
+from reports.curves import X_COLUMNS, image_array, mean_curve, order_variants
+
+FORMATS = ("png", "pdf")
+DPI = 150
+BAND_NOTE = "mean ± 1 s.d. over seeds"
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write ``<name>.png`` (``DPI``) and ``<name>.pdf``; returns their paths. (The figures use the
+    constrained layout, so no ``bbox_inches="tight"``: that would draw everything twice.)"""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{name}.{fmt}"
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(path, format=fmt, dpi=DPI, metadata=metadata)
+        paths.append(path)
+    return paths
+
+
+def palette(variants) -> dict[str, tuple]:
+    """A fixed colour per variant (tab10, in ``order_variants`` order) shared by every figure."""
+    colours = colormaps["tab10"].colors
+    return {v: colours[i % len(colours)] for i, v in enumerate(order_variants(variants))}
+
+
+def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 3.6) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    return fig, axes
+
+
+def _band(ax, x, mean, std, colour, label) -> None:
+    ax.plot(x, mean, marker="o", markersize=3, color=colour, label=label)
+    if np.any(np.asarray(std) > 0):
+        ax.fill_between(x, np.asarray(mean) - std, np.asarray(mean) + std, color=colour, alpha=0.2, linewidth=0)
+
+
+def _floor_lines(ax, floors: pd.DataFrame, backbone: str) -> None:
+    """Horizontal lines at the tokenizer's reconstruction FID (one per distinct floor)."""
+    if floors.empty:
+        return
+    here = floors[floors["backbones"].str.split(", ").apply(lambda bs: backbone in bs)]
+    styles = ["--", ":", "-."]
+    for k, (_, floor) in enumerate(here.iterrows()):
+        if pd.isna(floor["fid"]):
+            continue
+        label = "tokenizer reconstruction FID (floor)"
+        if len(floors) > 1:
+            label += f", run {floor['runs']}"
+        ax.axhline(float(floor["fid"]), color="black", linestyle=styles[k % len(styles)], linewidth=1, label=label)
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain-number tick labels (no mathtext: faster, and readable as FID values)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+
+
+def _cell_text(row: pd.Series) -> str:
+    return f"τ={row['temperature']:g}, {int(row['steps'])} steps" + (
+        f", CFG {row['cfg_scale']:g}" if float(row["cfg_scale"]) != 1.0 else "")
+
+
+def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: Path, name: str) -> pd.DataFrame:
+    """FID of the cheap cell against ``x`` (``step``, ``train_flops`` or ``train_wall_s``; x is the
+    mean over seeds at each checkpoint), one curve per variant, one panel per backbone, the
+    tokenizer floor as a horizontal line. Returns the plotted means (``mean_curve``) with ``cell``."""
+    curve = mean_curve(conv, x=x)
+    cells = conv.groupby(["backbone", "variant"]).first().apply(_cell_text, axis=1).rename("cell").reset_index()
+    curve = curve.merge(cells, on=["backbone", "variant"], how="left")
+    backbones = sorted(curve["backbone"].unique())
+    colours = palette(curve["variant"])
+    fig, axes = _grid(1, len(backbones))
+    several = curve["n_seeds"].max() > 1
+    for ax, backbone in zip(axes[0], backbones):
+        here = curve[curve["backbone"] == backbone]
+        for variant in order_variants(here["variant"]):
+            c = here[here["variant"] == variant]
+            seeds = int(c["n_seeds"].max())
+            label = f"{variant} ({c['cell'].iloc[0]}; {seeds} seed{'s' if seeds > 1 else ''})"
+            _band(ax, c[x].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), colours[variant], label)
+        _floor_lines(ax, floors, backbone)
+        _log_y(ax)
+        ax.set_xlabel(X_COLUMNS[x])
+        ax.set_ylabel("FID (log scale)")
+        ax.set_title(f"{backbone}: FID vs {X_COLUMNS[x].split(' (')[0]}" + (f"\n({BAND_NOTE})" if several else ""))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, out_dir, name)
+    return curve
+
+
+def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: dict[str, str],
+                     out_dir: Path, name: str = "fid_vs_temperature") -> pd.DataFrame:
+    """FID against sampling temperature at the sweep checkpoint, one curve per variant (its
+    temperature definition in the legend), one panel per backbone. Returns the plotted means."""
+    from reports.curves import sweep_curve
+
+    curve = sweep_curve(sweep_rows)
+    backbones = sorted(curve["backbone"].unique())
+    colours = palette(curve["variant"])
+    fig, axes = _grid(1, len(backbones), width=6.5)
+    for ax, backbone in zip(axes[0], backbones):
+        here = curve[curve["backbone"] == backbone]
+        steps_at = sorted(here["sweep_step"].unique())
+        for variant in order_variants(here["variant"]):
+            c = here[here["variant"] == variant]
+            method = variant.split(" (")[0]
+            label = f"{variant}: {meanings.get(method, 'temperature')}"
+            if len(steps_at) > 1:
+                label += f" (step {int(c['sweep_step'].iloc[0])})"
+            _band(ax, c["temperature"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), colours[variant], label)
+            best = c.loc[c["mean"].idxmin()]
+            ax.plot([best["temperature"]], [best["mean"]], marker="*", markersize=11, color=colours[variant])
+        _floor_lines(ax, floors, backbone)
+        where = f"step {steps_at[0]}" if len(steps_at) == 1 else "each variant's last sweep"
+        ax.set_title(f"{backbone}: FID vs sampling temperature at {where}, {int(here['steps'].iloc[0])} steps"
+                     + (f"\n({BAND_NOTE}; ★ = best)" if here["n_seeds"].max() > 1 else "\n(★ = best)"))
+        ax.set_xlabel("temperature τ (meaning per method in the legend)")
+        ax.set_ylabel("FID")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, out_dir, name)
+    return curve
+
+
+def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str) -> pd.DataFrame:
+    """The PNG sample grids of one variant/seed/checkpoint, temperature low to high: side by side,
+    or stacked top to bottom when the grids are wide. ``grids``: columns temperature, path (see
+    ``reports.curves.sample_grids``). Returns it sorted by temperature."""
+    grids = grids.sort_values("temperature").reset_index(drop=True)
+    images = [image_array(p) for p in grids["path"]]
+    height, width = images[0].shape[:2]
+    stacked = width > 1.5 * height
+    if stacked:
+        fig, axes = _grid(len(images), 1, width=7.0, height=7.0 * height / width + 0.35)
+    else:
+        fig, axes = _grid(1, len(images), width=2.8, height=2.8 * height / width + 0.35)
+    for ax, image, tau in zip(axes.ravel(), images, grids["temperature"]):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(f"τ = {tau:g}", fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    save(fig, out_dir, name)
+    return grids
+
+
+TRAIN_PANELS = {"loss": "training loss", "logsumexp": "mean logsumexp of the logits"}
+
+
+def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss") -> pd.DataFrame:
+    """Training loss (and, for categorical methods, logsumexp, what z-loss keeps near 0) against
+    iterations from train_log.csv, per variant (mean over seeds, band ± s.d.), a row per backbone.
+    Returns the tidy means: backbone, variant, quantity, step, mean, std, n_seeds."""
+    quantities = [q for q in TRAIN_PANELS if q in logs.columns and logs[q].notna().any()]
+    tidy = (logs.melt(id_vars=["backbone", "variant", "seed", "step"], value_vars=quantities, var_name="quantity")
+            .dropna(subset=["value"])
+            .groupby(["backbone", "variant", "quantity", "step"], sort=True)
+            .agg(mean=("value", "mean"), std=("value", "std"), n_seeds=("seed", "nunique")).reset_index())
+    tidy["std"] = tidy["std"].fillna(0.0)
+    backbones = sorted(tidy["backbone"].unique())
+    colours = palette(tidy["variant"])
+    fig, axes = _grid(len(backbones), len(quantities))
+    for r, backbone in enumerate(backbones):
+        for c, quantity in enumerate(quantities):
+            ax = axes[r, c]
+            here = tidy[(tidy["backbone"] == backbone) & (tidy["quantity"] == quantity)]
+            for variant in order_variants(here["variant"]):
+                v = here[here["variant"] == variant]
+                _band(ax, v["step"].to_numpy(), v["mean"].to_numpy(), v["std"].to_numpy(), colours[variant], variant)
+            if quantity == "loss" and (here["mean"] > 0).all() and not here.empty:
+                _log_y(ax)
+            ax.set_xlabel("training iterations")
+            ax.set_ylabel(TRAIN_PANELS[quantity] + (" (log scale)" if ax.get_yscale() == "log" else ""))
+            several = not here.empty and here["n_seeds"].max() > 1
+            ax.set_title(f"{backbone}: {TRAIN_PANELS[quantity]}" + (f" ({BAND_NOTE})" if several else ""), fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if not here.empty:
+                ax.legend(fontsize=7)
+    save(fig, out_dir, name)
+    return tidy
+
+
+ENTROPY_MEANING = {"purr": "posterior entropy H(π) over codes", "dfm": "entropy of the jump distribution",
+                   "dfm-uniform": "entropy of the jump distribution"}
+
+
+def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[str, int], out_dir: Path,
+                 name: str = "entropy_vs_t") -> pd.DataFrame:
+    """Mean per-position entropy (nats) along the sampler's t, one curve per temperature (dark = low,
+    bright = high), a panel per (backbone, variant); ``log K`` (uniform over the codebook) dashed.
+    ``traces``: ``reports.curves.entropy_traces``. Returns it."""
+    panels = [(b, v) for b in sorted(traces["backbone"].unique())
+              for v in order_variants(traces.loc[traces["backbone"] == b, "variant"])]
+    fig, axes = _grid(1, len(panels), width=4.6)
+    cmap = colormaps["plasma"]
+    for ax, (backbone, variant) in zip(axes[0], panels):
+        here = traces[(traces["backbone"] == backbone) & (traces["variant"] == variant)]
+        temps = sorted(here["temperature"].unique())
+        for k, tau in enumerate(temps):
+            curve = here[here["temperature"] == tau].sort_values("t")
+            shade = 0.85 * k / max(len(temps) - 1, 1)  # plasma's last 15% is too pale on white
+            ax.plot(curve["t"], curve["entropy"], color=cmap(shade), marker=".", label=f"τ = {tau:g}")
+        size = codebook_sizes.get(backbone)
+        if size:
+            ax.axhline(np.log(size), color="gray", linestyle="--", linewidth=1, label=f"log K (K = {size})")
+        method = variant.split(" (")[0]
+        first = here.iloc[0]
+        ax.set_title(f"{backbone}: {variant}, step {int(first['step'])}, {int(first['steps'])} steps\n"
+                     f"{ENTROPY_MEANING.get(method, 'entropy')}", fontsize=9)
+        ax.set_xlabel("t (0 = noise, 1 = data)")
+        ax.set_ylabel("mean entropy per position (nats)")
+        ax.set_xlim(0, 1)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, out_dir, name)
+    return traces

@@ -1,0 +1,348 @@
+"""Read benchmark run folders and merge them into one set of tidy tables.
+
+A run folder (written by ``python -m benchmarks.run``) holds ``metrics.csv`` (one row per
+evaluation cell), ``traces.csv`` (entropy along the sampler's t), ``manifest.json`` (resolved
+config, per-job summaries), ``tokenizer_floor.json`` and ``<method>/seed<k>/train_log.csv``.
+Only these files are read: no checkpoints, no torch.
+
+Variants. Curves are identified by ``(backbone, variant)``. A method's *variant* is its name,
+plus the settings that differ between the merged runs that hold it: its own options
+(``methods.<name>.*``, e.g. ``z_loss``) and the training recipe (``train.*``, ``data.*``,
+``tokenizer.*``). Settings that do not change what is trained are ignored: the seed (extra seeds
+come as extra folders), iteration count, checkpoint/log cadence, device, compile, paths, the
+launcher and the ``eval`` section (evaluation settings are columns of every row). So two folders
+``--set methods.purr.z_loss=0`` apart give the curves ``purr (z_loss=0)`` and
+``purr (z_loss=1e-05)``; two folders that differ only in ``train.seed`` merge into one variant.
+
+Duplicates. Within one ``(backbone, variant)`` a cell is identified by ``CELL_KEY`` (as in
+``benchmarks.results``). When two folders hold the same cell (the same job run twice), the row
+of the folder given first is kept and the merge records a note (and warns); likewise for trace
+points (``TRACE_KEY``) and for a ``(variant, seed)`` train log present in several folders.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+# The row identities of benchmarks.results (kept here so that reading results needs no torch;
+# tests/test_reports.py checks that they match).
+CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
+            "feature_extractor", "ref_stats"]
+TRACE_KEY = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "t"]
+REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
+REQUIRED_TRACES = TRACE_KEY + ["entropy"]
+REQUIRED_TRAIN_LOG = ["step", "loss"]
+FLOOR_IDENTITY = ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "psnr", "n_samples",
+                  "tokenizer", "feature_extractor", "ref_stats"]
+
+# Config keys (flattened, dotted) that never define a variant.
+IGNORED_PREFIXES = ("name", "description", "launcher.", "eval.", "backbone", "methods.")
+IGNORED_KEYS = {"train.seed", "train.iterations", "train.checkpoint_every", "train.keep_checkpoints",
+                "train.log_every", "train.device", "train.compile", "data.path", "data.reference",
+                "tokenizer.ckpt"}
+
+
+class RunFolderError(ValueError):
+    """A run folder or one of its files is missing or malformed; the message names it."""
+
+
+@dataclass
+class Run:
+    """The files of one run folder, as read."""
+
+    path: Path
+    name: str
+    manifest: dict
+    metrics: pd.DataFrame
+    traces: pd.DataFrame
+    train_logs: pd.DataFrame
+    floor: dict | None
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config") or {}
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config.get("backbone", "unknown backbone"))
+
+    def methods(self) -> list[str]:
+        found = set(self.manifest.get("methods") or []) | set(self.metrics.get("method", []))
+        found |= set(self.train_logs.get("method", []))
+        return sorted(found)
+
+
+@dataclass
+class Results:
+    """Merged tables of several runs. Every table has ``backbone``, ``variant`` and ``source``
+    (index of the run folder in ``runs``) columns besides its own.
+
+    - ``metrics``: metrics.csv rows.  - ``traces``: traces.csv rows.
+    - ``train_logs``: train_log.csv rows plus ``method`` and ``seed``.
+    - ``jobs``: one row per (backbone, variant, seed) from the manifests' ``jobs``
+      (``params``, ``flops_per_step``, ``train_wall_s``, ``step``).
+    - ``floors``: one row per distinct tokenizer floor with ``runs`` (names of the folders that hold it).
+    - ``variants``: per (backbone, variant): ``method``, ``options`` (the defining settings as text).
+    - ``labels``: (run index, method) -> variant.
+    - ``notes``: human-readable merge notes (duplicates dropped, runs without a config, ...).
+    """
+
+    runs: list[Run]
+    metrics: pd.DataFrame
+    traces: pd.DataFrame
+    train_logs: pd.DataFrame
+    jobs: pd.DataFrame
+    floors: pd.DataFrame
+    variants: pd.DataFrame
+    labels: dict[tuple[int, str], str] = field(default_factory=dict)
+    """(run index, method) -> variant label."""
+    notes: list[str] = field(default_factory=list)
+
+    def config(self, source: int) -> dict:
+        return self.runs[source].config
+
+
+# ----------------------------------------------------------------------------- reading one folder
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=required)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path}: not a readable CSV file ({e})") from None
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=required)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise RunFolderError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_train_logs(run_dir: Path) -> pd.DataFrame:
+    frames = []
+    for path in sorted(run_dir.glob("*/seed*/train_log.csv")):
+        seed_dir = path.parent.name
+        try:
+            seed = int(seed_dir[len("seed"):])
+        except ValueError:
+            continue
+        log = _read_csv(path, REQUIRED_TRAIN_LOG)
+        if log.empty:
+            continue
+        frames.append(log.assign(method=path.parent.parent.name, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=REQUIRED_TRAIN_LOG + ["method", "seed"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """Read one run folder. Raises RunFolderError if it is not one (no manifest.json, metrics.csv
+    or train logs) or if a file is malformed."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunFolderError(f"{path}: no such run folder")
+    manifest = _read_json(path / "manifest.json") or {}
+    metrics = _read_csv(path / "metrics.csv", REQUIRED_METRICS)
+    traces = _read_csv(path / "traces.csv", REQUIRED_TRACES)
+    logs = _read_train_logs(path)
+    if not manifest and metrics.empty and logs.empty:
+        raise RunFolderError(f"{path}: not a run folder (no manifest.json, metrics.csv or */seed*/train_log.csv)")
+    name = path.resolve().name
+    return Run(path=path, name=name, manifest=manifest, metrics=metrics, traces=traces, train_logs=logs,
+               floor=_read_json(path / "tokenizer_floor.json"))
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dict -> {"a.b.c": value}; lists become tuples (hashable)."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _defining_settings(config: dict, method: str) -> dict[str, object]:
+    """The settings of ``config`` that define a variant of ``method`` (see module docstring),
+    keyed by their display name (``z_loss`` for method options, dotted keys otherwise)."""
+    flat = flatten(config)
+    own = {k[len(f"methods.{method}."):]: v for k, v in flat.items() if k.startswith(f"methods.{method}.")}
+    shared = {k: v for k, v in flat.items()
+              if not k.startswith(IGNORED_PREFIXES) and k not in IGNORED_KEYS}
+    return {**own, **shared}
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def variant_labels(runs: list[Run]) -> dict[tuple[int, str], tuple[str, str]]:
+    """(run index, method) -> (variant label, options text). The label is the method name, plus
+    ``(key=value, ...)`` for the settings that differ among the runs holding that method (with
+    the same backbone). Runs without a saved config take the plain method name."""
+    out: dict[tuple[int, str], tuple[str, str]] = {}
+    holders: dict[tuple[str, str], list[int]] = {}
+    for i, run in enumerate(runs):
+        for method in run.methods():
+            holders.setdefault((run.backbone, method), []).append(i)
+    for (_, method), indices in holders.items():
+        settings = {i: _defining_settings(runs[i].config, method) for i in indices if runs[i].config}
+        keys = sorted({k for s in settings.values() for k in s})
+        differing = [k for k in keys if len({repr(s.get(k, "default")) for s in settings.values()}) > 1]
+        # method options first (short names), then the shared recipe keys
+        differing.sort(key=lambda k: ("." in k, k))
+        for i in indices:
+            if i not in settings or not differing:
+                out[(i, method)] = (method, "")
+                continue
+            text = ", ".join(f"{k}={format_value(settings[i].get(k, 'default'))}" for k in differing)
+            out[(i, method)] = (f"{method} ({text})", text)
+    return out
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def _label(frame: pd.DataFrame, run: Run, source: int, labels: dict) -> pd.DataFrame:
+    if frame.empty:
+        return frame.assign(backbone=pd.Series(dtype=object), variant=pd.Series(dtype=object),
+                            source=pd.Series(dtype=int))
+    variants = [labels.get((source, m), (str(m), ""))[0] for m in frame["method"]]
+    # metrics rows carry their own backbone; the config's is the fallback
+    backbone = frame["backbone"].astype(str) if "backbone" in frame.columns else run.backbone
+    return frame.assign(backbone=backbone, variant=variants, source=source)
+
+
+def _key_text(frame: pd.DataFrame, key: list[str]) -> pd.Series:
+    """A string identity per row (floats rounded to 6 decimals, as benchmarks.results does)."""
+    def fmt(v):
+        if isinstance(v, float) and not math.isnan(v):
+            v = round(v, 6)
+            return str(int(v)) if v.is_integer() else repr(v)
+        return str(v)
+    cols = [c for c in key if c in frame.columns]
+    if not len(frame):
+        return pd.Series(dtype=str)
+    return frame[cols].astype(object).apply(lambda col: col.map(fmt)).agg("|".join, axis=1)
+
+
+def _dedupe(frame: pd.DataFrame, key: list[str], what: str, runs: list[Run], notes: list[str]) -> pd.DataFrame:
+    """Keep the first row (lowest ``source``) of every (backbone, variant, *key) and note the rest,
+    saying whether the dropped rows' values differ from the kept ones."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    frame = frame.sort_values("source", kind="stable").reset_index(drop=True)
+    ident = _key_text(frame, ["backbone", "variant", *key])
+    dup = ident.duplicated(keep="first")
+    if dup.any():
+        value = "fid" if "fid" in frame.columns else "entropy"
+        kept = frame[~dup].set_index(ident[~dup])
+        for (variant, seed, source), rows in frame[dup].groupby(["variant", "seed", "source"], sort=True):
+            originals = kept.loc[ident[rows.index]]
+            same = rows[value].reset_index(drop=True).equals(originals[value].reset_index(drop=True))
+            origin = ", ".join(sorted({runs[int(s)].name for s in originals["source"]}))
+            notes.append(f"{what}: {len(rows)} row(s) of {variant} seed {seed} in run '{runs[int(source)].name}' "
+                         f"duplicate rows of run '{origin}' (given first), which were kept"
+                         + ("" if same else f"; their {value} values differ"))
+    return frame[~dup].reset_index(drop=True)
+
+
+def _jobs_table(runs: list[Run], labels: dict, notes: list[str]) -> pd.DataFrame:
+    rows = []
+    for i, run in enumerate(runs):
+        for key, job in sorted((run.manifest.get("jobs") or {}).items()):
+            method, _, seed_text = key.rpartition("/seed")
+            if not method or not seed_text.isdigit() or not isinstance(job, dict):
+                notes.append(f"run '{run.name}': manifest job entry {key!r} not understood, ignored")
+                continue
+            rows.append({"backbone": run.backbone, "variant": labels.get((i, method), (method, ""))[0],
+                         "method": method, "seed": int(seed_text), "source": i,
+                         **{k: job.get(k) for k in ("step", "params", "flops_per_step", "train_wall_s")}})
+    columns = ["backbone", "variant", "method", "seed", "source", "step", "params", "flops_per_step", "train_wall_s"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.drop_duplicates(["backbone", "variant", "seed"], keep="first").reset_index(drop=True)
+
+
+def _floors_table(runs: list[Run]) -> pd.DataFrame:
+    """Distinct tokenizer floors (by their metrics, not timings), each with the runs holding it."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        if not run.floor:
+            continue
+        identity = json.dumps({k: run.floor.get(k) for k in FLOOR_IDENTITY}, sort_keys=True)
+        entry = found.setdefault(identity, {**{k: run.floor.get(k) for k in FLOOR_IDENTITY},
+                                            "runs": [], "backbones": set()})
+        entry["runs"].append(run.name)
+        entry["backbones"].add(run.backbone)
+    rows = [{**e, "runs": ", ".join(e["runs"]), "backbones": ", ".join(sorted(e["backbones"]))} for e in found.values()]
+    return pd.DataFrame(rows, columns=FLOOR_IDENTITY + ["runs", "backbones"])
+
+
+def merge_runs(runs: list[Run]) -> Results:
+    """Merge read runs (see the module docstring for variants and duplicates)."""
+    notes: list[str] = []
+    names = [r.name for r in runs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        notes.append(f"several run folders are named '{name}'; notes name folders by their base name")
+    for run in runs:
+        if not run.config:
+            notes.append(f"run '{run.name}': no config in manifest.json; its curves are labelled by method name only")
+    labels = variant_labels(runs)
+
+    def concat(attr: str) -> pd.DataFrame:
+        frames = [_label(getattr(run, attr), run, i, labels) for i, run in enumerate(runs)]
+        frames = [f for f in frames if not f.empty]
+        return pd.concat(frames, ignore_index=True) if frames else _label(getattr(runs[0], attr), runs[0], 0, labels)
+
+    metrics = _dedupe(concat("metrics"), CELL_KEY, "metrics.csv", runs, notes)
+    traces = _dedupe(concat("traces"), TRACE_KEY, "traces.csv", runs, notes)
+    logs = concat("train_logs")
+    if not logs.empty:
+        first = logs.groupby(["backbone", "variant", "seed"])["source"].transform("min")
+        for (variant, seed), rows in logs[logs["source"] != first].groupby(["variant", "seed"], sort=True):
+            notes.append(f"train_log.csv: duplicate log of {variant} seed {seed} in run(s) "
+                         f"{', '.join(sorted({repr(runs[int(s)].name) for s in rows['source']}))}; kept run "
+                         f"'{runs[int(first[rows.index[0]])].name}' (given first)")
+        logs = logs[logs["source"] == first].reset_index(drop=True)
+    variants = pd.DataFrame(sorted({(runs[i].backbone, v, m, opts) for (i, m), (v, opts) in labels.items()}),
+                            columns=["backbone", "variant", "method", "options"])
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return Results(runs=runs, metrics=metrics, traces=traces, train_logs=logs, jobs=_jobs_table(runs, labels, notes),
+                   floors=_floors_table(runs), variants=variants,
+                   labels={k: v for k, (v, _) in labels.items()}, notes=notes)
+
+
+def load_runs(run_dirs: list[str | Path]) -> Results:
+    """Read and merge run folders (the first given wins on duplicates)."""
+    if not run_dirs:
+        raise RunFolderError("no run folders given")
+    return merge_runs([read_run(d) for d in run_dirs])

@@ -1,0 +1,83 @@
+"""Render the report's tables and figure links as Markdown (``report.md``).
+
+The text depends only on the inputs: no timestamps, no absolute paths, sorted rows, fixed
+number formats; rebuilding from the same run folders gives a byte-identical file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from reports.speedup import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    name: str          # file stem under figures/
+    title: str
+    caption: str
+
+
+def table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (missing values as '-'; '|' escaped)."""
+    if frame.empty:
+        return "_(none)_\n"
+    cells = frame.astype(object).where(frame.notna(), "-").astype(str)
+    cells = cells.apply(lambda col: col.str.replace("|", "\\|", regex=False))
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+SPEEDUP_METHOD = f"""\
+Speed-up = (iterations the baseline trained to reach its final FID) / (iterations Purrception
+needs to reach that FID); the FLOPs columns do the same with training FLOPs. The baseline's
+final FID (the target) is the mean over its seeds of the cheap-cell FID at its last checkpoint
+(the last one every seed has). Purrception's iterations are where its mean-over-seeds curve first
+reaches the target, interpolated between the two checkpoints around the crossing linearly in
+(log iterations, log FID), which is exact for power-law curves. `>=r`: Purrception's first
+checkpoint already reaches the target (it may have got there earlier), so the speed-up is at
+least r. `not reached (<r)`: its curve never reaches the target, so the speed-up is below
+r = baseline iterations / Purrception's last checkpoint. Each method uses its own cheap cell
+(Purrception at its default temperature), as in the paper.
+
+Confidence intervals: percentile bootstrap over seeds with {BOOTSTRAP_RESAMPLES} resamples. Each
+resample draws each method's seeds with replacement (as many as it has), recomputes both mean
+curves, the target and the ratio; the interval runs from the {100 * (1 - CONFIDENCE) / 2:g}th to the
+{100 * (1 + CONFIDENCE) / 2:g}th percentile of the resampled ratios (order statistics; "not reached"
+resamples rank lowest, `>=` ones highest). The generator is NumPy's `default_rng({BOOTSTRAP_SEED})`
+for every comparison, so the table is reproducible. With a handful of seeds the interval is coarse.
+"""
+
+RESULTS_METHOD = """\
+Final FID: the cheap cell (the sampler setting evaluated at every checkpoint) at the last
+checkpoint every seed has, mean ± s.d. over seeds (sample s.d.). Best τ: the temperature with the
+lowest mean FID in the temperature sweep (its checkpoint and sampler steps in brackets); its FID
+as mean ± s.d. over seeds. Train wall s: training time to the final checkpoint, mean ± s.d.
+"""
+
+
+def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, floors: pd.DataFrame,
+           speedups: pd.DataFrame, meanings: pd.DataFrame, figures: list[FigureEntry], notes: list[str]) -> str:
+    parts = ["# Benchmark report\n",
+             "Built by `python -m reports` from the run folders' files alone (in merge order): "
+             + ", ".join(f"`{r}`" for r in runs) + ".\n",
+             "## Setup\n", table(setup),
+             "## Results\n", RESULTS_METHOD, table(results),
+             "## Tokenizer floor\n",
+             "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
+             "these latents can do better.\n", table(floors),
+             "## Speed-ups\n", SPEEDUP_METHOD, table(speedups) if not speedups.empty else
+             "_No Purrception run and baseline share a backbone in these runs._\n",
+             "## What temperature means per method\n", table(meanings),
+             "## Figures\n"]
+    for fig in figures:
+        parts.append(f"### {fig.title}\n\n{fig.caption} ([PDF](figures/{fig.name}.pdf), "
+                     f"[data](figures/{fig.name}.csv))\n\n![{fig.title}](figures/{fig.name}.png)\n")
+    if not figures:
+        parts.append("_No figures: the runs hold no evaluations or training logs._\n")
+    parts.append("## Merge notes\n")
+    parts.append("".join(f"- {n}\n" for n in notes) if notes else "_None: no duplicate cells, one configuration per variant._\n")
+    return "\n".join(parts)

@@ -1,0 +1,139 @@
+"""The report's tables as DataFrames of display strings (rows sorted; no paths, no times).
+
+- ``results_table``: per (backbone, variant): seeds, final checkpoint, cheap cell, final FID
+  (mean ± s.d. over seeds at the last checkpoint every seed has), parameters, training FLOPs
+  per step, training wall-clock seconds to that checkpoint (mean over seeds), and the best
+  temperature of the sweep with its FID.
+- ``floor_table``: the distinct tokenizer reconstruction floors.
+- ``speedup_table``: every Purrception variant against every other variant of the same backbone
+  (see ``reports.speedup`` for the definitions), in iterations and in training FLOPs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from reports.curves import order_variants, seed_matrix, sweep_curve
+from reports.load import Results
+from reports.speedup import bootstrap_interval, format_interval, format_speedup, speedup
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M' (k, M, G, T, P, E); NaN -> '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    for prefix in ("", "k", "M", "G", "T", "P", "E"):
+        if abs(value) < 1000 or prefix == "E":
+            text = f"{value:.0f}" if prefix == "" and value == int(value) else f"{value:.3g}"
+            return f"{text}{prefix}{unit}"
+        value /= 1000.0
+    raise AssertionError("unreachable")
+
+
+def mean_sd(values, digits: int = 2) -> str:
+    values = np.asarray(values, float)
+    if len(values) == 0 or np.all(np.isnan(values)):
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.nanmean(values):.{digits}f} ± {np.nanstd(values, ddof=1):.{digits}f}"
+
+
+def _is_purr(variant: str) -> bool:
+    return variant == "purr" or variant.startswith("purr ")
+
+
+def _first_valid(*values) -> float:
+    for v in values:
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            return float(v)
+    return float("nan")
+
+
+def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    best = sweep_curve(sweep_rows) if not sweep_rows.empty else pd.DataFrame(columns=["backbone", "variant"])
+    for (backbone, variant), group in conv.groupby(["backbone", "variant"], sort=True):
+        _, fid, seeds = seed_matrix(group)
+        if fid.shape[1] == 0:
+            continue
+        final_step = int(group.pivot_table(index="seed", columns="step", values="fid").dropna(axis=1).columns[-1])
+        at_final = group[group["step"] == final_step]
+        jobs = results.jobs[(results.jobs["backbone"] == backbone) & (results.jobs["variant"] == variant)]
+        flops_per_step = _first_valid(jobs["flops_per_step"].mean() if not jobs.empty else None,
+                                      (at_final["train_flops"] / final_step).mean() if "train_flops" in at_final else None)
+        params = _first_valid(at_final["params"].iloc[0] if "params" in at_final else None,
+                              jobs["params"].iloc[0] if not jobs.empty else None)
+        b = best[(best["backbone"] == backbone) & (best["variant"] == variant)]
+        if b.empty:
+            best_tau, best_fid = "-", "-"
+        else:
+            top = b.loc[b["mean"].idxmin()]
+            best_tau = f"{top['temperature']:g} (step {int(top['sweep_step'])}, {int(top['steps'])} steps)"
+            sweep_fids = sweep_rows[(sweep_rows["backbone"] == backbone) & (sweep_rows["variant"] == variant)
+                                    & (sweep_rows["temperature"] == top["temperature"])]["fid"]
+            best_fid = mean_sd(sweep_fids)
+        cell = group.iloc[0]
+        rows.append({"backbone": backbone, "variant": variant, "seeds": len(seeds), "final step": final_step,
+                     "cell (τ, steps, CFG, samples)": f"{cell['temperature']:g}, {int(cell['steps'])}, "
+                                                      f"{cell['cfg_scale']:g}, {int(cell['n_samples'])}"
+                     if "n_samples" in cell else f"{cell['temperature']:g}, {int(cell['steps'])}, {cell['cfg_scale']:g}",
+                     "final FID": mean_sd(fid[:, -1]), "params": human(params),
+                     "FLOPs/step": human(flops_per_step),
+                     "train wall s": mean_sd(at_final["train_wall_s"], 1) if "train_wall_s" in at_final else "-",
+                     "best τ": best_tau, "FID at best τ": best_fid})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    order = {v: i for i, v in enumerate(order_variants(frame["variant"]))}
+    return frame.sort_values(["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
+                             kind="stable").reset_index(drop=True)
+
+
+def floor_table(results: Results) -> pd.DataFrame:
+    rows = []
+    for _, f in results.floors.iterrows():
+        def num(key, digits=3):
+            v = f.get(key)
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
+        rows.append({"tokenizer": str(f["tokenizer"]), "FID": num("fid", 2), "KID": num("kid_mean", 4),
+                     "precision": num("precision"), "recall": num("recall"), "PSNR (dB)": num("psnr", 2),
+                     "samples": "-" if pd.isna(f["n_samples"]) else str(int(f["n_samples"])),
+                     "feature extractor": str(f["feature_extractor"]), "reference": str(f["ref_stats"]),
+                     "runs": f["runs"]})
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True) if not frame.empty else frame
+
+
+def speedup_table(conv: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for backbone in sorted(conv["backbone"].unique()) if not conv.empty else []:
+        here = conv[conv["backbone"] == backbone]
+        variants = order_variants(here["variant"])
+        for purr in filter(_is_purr, variants):
+            p_rows = here[here["variant"] == purr]
+            for base in (v for v in variants if not _is_purr(v)):
+                b_rows = here[here["variant"] == base]
+                row = {"backbone": backbone, "Purrception": purr, "baseline": base}
+                for axis, label in (("step", "iters"), ("train_flops", "FLOPs")):
+                    p_x, p_fid, p_seeds = seed_matrix(p_rows, axis)
+                    b_x, b_fid, b_seeds = seed_matrix(b_rows, axis)
+                    if p_fid.shape[1] == 0 or b_fid.shape[1] == 0 or np.isnan(np.r_[p_x, b_x]).any():
+                        continue  # no common checkpoints, or the x axis is not recorded
+                    point = speedup(p_x, p_fid, b_x, b_fid)
+                    bounds = bootstrap_interval(p_x, p_fid, b_x, b_fid)
+                    if axis == "step":
+                        row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:.0f}",
+                                    "Purrception iters": ("" if point.kind == "exact" else
+                                                          "<=" if point.kind == "at_least" else ">")
+                                    + f"{point.purr_x:.0f}"})
+                    row[f"speed-up ({label})"] = format_speedup(point)
+                    row[f"95% CI ({label})"] = format_interval(bounds)
+                    row["seeds (P/B)"] = f"{len(p_seeds)}/{len(b_seeds)}"
+                rows.append(row)
+    columns = ["backbone", "Purrception", "baseline", "seeds (P/B)", "target FID", "baseline iters",
+               "Purrception iters", "speed-up (iters)", "95% CI (iters)", "speed-up (FLOPs)", "95% CI (FLOPs)"]
+    return pd.DataFrame(rows, columns=columns)
