@@ -12,7 +12,9 @@ lock-merged, and each job owns ``<method>/seed<k>/`` (checkpoints, ``train_log.c
 ``job_events.jsonl``: one JSON line per start, requeue and finish, written by rank 0). submitit's
 pickles and logs go to ``<run>/submitit/``. Submitting returns at once after printing the job ids
 (also recorded in the manifest under ``launches``); ``wait=True`` follows the jobs to the end.
-Jobs whose last event says they finished are not submitted again.
+Jobs whose last event says they finished are not submitted again, and nothing is submitted while
+jobs of an earlier launch of the run are still queued or running (two jobs would train one
+(method, seed) into the same checkpoints).
 
 Each job opens the latent space from the project cache (``$VQFLOW_CACHE``, which must be on a
 filesystem the nodes share; it is exported to the jobs) and prepares it if missing, under a file
@@ -26,6 +28,7 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -39,7 +42,7 @@ from tqdm.auto import tqdm
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.distributed import PREEMPTION, DistEnv
 from benchmarks.jobs import latents_for, make_evaluator, run_job
-from benchmarks.manifest import update_manifest
+from benchmarks.manifest import read_manifest, update_manifest
 from benchmarks.train import job_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -233,6 +236,10 @@ def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
 def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> list[tuple[str, submitit.Job]]:
     """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
     run_dir = Path(run_dir).resolve()
+    busy = active_jobs(run_dir)
+    if busy:
+        raise LaunchError(f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
+                          "(they resume and finish on their own) or cancel them before submitting again")
     todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
     skipped = len(methods) * len(seeds) - len(todo)
     if skipped:
@@ -256,6 +263,34 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
         print(f"follow with: squeue -j {array_id}   (or rerun the command with --wait)")
     sys.stdout.flush()
     return jobs
+
+
+def active_jobs(run_dir: Path) -> list[str]:
+    """Ids of jobs from earlier launches of the run (manifest ``launches``) still queued or running."""
+    active = []
+    for array_id, launched in read_manifest(run_dir).get("launches", {}).items():
+        if launched["kind"] == "slurm":
+            active += queued_slurm_jobs(array_id)
+        else:
+            active += [job_id for job_id in launched["jobs"].values() if local_controller_alive(job_id)]
+    return active
+
+
+def queued_slurm_jobs(array_id: str) -> list[str]:
+    """squeue's ids of the array's queued or running tasks ([] if it knows none, or there is no squeue)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def local_controller_alive(pid: str) -> bool:
+    """Whether process ``pid`` still runs submitit's local job controller."""
+    try:
+        return b"submitit.local._local" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------- following
@@ -311,7 +346,9 @@ def job_problem(job: submitit.Job) -> str | None:
 
 
 def build_report_if_available(run_dir: Path) -> Path | None:
-    """Build the run's report with ``reports.build_report(run_dir)`` if that exists; returns what it returns."""
+    """Build the run's report with ``reports.build_report(run_dir)`` if that exists; returns its
+    folder. A failure is reported, not raised: the results are complete, and
+    ``python -m reports RUN_DIR`` rebuilds the report from them."""
     try:
         reports = importlib.import_module("reports")
     except ImportError:
@@ -321,4 +358,9 @@ def build_report_if_available(run_dir: Path) -> Path | None:
     if build is None:
         print("no report: reports.build_report does not exist")
         return None
-    return build(run_dir)
+    try:
+        return build(run_dir)
+    except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
+        print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
+              file=sys.stderr)
+        return None

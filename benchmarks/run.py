@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def check_same_config(run_dir: Path, cfg: BenchmarkConfig) -> None:
     """Refuse to mix results of different configs in one run folder (where the jobs run, the
     ``launcher`` section, may change between invocations)."""
     saved = read_manifest(run_dir).get("config")
-    current = cfg.to_dict()
+    current = json.loads(json.dumps(cfg.to_dict()))  # as the manifest stores it (tuples become lists)
     if saved is not None:
         saved = {k: v for k, v in saved.items() if k != "launcher"}
         current.pop("launcher")
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if done:
         update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
-        build_report_if_available(run_dir)
+        if cfg.launcher.kind != "local":  # jobs ran elsewhere: the report is built here once they are done
+            build_report_if_available(run_dir)
     print(f"\nrun folder: {run_dir.resolve()}")
     for name in ("metrics.csv", "report/report.md", "samples"):
         if (run_dir / name).exists():

@@ -107,6 +107,10 @@ def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timing
         job_id = launch["jobs"][f"{method}/seed0"]
         signalled_at = time.time()
         slurm_cluster.run("scancel", "--signal=USR2", job_id)  # what SLURM sends before it preempts
+        # the same command again while the array runs must not submit a second array
+        again = subprocess.run([a for a in argv if a != "--wait"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120, stdin=subprocess.DEVNULL)
+        assert again.returncode == 1 and "still queued or running" in again.stderr, again.stderr[-2000:]
         proc.wait(timeout=RUN_TIMEOUT_S + 60)
     finally:
         if proc.poll() is None:
@@ -141,6 +145,11 @@ def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timing
         assert list(pd.read_csv(run / m / "seed0" / "train_log.csv")["step"]) == list(range(5, ITERATIONS + 1, 5))
         if m != method:
             assert [e["event"] for e in read_events(run, m, 0)] == ["start", "done"]
+
+    # rerunning the command on the finished run submits nothing
+    again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 0 and "every job of this run has already finished" in again.stdout, again.stderr
 
     slurm_timings["benchmark: array of 3 (submit to all done, incl. 1 requeue)"] = wall
     slurm_timings["benchmark: USR2 to requeue (checkpoint saved)"] = events[1]["time"] - signalled_at
