@@ -1,4 +1,4 @@
-"""``python -m reports RUN_DIR [RUN_DIR ...] [--out DIR] [--step STEP]``
+"""``python -m reports RUN_DIR [RUN_DIR ...] [--out DIR] [--step STEP] [--plugins MODULES]``
 
 Rebuild the figures (PNG and PDF) and report.md of one or several benchmark run folders.
 Several folders are merged (e.g. one per method from a job array, or extra seeds added
@@ -8,12 +8,13 @@ Exit status 2 for bad input (missing folder, malformed file, no sweep at --step)
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from pathlib import Path
 
 from reports.build import build_report
-from reports.load import RunFolderError
+from reports.load import MergeWarning, RunFolderError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,16 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=int, default=None,
                    help="checkpoint for the temperature figure, sample grids and entropy traces "
                         "(default: each method's last checkpoint with a temperature sweep)")
+    p.add_argument("--plugins", default="",
+                   help="comma-separated modules registering extra methods (for their temperature definitions)")
     args = p.parse_args(argv)
+    for module in filter(None, (m.strip() for m in args.plugins.split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            print(f"error: --plugins: cannot import {module!r}: {e}", file=sys.stderr)
+            return 2
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", MergeWarning)
         try:
             out = build_report(args.run_dirs, args.out, step=args.step)
         except (RunFolderError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     for w in caught:
-        print(f"note: {w.message}", file=sys.stderr)
+        if issubclass(w.category, MergeWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -19,22 +19,23 @@ from reports import figures as F
 from reports.curves import convergence, entropy_traces, order_variants, sample_grids, sweeps
 from reports.load import Results, load_runs
 from reports.markdown import FigureEntry, render
-from reports.tables import floor_table, results_table, speedup_table
+from reports.tables import floor_table, other_cells_table, results_table, speedup_table, variants_table
 
 
 def temperature_meanings(methods: list[str]) -> dict[str, str]:
-    """Each method's ``temperature_meaning`` from the method registry. The registry imports torch;
-    without it (or for a plugin that is not imported) the method is left out."""
+    """Each method's ``temperature_meaning`` from the method registry (plugins must have been
+    imported, e.g. ``python -m reports --plugins examples.lognormal_cfm``). The registry imports
+    torch; without torch every method gets a note saying so instead."""
     try:
         from methods import get_method
     except ImportError:
-        return {}
+        return {name: "(unknown here: the method registry needs torch)" for name in methods}
     out = {}
     for name in methods:
         try:
             out[name] = get_method(name).temperature_meaning
         except KeyError:
-            continue
+            out[name] = "(unknown: method not registered; pass its plugin module with --plugins)"
     return out
 
 
@@ -63,12 +64,14 @@ def _setup_table(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _codebook_sizes(results: Results) -> dict[str, int]:
+def _codebook_sizes(results: Results) -> dict[tuple[str, str], int]:
+    """(backbone, variant) -> codebook size K, from the manifests' latent-space info."""
     sizes = {}
-    for run in results.runs:
+    for (source, _), variant in sorted(results.labels.items()):
+        run = results.runs[source]
         size = (run.manifest.get("latents") or {}).get("codebook_size")
         if size:
-            sizes.setdefault(run.backbone, int(size))
+            sizes.setdefault((run.backbone, variant), int(size))
     return sizes
 
 
@@ -132,11 +135,12 @@ def report_text(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame, 
     """The content of report.md (deterministic given the inputs)."""
     methods = sorted(set(results.variants["method"]))
     meaning_rows = pd.DataFrame({"method": methods,
-                                 "temperature τ means": [meanings.get(m, "(not registered here: import its plugin)")
-                                                         for m in methods]})
+                                 "temperature τ means": [meanings.get(m, "-") for m in methods]})
     return render(runs=[r.name for r in results.runs], setup=_setup_table(results),
-                  results=results_table(results, conv, sweep_rows), floors=floor_table(results),
-                  speedups=speedup_table(conv), meanings=meaning_rows, figures=figures, notes=results.notes)
+                  results=results_table(results, conv, sweep_rows),
+                  other_cells=other_cells_table(results, conv, sweep_rows), floors=floor_table(results),
+                  speedups=speedup_table(conv, results.variants), variants=variants_table(results),
+                  meanings=meaning_rows, figures=figures, notes=results.notes)
 
 
 def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | None = None) -> Path:

@@ -113,7 +113,7 @@ def _sweep_groups(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows of the largest temperature sweep among ``rows`` (one variant, one step), or none."""
     keys = [c for c in cell_columns(rows) if c != "temperature"]
     best, best_key = rows.iloc[0:0], None
-    for key, group in rows.groupby(keys, dropna=False, sort=True):
+    for _, group in rows.groupby(keys, dropna=False, sort=True):
         n = group["temperature"].nunique()
         rank = (n, group["steps"].iloc[0])
         if n >= 2 and (best_key is None or rank > best_key):

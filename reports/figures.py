@@ -34,10 +34,22 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def palette(variants) -> dict[str, tuple]:
-    """A fixed colour per variant (tab10, in ``order_variants`` order) shared by every figure."""
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def styles(variants) -> dict[str, dict]:
+    """A fixed style per variant, shared by every figure: the colour follows the method (tab10, in
+    ``order_variants`` order), the line style tells variants of one method apart (e.g. z-loss on/off)."""
     colours = colormaps["tab10"].colors
-    return {v: colours[i % len(colours)] for i, v in enumerate(order_variants(variants))}
+    ordered = order_variants(variants)
+    methods = list(dict.fromkeys(v.split(" (")[0] for v in ordered))
+    seen: dict[str, int] = {}
+    out = {}
+    for v in ordered:
+        method = v.split(" (")[0]
+        k = seen[method] = seen.get(method, -1) + 1
+        out[v] = {"color": colours[methods.index(method) % len(colours)], "linestyle": LINESTYLES[k % len(LINESTYLES)]}
+    return out
 
 
 def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 3.6) -> tuple[Figure, np.ndarray]:
@@ -46,10 +58,11 @@ def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 3.6) -> 
     return fig, axes
 
 
-def _band(ax, x, mean, std, colour, label) -> None:
-    ax.plot(x, mean, marker="o", markersize=3, color=colour, label=label)
+def _band(ax, x, mean, std, style: dict, label) -> None:
+    ax.plot(x, mean, marker="o", markersize=3, label=label, **style)
     if np.any(np.asarray(std) > 0):
-        ax.fill_between(x, np.asarray(mean) - std, np.asarray(mean) + std, color=colour, alpha=0.2, linewidth=0)
+        ax.fill_between(x, np.asarray(mean) - std, np.asarray(mean) + std, color=style["color"], alpha=0.2,
+                        linewidth=0)
 
 
 def _floor_lines(ax, floors: pd.DataFrame, backbone: str) -> None:
@@ -67,11 +80,32 @@ def _floor_lines(ax, floors: pd.DataFrame, backbone: str) -> None:
         ax.axhline(float(floor["fid"]), color="black", linestyle=styles[k % len(styles)], linewidth=1, label=label)
 
 
+def _legend(ax, fontsize: float = 7) -> None:
+    """A few entries go inside the axes; more go outside on the right (the figure widens to make
+    room), so that no curve is hidden behind the legend."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if len(handles) <= 4:
+        ax.legend(fontsize=fontsize, handlelength=3)
+        return
+    ax.legend(fontsize=fontsize, handlelength=3, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig = ax.get_figure()
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 0.5 + 0.07 * fontsize / 7 * max(map(len, labels)), height)
+
+
 def _log_y(ax) -> None:
-    """Log y axis with plain-number tick labels (no mathtext: faster, and readable as FID values)."""
+    """Log y axis with plain-number tick labels (no mathtext: faster, and readable as FID values);
+    minor ticks labelled at 2, 3 and 5 times a power of ten only."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+
+    def minor(value, _):
+        mantissa = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
+        return f"{value:g}" if mantissa in (2, 3, 5) else ""
+
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
 def _cell_text(row: pd.Series) -> str:
@@ -87,7 +121,7 @@ def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: 
     cells = conv.groupby(["backbone", "variant"]).first().apply(_cell_text, axis=1).rename("cell").reset_index()
     curve = curve.merge(cells, on=["backbone", "variant"], how="left")
     backbones = sorted(curve["backbone"].unique())
-    colours = palette(curve["variant"])
+    look = styles(curve["variant"])
     fig, axes = _grid(1, len(backbones))
     several = curve["n_seeds"].max() > 1
     for ax, backbone in zip(axes[0], backbones):
@@ -96,14 +130,14 @@ def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: 
             c = here[here["variant"] == variant]
             seeds = int(c["n_seeds"].max())
             label = f"{variant} ({c['cell'].iloc[0]}; {seeds} seed{'s' if seeds > 1 else ''})"
-            _band(ax, c[x].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), colours[variant], label)
+            _band(ax, c[x].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], label)
         _floor_lines(ax, floors, backbone)
         _log_y(ax)
         ax.set_xlabel(X_COLUMNS[x])
         ax.set_ylabel("FID (log scale)")
         ax.set_title(f"{backbone}: FID vs {X_COLUMNS[x].split(' (')[0]}" + (f"\n({BAND_NOTE})" if several else ""))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     save(fig, out_dir, name)
     return curve
 
@@ -116,7 +150,7 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
 
     curve = sweep_curve(sweep_rows)
     backbones = sorted(curve["backbone"].unique())
-    colours = palette(curve["variant"])
+    look = styles(curve["variant"])
     fig, axes = _grid(1, len(backbones), width=6.5)
     for ax, backbone in zip(axes[0], backbones):
         here = curve[curve["backbone"] == backbone]
@@ -127,9 +161,9 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
             label = f"{variant}: {meanings.get(method, 'temperature')}"
             if len(steps_at) > 1:
                 label += f" (step {int(c['sweep_step'].iloc[0])})"
-            _band(ax, c["temperature"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), colours[variant], label)
+            _band(ax, c["temperature"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], label)
             best = c.loc[c["mean"].idxmin()]
-            ax.plot([best["temperature"]], [best["mean"]], marker="*", markersize=11, color=colours[variant])
+            ax.plot([best["temperature"]], [best["mean"]], marker="*", markersize=11, color=look[variant]["color"])
         _floor_lines(ax, floors, backbone)
         where = f"step {steps_at[0]}" if len(steps_at) == 1 else "each variant's last sweep"
         ax.set_title(f"{backbone}: FID vs sampling temperature at {where}, {int(here['steps'].iloc[0])} steps"
@@ -137,7 +171,7 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
         ax.set_xlabel("temperature τ (meaning per method in the legend)")
         ax.set_ylabel("FID")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     save(fig, out_dir, name)
     return curve
 
@@ -177,7 +211,7 @@ def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss")
             .agg(mean=("value", "mean"), std=("value", "std"), n_seeds=("seed", "nunique")).reset_index())
     tidy["std"] = tidy["std"].fillna(0.0)
     backbones = sorted(tidy["backbone"].unique())
-    colours = palette(tidy["variant"])
+    look = styles(tidy["variant"])
     fig, axes = _grid(len(backbones), len(quantities))
     for r, backbone in enumerate(backbones):
         for c, quantity in enumerate(quantities):
@@ -185,7 +219,7 @@ def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss")
             here = tidy[(tidy["backbone"] == backbone) & (tidy["quantity"] == quantity)]
             for variant in order_variants(here["variant"]):
                 v = here[here["variant"] == variant]
-                _band(ax, v["step"].to_numpy(), v["mean"].to_numpy(), v["std"].to_numpy(), colours[variant], variant)
+                _band(ax, v["step"].to_numpy(), v["mean"].to_numpy(), v["std"].to_numpy(), look[variant], variant)
             if quantity == "loss" and (here["mean"] > 0).all() and not here.empty:
                 _log_y(ax)
             ax.set_xlabel("training iterations")
@@ -194,7 +228,7 @@ def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss")
             ax.set_title(f"{backbone}: {TRAIN_PANELS[quantity]}" + (f" ({BAND_NOTE})" if several else ""), fontsize=9)
             ax.grid(True, alpha=0.3)
             if not here.empty:
-                ax.legend(fontsize=7)
+                _legend(ax)
     save(fig, out_dir, name)
     return tidy
 
@@ -203,7 +237,7 @@ ENTROPY_MEANING = {"purr": "posterior entropy H(π) over codes", "dfm": "entropy
                    "dfm-uniform": "entropy of the jump distribution"}
 
 
-def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[str, int], out_dir: Path,
+def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[tuple[str, str], int], out_dir: Path,
                  name: str = "entropy_vs_t") -> pd.DataFrame:
     """Mean per-position entropy (nats) along the sampler's t, one curve per temperature (dark = low,
     bright = high), a panel per (backbone, variant); ``log K`` (uniform over the codebook) dashed.
@@ -219,7 +253,7 @@ def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[str, int], out_dir: 
             curve = here[here["temperature"] == tau].sort_values("t")
             shade = 0.85 * k / max(len(temps) - 1, 1)  # plasma's last 15% is too pale on white
             ax.plot(curve["t"], curve["entropy"], color=cmap(shade), marker=".", label=f"τ = {tau:g}")
-        size = codebook_sizes.get(backbone)
+        size = codebook_sizes.get((backbone, variant))
         if size:
             ax.axhline(np.log(size), color="gray", linestyle="--", linewidth=1, label=f"log K (K = {size})")
         method = variant.split(" (")[0]
@@ -230,6 +264,6 @@ def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[str, int], out_dir: 
         ax.set_ylabel("mean entropy per position (nats)")
         ax.set_xlim(0, 1)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     save(fig, out_dir, name)
     return traces

@@ -5,14 +5,17 @@ evaluation cell), ``traces.csv`` (entropy along the sampler's t), ``manifest.jso
 config, per-job summaries), ``tokenizer_floor.json`` and ``<method>/seed<k>/train_log.csv``.
 Only these files are read: no checkpoints, no torch.
 
-Variants. Curves are identified by ``(backbone, variant)``. A method's *variant* is its name,
-plus the settings that differ between the merged runs that hold it: its own options
-(``methods.<name>.*``, e.g. ``z_loss``) and the training recipe (``train.*``, ``data.*``,
-``tokenizer.*``). Settings that do not change what is trained are ignored: the seed (extra seeds
-come as extra folders), iteration count, checkpoint/log cadence, device, compile, paths, the
-launcher and the ``eval`` section (evaluation settings are columns of every row). So two folders
+Variants. Curves are identified by ``(backbone, variant)``. A method's *variant* is its name plus,
+in brackets, the settings that tell its runs apart: its own options (``methods.<name>.*``, e.g.
+``z_loss``) that differ between the merged runs holding the method, and the *recipe*: the shared
+settings (``train.*``, ``data.*``, ``tokenizer.*``) that differ between the merged runs. Settings
+that do not change what is trained are ignored: the seed (extra seeds come as extra folders),
+iteration count, checkpoint/log cadence, device, compile, paths, the launcher and the ``eval``
+section (evaluation settings are columns of every row). So two folders
 ``--set methods.purr.z_loss=0`` apart give the curves ``purr (z_loss=0)`` and
 ``purr (z_loss=1e-05)``; two folders that differ only in ``train.seed`` merge into one variant.
+A recipe longer than ``RECIPE_LABEL_MAX`` characters is labelled ``recipe 1``, ``recipe 2``, ...
+(report.md spells them out). Only variants with the same recipe are compared in speed-ups.
 
 Duplicates. Within one ``(backbone, variant)`` a cell is identified by ``CELL_KEY`` (as in
 ``benchmarks.results``). When two folders hold the same cell (the same job run twice), the row
@@ -51,6 +54,10 @@ class RunFolderError(ValueError):
     """A run folder or one of its files is missing or malformed; the message names it."""
 
 
+class MergeWarning(UserWarning):
+    """A note about merging run folders (duplicates dropped, a run without a config)."""
+
+
 @dataclass
 class Run:
     """The files of one run folder, as read."""
@@ -87,7 +94,8 @@ class Results:
     - ``jobs``: one row per (backbone, variant, seed) from the manifests' ``jobs``
       (``params``, ``flops_per_step``, ``train_wall_s``, ``step``).
     - ``floors``: one row per distinct tokenizer floor with ``runs`` (names of the folders that hold it).
-    - ``variants``: per (backbone, variant): ``method``, ``options`` (the defining settings as text).
+    - ``variants``: per (backbone, variant): ``method``, ``options`` and ``recipe`` (see ``Variant``),
+      ``runs`` (names of the folders holding it).
     - ``labels``: (run index, method) -> variant.
     - ``notes``: human-readable merge notes (duplicates dropped, runs without a config, ...).
     """
@@ -186,14 +194,15 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _defining_settings(config: dict, method: str) -> dict[str, object]:
-    """The settings of ``config`` that define a variant of ``method`` (see module docstring),
-    keyed by their display name (``z_loss`` for method options, dotted keys otherwise)."""
-    flat = flatten(config)
-    own = {k[len(f"methods.{method}."):]: v for k, v in flat.items() if k.startswith(f"methods.{method}.")}
-    shared = {k: v for k, v in flat.items()
-              if not k.startswith(IGNORED_PREFIXES) and k not in IGNORED_KEYS}
-    return {**own, **shared}
+def _recipe_settings(config: dict) -> dict[str, object]:
+    """The shared settings of a config that define a variant (dotted keys; see module docstring)."""
+    return {k: v for k, v in flatten(config).items() if not k.startswith(IGNORED_PREFIXES) and k not in IGNORED_KEYS}
+
+
+def _option_settings(config: dict, method: str) -> dict[str, object]:
+    """``methods.<method>.*`` of a config, keyed by the option name."""
+    prefix = f"methods.{method}."
+    return {k[len(prefix):]: v for k, v in flatten(config).items() if k.startswith(prefix)}
 
 
 def format_value(value: object) -> str:
@@ -204,27 +213,50 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def variant_labels(runs: list[Run]) -> dict[tuple[int, str], tuple[str, str]]:
-    """(run index, method) -> (variant label, options text). The label is the method name, plus
-    ``(key=value, ...)`` for the settings that differ among the runs holding that method (with
-    the same backbone). Runs without a saved config take the plain method name."""
-    out: dict[tuple[int, str], tuple[str, str]] = {}
+def _differences(settings: dict[int, dict]) -> dict[int, str]:
+    """Per run: ``key=value, ...`` over the keys whose values differ between the runs (sorted keys;
+    a key a run lacks reads ``default``)."""
+    keys = sorted({k for s in settings.values() for k in s})
+    differing = [k for k in keys if len({repr(s.get(k, "default")) for s in settings.values()}) > 1]
+    return {i: ", ".join(f"{k}={format_value(s.get(k, 'default'))}" for k in differing) for i, s in settings.items()}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One curve's identity. ``options``: its method options that differ between the runs holding
+    the method (e.g. ``z_loss=0``); ``recipe``: the shared settings that differ between all the
+    runs (``""`` when they agree). Variants compare at a matched budget iff their recipes agree."""
+
+    label: str
+    method: str
+    options: str
+    recipe: str
+
+
+RECIPE_LABEL_MAX = 40
+"""Longer recipe texts are shown in labels as ``recipe 1``, ``recipe 2``, ... (spelled out in report.md)."""
+
+
+def variant_labels(runs: list[Run]) -> dict[tuple[int, str], Variant]:
+    """(run index, method) -> its Variant. The label is the method name, plus in brackets its
+    differing options and its recipe (or the recipe's short name). Runs without a saved config
+    take the plain method name."""
+    configured = [i for i, run in enumerate(runs) if run.config]
+    recipes = _differences({i: _recipe_settings(runs[i].config) for i in configured})
+    distinct = list(dict.fromkeys(recipes[i] for i in configured))
+    short = {t: (t if all(len(u) <= RECIPE_LABEL_MAX for u in distinct) else f"recipe {n + 1}")
+             for n, t in enumerate(distinct)}
     holders: dict[tuple[str, str], list[int]] = {}
     for i, run in enumerate(runs):
         for method in run.methods():
             holders.setdefault((run.backbone, method), []).append(i)
+    out = {}
     for (_, method), indices in holders.items():
-        settings = {i: _defining_settings(runs[i].config, method) for i in indices if runs[i].config}
-        keys = sorted({k for s in settings.values() for k in s})
-        differing = [k for k in keys if len({repr(s.get(k, "default")) for s in settings.values()}) > 1]
-        # method options first (short names), then the shared recipe keys
-        differing.sort(key=lambda k: ("." in k, k))
+        options = _differences({i: _option_settings(runs[i].config, method) for i in indices if runs[i].config})
         for i in indices:
-            if i not in settings or not differing:
-                out[(i, method)] = (method, "")
-                continue
-            text = ", ".join(f"{k}={format_value(settings[i].get(k, 'default'))}" for k in differing)
-            out[(i, method)] = (f"{method} ({text})", text)
+            parts = [p for p in (options.get(i, ""), short.get(recipes.get(i, ""), "")) if p]
+            label = f"{method} ({', '.join(parts)})" if parts else method
+            out[(i, method)] = Variant(label, method, options.get(i, ""), recipes.get(i, ""))
     return out
 
 
@@ -235,7 +267,7 @@ def _label(frame: pd.DataFrame, run: Run, source: int, labels: dict) -> pd.DataF
     if frame.empty:
         return frame.assign(backbone=pd.Series(dtype=object), variant=pd.Series(dtype=object),
                             source=pd.Series(dtype=int))
-    variants = [labels.get((source, m), (str(m), ""))[0] for m in frame["method"]]
+    variants = [labels[(source, m)].label if (source, m) in labels else str(m) for m in frame["method"]]
     # metrics rows carry their own backbone; the config's is the fallback
     backbone = frame["backbone"].astype(str) if "backbone" in frame.columns else run.backbone
     return frame.assign(backbone=backbone, variant=variants, source=source)
@@ -283,7 +315,8 @@ def _jobs_table(runs: list[Run], labels: dict, notes: list[str]) -> pd.DataFrame
             if not method or not seed_text.isdigit() or not isinstance(job, dict):
                 notes.append(f"run '{run.name}': manifest job entry {key!r} not understood, ignored")
                 continue
-            rows.append({"backbone": run.backbone, "variant": labels.get((i, method), (method, ""))[0],
+            variant = labels[(i, method)].label if (i, method) in labels else method
+            rows.append({"backbone": run.backbone, "variant": variant,
                          "method": method, "seed": int(seed_text), "source": i,
                          **{k: job.get(k) for k in ("step", "params", "flops_per_step", "train_wall_s")}})
     columns = ["backbone", "variant", "method", "seed", "source", "step", "params", "flops_per_step", "train_wall_s"]
@@ -332,13 +365,19 @@ def merge_runs(runs: list[Run]) -> Results:
                          f"{', '.join(sorted({repr(runs[int(s)].name) for s in rows['source']}))}; kept run "
                          f"'{runs[int(first[rows.index[0]])].name}' (given first)")
         logs = logs[logs["source"] == first].reset_index(drop=True)
-    variants = pd.DataFrame(sorted({(runs[i].backbone, v, m, opts) for (i, m), (v, opts) in labels.items()}),
-                            columns=["backbone", "variant", "method", "options"])
+    held: dict[tuple[str, str], dict] = {}
+    for (i, method), v in sorted(labels.items()):
+        entry = held.setdefault((runs[i].backbone, v.label), {"method": method, "options": v.options,
+                                                             "recipe": v.recipe, "runs": []})
+        entry["runs"].append(runs[i].name)
+    variants = pd.DataFrame([{"backbone": b, "variant": v, **{k: (", ".join(e[k]) if k == "runs" else e[k]) for k in e}}
+                             for (b, v), e in sorted(held.items())],
+                            columns=["backbone", "variant", "method", "options", "recipe", "runs"])
     for note in notes:
-        warnings.warn(note, stacklevel=3)
+        warnings.warn(note, MergeWarning, stacklevel=3)
     return Results(runs=runs, metrics=metrics, traces=traces, train_logs=logs, jobs=_jobs_table(runs, labels, notes),
                    floors=_floors_table(runs), variants=variants,
-                   labels={k: v for k, (v, _) in labels.items()}, notes=notes)
+                   labels={k: v.label for k, v in labels.items()}, notes=notes)
 
 
 def load_runs(run_dirs: list[str | Path]) -> Results:

@@ -59,25 +59,41 @@ as mean ± s.d. over seeds. Train wall s: training time to the final checkpoint,
 """
 
 
-def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, floors: pd.DataFrame,
-           speedups: pd.DataFrame, meanings: pd.DataFrame, figures: list[FigureEntry], notes: list[str]) -> str:
+VARIANTS_TEXT = """\
+The merged runs differ in settings, so curves are labelled by what tells them apart: a method's
+own options that differ between its runs, and the shared training recipe where runs differ in it
+(long recipes are named `recipe 1`, `recipe 2`, ...). Speed-ups only compare variants that share a
+recipe.
+"""
+
+
+def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, other_cells: pd.DataFrame, floors: pd.DataFrame,
+           speedups: pd.DataFrame, variants: pd.DataFrame, meanings: pd.DataFrame, figures: list[FigureEntry],
+           notes: list[str]) -> str:
     parts = ["# Benchmark report\n",
              "Built by `python -m reports` from the run folders' files alone (in merge order): "
              + ", ".join(f"`{r}`" for r in runs) + ".\n",
-             "## Setup\n", table(setup),
-             "## Results\n", RESULTS_METHOD, table(results),
-             "## Tokenizer floor\n",
-             "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
-             "these latents can do better.\n", table(floors),
-             "## Speed-ups\n", SPEEDUP_METHOD, table(speedups) if not speedups.empty else
-             "_No Purrception run and baseline share a backbone in these runs._\n",
-             "## What temperature means per method\n", table(meanings),
-             "## Figures\n"]
+             "## Setup\n", table(setup)]
+    if not variants.empty:
+        parts += ["## Variants\n", VARIANTS_TEXT, table(variants)]
+    parts += ["## Results\n", RESULTS_METHOD, table(results)]
+    if not other_cells.empty:
+        parts += ["### Other evaluations\n",
+                  "Cells that are neither the cheap cell nor the temperature sweep (e.g. the final cell with CFG), "
+                  "FID as mean ± s.d. over seeds, the other metrics as means.\n", table(other_cells)]
+    parts += ["## Tokenizer floor\n",
+              "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
+              "these latents can do better.\n", table(floors),
+              "## Speed-ups\n", SPEEDUP_METHOD,
+              table(speedups) if not speedups.empty else
+              "_No Purrception variant and baseline share a backbone and recipe in these runs._\n",
+              "## What temperature means per method\n", table(meanings),
+              "## Figures\n"]
     for fig in figures:
         parts.append(f"### {fig.title}\n\n{fig.caption} ([PDF](figures/{fig.name}.pdf), "
                      f"[data](figures/{fig.name}.csv))\n\n![{fig.title}](figures/{fig.name}.png)\n")
     if not figures:
         parts.append("_No figures: the runs hold no evaluations or training logs._\n")
     parts.append("## Merge notes\n")
-    parts.append("".join(f"- {n}\n" for n in notes) if notes else "_None: no duplicate cells, one configuration per variant._\n")
+    parts.append("".join(f"- {n}\n" for n in notes) if notes else "_None: no duplicate cells, every run has its config._\n")
     return "\n".join(parts)

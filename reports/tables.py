@@ -6,7 +6,10 @@
   temperature of the sweep with its FID.
 - ``floor_table``: the distinct tokenizer reconstruction floors.
 - ``speedup_table``: every Purrception variant against every other variant of the same backbone
-  (see ``reports.speedup`` for the definitions), in iterations and in training FLOPs.
+  and recipe (see ``reports.speedup`` for the definitions), in iterations and in training FLOPs.
+- ``other_cells_table``: evaluations that are neither the cheap cell nor the sweep (e.g. the final
+  CFG cell), mean over seeds.
+- ``variants_table``: what each variant label stands for, when runs with different settings merge.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from reports.curves import order_variants, seed_matrix, sweep_curve
+from reports.curves import cell_columns, order_variants, seed_matrix, sweep_curve
 from reports.load import Results
 from reports.speedup import bootstrap_interval, format_interval, format_speedup, speedup
 
@@ -57,10 +60,10 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
     rows = []
     best = sweep_curve(sweep_rows) if not sweep_rows.empty else pd.DataFrame(columns=["backbone", "variant"])
     for (backbone, variant), group in conv.groupby(["backbone", "variant"], sort=True):
-        _, fid, seeds = seed_matrix(group)
+        steps, fid, seeds = seed_matrix(group)
         if fid.shape[1] == 0:
             continue
-        final_step = int(group.pivot_table(index="seed", columns="step", values="fid").dropna(axis=1).columns[-1])
+        final_step = int(steps[-1])
         at_final = group[group["step"] == final_step]
         jobs = results.jobs[(results.jobs["backbone"] == backbone) & (results.jobs["variant"] == variant)]
         flops_per_step = _first_valid(jobs["flops_per_step"].mean() if not jobs.empty else None,
@@ -108,14 +111,17 @@ def floor_table(results: Results) -> pd.DataFrame:
     return frame.sort_values(list(frame.columns)).reset_index(drop=True) if not frame.empty else frame
 
 
-def speedup_table(conv: pd.DataFrame) -> pd.DataFrame:
+def speedup_table(conv: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+    """Speed-ups of every Purrception variant over every other variant with the same backbone and
+    recipe (``variants``: ``Results.variants``)."""
+    recipe = {(b, v): r for b, v, r in zip(variants["backbone"], variants["variant"], variants["recipe"])}
     rows = []
     for backbone in sorted(conv["backbone"].unique()) if not conv.empty else []:
         here = conv[conv["backbone"] == backbone]
-        variants = order_variants(here["variant"])
-        for purr in filter(_is_purr, variants):
+        names = order_variants(here["variant"])
+        for purr in filter(_is_purr, names):
             p_rows = here[here["variant"] == purr]
-            for base in (v for v in variants if not _is_purr(v)):
+            for base in (v for v in names if not _is_purr(v) and recipe.get((backbone, v)) == recipe.get((backbone, purr))):
                 b_rows = here[here["variant"] == base]
                 row = {"backbone": backbone, "Purrception": purr, "baseline": base}
                 for axis, label in (("step", "iters"), ("train_flops", "FLOPs")):
@@ -126,10 +132,10 @@ def speedup_table(conv: pd.DataFrame) -> pd.DataFrame:
                     point = speedup(p_x, p_fid, b_x, b_fid)
                     bounds = bootstrap_interval(p_x, p_fid, b_x, b_fid)
                     if axis == "step":
-                        row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:.0f}",
+                        row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:,.0f}",
                                     "Purrception iters": ("" if point.kind == "exact" else
                                                           "<=" if point.kind == "at_least" else ">")
-                                    + f"{point.purr_x:.0f}"})
+                                    + f"{point.purr_x:,.0f}"})
                     row[f"speed-up ({label})"] = format_speedup(point)
                     row[f"95% CI ({label})"] = format_interval(bounds)
                     row["seeds (P/B)"] = f"{len(p_seeds)}/{len(b_seeds)}"
@@ -137,3 +143,44 @@ def speedup_table(conv: pd.DataFrame) -> pd.DataFrame:
     columns = ["backbone", "Purrception", "baseline", "seeds (P/B)", "target FID", "baseline iters",
                "Purrception iters", "speed-up (iters)", "95% CI (iters)", "speed-up (FLOPs)", "95% CI (FLOPs)"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def variants_table(results: Results) -> pd.DataFrame:
+    """Variants whose runs differ in settings: the label, its runs and the full settings."""
+    v = results.variants
+    v = v[(v["options"] != "") | (v["recipe"] != "")]
+    rows = [{"backbone": r.backbone, "variant": r.variant, "runs": r.runs,
+             "settings": ", ".join(p for p in (r.options, r.recipe) if p)} for r in v.itertuples()]
+    frame = pd.DataFrame(rows, columns=["backbone", "variant", "runs", "settings"])
+    order = {name: i for i, name in enumerate(order_variants(frame["variant"]))}
+    return frame.sort_values(["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
+                             kind="stable").reset_index(drop=True)
+
+
+def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations that are neither the cheap cell nor the temperature sweep (e.g. an ``at: last``
+    cell with CFG and more steps and samples: the paper's headline setting), mean over seeds."""
+    cols = cell_columns(results.metrics)
+
+    def ident(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+        return frame[columns].astype(str).agg("|".join, axis=1) if len(frame) else pd.Series(dtype=str)
+
+    key = ["backbone", "variant", "step", *cols]
+    known = set(ident(conv, key)) | set(ident(sweep_rows, key))
+    rest = results.metrics[~ident(results.metrics, key).isin(known)] if len(results.metrics) else results.metrics
+    rows = []
+    for values, group in rest.groupby(["backbone", "variant", "step", *cols], sort=True, dropna=False):
+        setting = dict(zip(["backbone", "variant", "step", *cols], values))
+        rows.append({"backbone": setting["backbone"], "variant": setting["variant"], "step": int(setting["step"]),
+                     "τ": f"{setting['temperature']:g}", "steps": int(setting["steps"]),
+                     "CFG": f"{setting['cfg_scale']:g}",
+                     "samples": str(int(setting["n_samples"])) if "n_samples" in setting else "-",
+                     "seeds": group["seed"].nunique(), "FID": mean_sd(group["fid"]),
+                     **{label: (f"{group[c].mean():.3f}" if c in group and group[c].notna().any() else "-")
+                        for label, c in (("precision", "precision"), ("recall", "recall"), ("IS", "isc"))}})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    order = {v: i for i, v in enumerate(order_variants(frame["variant"]))}
+    return frame.sort_values(["backbone", "variant", "step", "steps", "CFG", "τ"],
+                             key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable").reset_index(drop=True)

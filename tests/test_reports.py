@@ -15,6 +15,7 @@ import reports
 from reports import figures as F
 from reports.__main__ import main as reports_main
 from reports.build import report_text
+from reports.tables import speedup_table
 from reports.curves import cheap_cells, convergence, sweeps
 from reports.load import CELL_KEY, TRACE_KEY, RunFolderError, load_runs
 from reports.speedup import (AT_LEAST, EXACT, NOT_REACHED, bootstrap_interval, first_reach, format_interval,
@@ -35,13 +36,13 @@ def fid_of(method: str, seed: int, step: int, tau: float | None = None) -> float
     return base if tau is None else base * (1 + (tau - 0.9) ** 2)
 
 
-def config(seed: int, z_loss: float = 1e-5, methods=("purr", "cfm")) -> dict:
+def config(seed: int, z_loss: float = 1e-5, methods=("purr", "cfm"), lr: float = 1e-3) -> dict:
     options = {"purr": {"z_loss": z_loss}, "cfm": {}}
     return {"name": "test", "description": "constructed", "backbone": "tiny/1",
             "methods": {m: options[m] for m in methods},
             "data": {"dataset": "mnist5k", "path": None, "image_size": 32, "reference": None},
             "tokenizer": {"kind": "vqvae", "ckpt": None, "vqvae": {"codebook_size": K}},
-            "train": {"iterations": 40, "batch_size": 32, "lr": 1e-3, "seed": seed, "checkpoint_every": 10,
+            "train": {"iterations": 40, "batch_size": 32, "lr": lr, "seed": seed, "checkpoint_every": 10,
                       "log_every": 5},
             "eval": {"num_samples": 100, "cells": [{"steps": 8, "temperature": None, "cfg_scale": 1.0, "at": "every",
                                                     "num_samples": None}],
@@ -60,7 +61,7 @@ def metric_row(method, seed, step, tau, fid, run="run") -> dict:
             "eval_wall_s": 1.0, "git_commit": "abc"}
 
 
-def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5, fid=fid_of, floor=FLOOR):
+def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5, fid=fid_of, floor=FLOOR, lr=1e-3):
     """A run folder as benchmarks.run writes it: cheap cell at every step, sweep at the last step,
     traces for purr, train logs, 6x8 PNG grids of the sweep."""
     run = root / name
@@ -73,6 +74,8 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
                 rows.append(metric_row(method, seed, step, cheap, fid(method, seed, step), name))
             for tau in TEMPS:
                 rows.append(metric_row(method, seed, STEPS[-1], tau, fid(method, seed, STEPS[-1], tau), name))
+            final = metric_row(method, seed, STEPS[-1], cheap, fid(method, seed, STEPS[-1]) / 2, name)
+            rows.append({**final, "steps": 16, "nfe": 32, "cfg_scale": 1.5})  # an ``at: last`` CFG cell
             if method == "purr":
                 for tau in [0.8, 0.9, 1.2]:
                     for t in np.arange(8) / 8:
@@ -101,7 +104,7 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
         pd.DataFrame(traces).to_csv(run / "traces.csv", index=False)
     jobs = {f"{m}/seed{s}": {"method": m, "seed": s, "step": 40, "params": 1000 if m == "purr" else 900,
                              "flops_per_step": FLOPS_PER_STEP[m], "train_wall_s": 20.0} for m in methods for s in seeds}
-    manifest = {"config": config(seeds[0], z_loss, methods), "methods": list(methods), "seeds": list(seeds),
+    manifest = {"config": config(seeds[0], z_loss, methods, lr), "methods": list(methods), "seeds": list(seeds),
                 "jobs": jobs, "latents": {"codebook_size": K, "tokenizer": "vqvae"}, "git_commit": "abc"}
     (run / "manifest.json").write_text(json.dumps(manifest))
     if floor is not None:
@@ -178,6 +181,9 @@ def test_build_report_writes_every_figure_and_table(built):
     assert "softmax temperature" in text and "source-noise scale" in text
     floor_section = text.split("## Tokenizer floor")[1].split("##")[0]
     assert "| 1.50 |" in floor_section
+    other = text.split("### Other evaluations")[1].split("##")[0]  # the CFG cell, in neither curve nor sweep
+    halves = [fid_of("purr", s, 40) / 2 for s in (0, 1)]
+    assert f"| tiny/1 | purr | 40 | 0.9 | 16 | 1.5 | 100 | 2 | {np.mean(halves):.2f} ± {np.std(halves, ddof=1):.2f} |" in other
 
 
 def test_convergence_figures_plot_the_seed_means(built):
@@ -358,7 +364,38 @@ def test_zloss_runs_become_labelled_variants(tmp_path, captured):
     np.testing.assert_allclose(lse["purr (z_loss=0)"][1], np.arange(5, 45, 5) * 0.1)
     np.testing.assert_allclose(lse["purr (z_loss=1e-05)"][1], np.arange(5, 45, 5) * 0.01)
     text = markdown_of([on, off])
-    assert "| tiny/1 | purr (z_loss=0) |" in text and "No Purrception run and baseline" in text
+    assert "| tiny/1 | purr (z_loss=0) |" in text and "No Purrception variant and baseline share" in text
+
+
+def test_runs_with_different_recipes_are_compared_only_within_their_recipe(tmp_path):
+    fast = make_run(tmp_path, "fast", lr=1e-3)
+    slow = make_run(tmp_path, "slow", lr=1e-4, fid=lambda m, s, st, tau=None: 3 * fid_of(m, s, st, tau))
+    zoff = make_run(tmp_path, "zoff", methods=("purr",), z_loss=0.0, lr=1e-3)
+    results = load_runs([fast, slow, zoff])
+    assert set(results.variants["variant"]) == {
+        "purr (z_loss=1e-05, train.lr=0.001)", "purr (z_loss=1e-05, train.lr=0.0001)", "purr (z_loss=0, train.lr=0.001)",
+        "cfm (train.lr=0.001)", "cfm (train.lr=0.0001)"}
+    table = speedup_table(convergence(results), results.variants)
+    pairs = set(zip(table["Purrception"], table["baseline"]))
+    assert pairs == {("purr (z_loss=1e-05, train.lr=0.001)", "cfm (train.lr=0.001)"),
+                     ("purr (z_loss=0, train.lr=0.001)", "cfm (train.lr=0.001)"),
+                     ("purr (z_loss=1e-05, train.lr=0.0001)", "cfm (train.lr=0.0001)")}
+    assert set(table["speed-up (iters)"]) == {"2.40x"}  # both recipes scale purr and cfm alike
+    text = markdown_of([fast, slow, zoff])
+    assert "| tiny/1 | purr (z_loss=0, train.lr=0.001) | zoff | z_loss=0, train.lr=0.001 |" in text
+
+
+def test_long_recipes_get_short_names(tmp_path):
+    a = make_run(tmp_path, "a")
+    b = make_run(tmp_path, "b")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["config"]["tokenizer"]["vqvae"].update(codebook_size=64, code_dim=8, channels=32)
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    results = load_runs([a, b])
+    assert set(results.variants["variant"]) == {"purr (recipe 1)", "purr (recipe 2)", "cfm (recipe 1)", "cfm (recipe 2)"}
+    row = results.variants.set_index("variant").loc["cfm (recipe 2)"]
+    assert row["recipe"] == "tokenizer.vqvae.channels=32, tokenizer.vqvae.code_dim=8, tokenizer.vqvae.codebook_size=64"
+    assert row["runs"] == "b"
 
 
 # ----------------------------------------------------------------------------- reproducibility, errors
