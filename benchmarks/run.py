@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if done:
         update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
-        if cfg.launcher.kind != "local":  # jobs ran elsewhere: the report is built here once they are done
-            build_report_if_available(run_dir)
+        build_report_if_available(run_dir)
     print(f"\nrun folder: {run_dir.resolve()}")
     for name in ("metrics.csv", "report/report.md", "samples"):
         if (run_dir / name).exists():
