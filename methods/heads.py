@@ -28,8 +28,8 @@ rather than a separate differentiable output. Memory at the end of the forward: 
 size, float32) and dh (the size of h), which the dense path also allocates (in its backward).
 
 Mixed precision: under autocast the matmuls run in the autocast dtype (bf16 on GPU: as the dense
-head would) and every softmax statistic, G, dW and db are accumulated in float32 (float64 for
-float64 inputs).
+head would); the softmax statistics, G and db are computed in float32 (float64 for float64
+inputs), and dW is the float32 sum of the chunks' (bf16) products.
 
 Sampling (``fused_readout``, reference ``dense_readout``): per position pi = softmax(l[:K] / tau)
 over the first K logits (``num_codes``; the masked DFM's extra mask logit is never a target of a

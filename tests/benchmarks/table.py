@@ -28,8 +28,8 @@ def rows_from_file(path: Path) -> list[dict]:
                              "seconds": r["seconds_per_step"], "unit": "steps", "items": 1})
         return rows
     data = json.loads(path.read_text())
-    return [{**b["extra_info"], "group": b["group"], "name": b["name"].removeprefix("test_"),
-             "seconds": b["stats"]["median"]} for b in data["benchmarks"]]
+    return [{**b["extra_info"], "group": b["group"], "seconds": b["stats"]["median"],
+             "name": b["extra_info"].get("label", b["name"].removeprefix("test_"))} for b in data["benchmarks"]]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -48,8 +48,8 @@ def group_table(rows: list[dict]) -> list[str]:
     for r in rows:
         cells = [r["name"], fmt(r["seconds"]), fmt(r["items"] / r["seconds"])]
         if train:
-            cells += [fmt(r.get("batch")), fmt(r.get("peak_tensor_mib"), 4), fmt(r["flops_per_step"] / 1e9, 4),
-                      fmt(r["flops_per_step"] / r["seconds"] / 1e9)]
+            cells += [fmt(r.get("batch")), f"{r['peak_tensor_mib']:.0f}", f"{r['flops_per_step'] / 1e9:.1f}",
+                      f"{r['flops_per_step'] / r['seconds'] / 1e9:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

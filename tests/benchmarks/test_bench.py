@@ -1,6 +1,6 @@
 """The pytest-benchmark performance suite (marker ``bench``; excluded from the default run).
 
-    .venv/bin/pytest tests/benchmarks -m bench --benchmark-json results/bench/bench.json
+    VQFLOW_BENCH_THREADS=1 .venv/bin/pytest tests/benchmarks -m bench --benchmark-json results/bench/bench.json
     .venv/bin/python -m tests.benchmarks.table results/bench/bench.json
 
 Groups:
@@ -15,7 +15,8 @@ Groups:
   of 512 images.
 
 Every entry's ``extra_info`` holds ``unit`` and ``items`` (what one round produces, for
-throughput = items / median seconds); training entries add ``peak_tensor_mib`` (peak live-tensor
+throughput = items / median seconds) and ``threads`` (torch intra-op threads); training entries
+add ``peak_tensor_mib`` (peak live-tensor
 memory of a steady-state step), ``flops_per_step``, ``achieved_gflops`` and ``params``.
 """
 from __future__ import annotations
@@ -43,13 +44,18 @@ def median_seconds(benchmark) -> float:
     return statistics.median(benchmark.stats.stats.data)
 
 
+def record(benchmark, unit: str, items: int, **info) -> None:
+    """What one round produced (``unit``, ``items``), the thread count and any other details."""
+    benchmark.extra_info.update(unit=unit, items=items, threads=torch.get_num_threads(), **info)
+
+
 def run_train(benchmark, method: str, head: str, workload, rounds: int) -> None:
     run = TrainStep(method, workload, head)
     benchmark.group = f"train-{workload.name}"
     benchmark.pedantic(run.step, rounds=rounds, warmup_rounds=1, iterations=1)
     seconds = median_seconds(benchmark)
-    benchmark.extra_info.update(
-        unit="steps", items=1, method=method, head=head, label=label(method, head), backbone=workload.backbone,
+    record(
+        benchmark, "steps", 1, method=method, head=head, label=label(method, head), backbone=workload.backbone,
         codes=workload.codes, grid=list(workload.grid), batch=workload.batch, params=run.params,
         flops_per_step=run.flops, achieved_gflops=run.flops / seconds / 1e9,
         peak_tensor_mib=run.peak_memory() / 2 ** 20)
@@ -71,9 +77,8 @@ def test_sampling_default(benchmark, method, head):
     benchmark.group = "sample-default"
     codes = benchmark.pedantic(run.run, rounds=2, warmup_rounds=1, iterations=1)
     assert codes.shape == (SAMPLE_BATCH, *DEFAULT.grid)
-    benchmark.extra_info.update(unit="samples", items=SAMPLE_BATCH, method=method, head=head,
-                                label=label(method, head), steps=SAMPLE_STEPS,
-                                nfe=SAMPLE_STEPS)
+    record(benchmark, "samples", SAMPLE_BATCH, method=method, head=head, label=label(method, head),
+           steps=SAMPLE_STEPS, nfe=SAMPLE_STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,7 @@ def test_tokenizer(benchmark, images, direction):
             return fn()
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
-    benchmark.extra_info.update(unit="images", items=len(images), grid=list(codes.shape[1:]))
+    record(benchmark, "images", len(images), grid=list(codes.shape[1:]))
 
 
 def test_extractor_features(benchmark, tmp_path):
@@ -111,4 +116,4 @@ def test_extractor_features(benchmark, tmp_path):
     features = benchmark.pedantic(lambda: fidelity.extract_features(images, spec, progress=False), rounds=3,
                                   warmup_rounds=1, iterations=1)
     assert all(f.shape[0] == len(images) for f in features.values())
-    benchmark.extra_info.update(unit="images", items=len(images), extractor=spec.name)
+    record(benchmark, "images", len(images), extractor=spec.name)
