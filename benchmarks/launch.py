@@ -50,6 +50,9 @@ SIGNAL_DELAY_S = 120
 """SLURM signals a job this long before its time limit: time to finish a step and save a checkpoint."""
 DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
 POLL_S = 5.0
+"""How often --wait looks for the jobs' result files."""
+ACCOUNTING_REFRESH_S = 30.0
+"""How often --wait asks SLURM's accounting for the states of all jobs (one sacct call)."""
 JOB_TQDM_MININTERVAL_S = 30
 """Progress bars in job logs (files, not terminals) redraw at most this often."""
 EVENTS = "job_events.jsonl"
@@ -303,9 +306,12 @@ def follow(jobs: list[tuple[str, submitit.Job]], timeout_s: float, *, progress: 
     deadline = time.monotonic() + timeout_s
     pending = dict(jobs)
     failed: list[str] = []
+    refreshed = float("-inf")
     with tqdm(total=len(jobs), desc="jobs finished", unit="job", disable=not progress, dynamic_ncols=True) as bar:
         while pending:
-            refresh_states(list(pending.values()))
+            if time.monotonic() - refreshed > ACCOUNTING_REFRESH_S:
+                refresh_states(list(pending.values()))
+                refreshed = time.monotonic()
             for key, job in list(pending.items()):
                 if job.done():
                     del pending[key]
@@ -317,13 +323,19 @@ def follow(jobs: list[tuple[str, submitit.Job]], timeout_s: float, *, progress: 
             states = Counter(str(job.state).split()[0].lower() for job in pending.values())
             bar.set_postfix_str(", ".join(f"{state} {count}" for state, count in sorted(states.items())))
             if pending and time.monotonic() > deadline:
-                still = ", ".join(f"{key} ({job.job_id})" for key, job in pending.items())
-                raise LaunchError(f"gave up waiting after {timeout_s:.0f} s; still running (they continue): {still}"
-                                  + (f"\nfailed: " + "\n".join(failed) if failed else ""))
+                raise LaunchError(f"gave up waiting after {timeout_s:.0f} s; {_unfinished(pending, failed)}")
             if pending:
-                time.sleep(poll_s)
+                try:
+                    time.sleep(poll_s)
+                except KeyboardInterrupt:
+                    raise LaunchError(f"stopped waiting; {_unfinished(pending, failed)}") from None
     if failed:
         raise LaunchError(f"{len(failed)} of {len(jobs)} job(s) failed:\n" + "\n".join(failed))
+
+
+def _unfinished(pending: dict[str, submitit.Job], failed: list[str]) -> str:
+    listing = ", ".join(f"{key} ({job.job_id})" for key, job in pending.items())
+    return f"still running (they continue): {listing}" + ("\nfailed:\n" + "\n".join(failed) if failed else "")
 
 
 def refresh_states(jobs: list[submitit.Job]) -> None:

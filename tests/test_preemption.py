@@ -15,7 +15,7 @@ import torch
 from benchmarks.config import load_config
 from benchmarks.distributed import PREEMPTION
 from benchmarks.jobs import run_job
-from benchmarks.launch import follow, read_events, submit
+from benchmarks.launch import LaunchError, follow, read_events, submit
 from benchmarks.results import cell_key
 from benchmarks.train import Trainer, job_dir
 
@@ -183,3 +183,11 @@ def test_submitit_job_preempted_mid_training_requeues_and_matches_an_uninterrupt
     assert len(keys) == len(set(keys)), "duplicate evaluation rows"
     assert sorted(keys) == sorted(reference_keys), "evaluation rows differ from the uninterrupted run's"
     assert {int(k[2]) for k in keys} == {30, 60}, "only scheduled checkpoints are evaluated"
+
+
+def test_a_failing_job_is_reported_with_its_error(tmp_path):
+    cfg = load_config("smoke", ["launcher.kind=submitit-local", "data.dataset=shards",
+                                f"data.path={tmp_path / 'no-such-shards'}"])
+    jobs = submit(cfg, ["cfm"], [0], tmp_path / "run")
+    with pytest.raises(LaunchError, match=r"1 of 1 job\(s\) failed:\ncfm/seed0 \(job \d+\):(.|\n)*no-such-shards"):
+        follow(jobs, 300, progress=False, poll_s=0.5)
