@@ -24,8 +24,11 @@ def rows_from_file(path: Path) -> list[dict]:
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                rows.append({**r, "group": f"train-{r['workload']}-b{r['batch']}", "name": r["label"],
-                             "seconds": r["seconds_per_step"], "unit": "steps", "items": 1})
+                group = f"train-{r['workload']}-b{r['batch']}"
+                if r.get("interleaved_with"):  # one table per interleaved run: its ratios are paired
+                    group += f" ({', '.join(sorted([r['label'], *r['interleaved_with']]))} interleaved)"
+                rows.append({**r, "group": group, "name": r["label"], "seconds": r["seconds_per_step"],
+                             "unit": "steps", "items": 1})
         return rows
     data = json.loads(path.read_text())
     return [{**b["extra_info"], "group": b["group"], "seconds": b["stats"]["median"],
@@ -33,9 +36,12 @@ def rows_from_file(path: Path) -> list[dict]:
 
 
 def fmt(value, digits: int = 3) -> str:
+    """Three significant digits; thousands without an exponent."""
     if value is None:
         return ""
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+    return str(value)
 
 
 def group_table(rows: list[dict]) -> list[str]:
