@@ -78,13 +78,13 @@ def grid_from_tokens(x: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
     return x.transpose(2, 3).reshape(b, h, w, *rest)
 
 
-def chunk_size(tokens_per_row: int, vocab: int, chunk_tokens: int | None) -> int:
+def chunk_size(positions_per_token: int, vocab: int, chunk_tokens: int | None) -> int:
     """Tokens per chunk: ``chunk_tokens`` if given, else CHUNK_ELEMENTS // (p*p*V) (at least 1)."""
     if chunk_tokens is not None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         return chunk_tokens
-    return max(1, CHUNK_ELEMENTS // (tokens_per_row * vocab))
+    return max(1, CHUNK_ELEMENTS // (positions_per_token * vocab))
 
 
 def compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
