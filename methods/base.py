@@ -28,7 +28,6 @@ from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 T_EPS = 1e-3
 """Training times are drawn from U[T_EPS, 1) (SPEC.md)."""
@@ -203,19 +202,3 @@ def euler_hazard(h: float, t: float) -> float:
     """Jump probability of one CTMC Euler step with kappa(t) = t: min(1, h kappa'/(1 - kappa))."""
     return 1.0 if t + h >= 1.0 - 1e-9 else min(1.0, h / (1.0 - t))
 
-
-def entropy(probs: Tensor, dim: int = 1) -> Tensor:
-    """H(pi) = -sum pi log pi along ``dim`` (0 log 0 = 0)."""
-    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim)
-
-
-def categorical_draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Draw one category per position from probabilities (B, V, h, w) -> (B, h, w)."""
-    b, v, h, w = probs.shape
-    flat = probs.permute(0, 2, 3, 1).reshape(-1, v)
-    return torch.multinomial(flat, 1, generator=generator).view(b, h, w)
-
-
-def softmax_draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """Draw one category per position from softmax(logits / tau); logits (B, V, h, w) -> (B, h, w)."""
-    return categorical_draw(F.softmax(logits.float() / temperature, dim=1), generator)
