@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
 
 @contextlib.contextmanager
@@ -34,6 +33,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_torch(obj, path: str | os.PathLike) -> None:
+    import torch  # here, so that reading results (reports) does not need torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

@@ -21,6 +21,16 @@ def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
     return prepare_latents(d.dataset, d.path, d.image_size, tok.kind, tok.ckpt, tok.vqvae, progress=progress)
 
 
+def prepare_recorded_latents(cfg: BenchmarkConfig, run_dir: Path, *, progress: bool, record: bool = True) -> LatentSpace:
+    """Open (or build) the run's latent space and record its info and cost in the manifest."""
+    start = time.perf_counter()
+    latents = latents_for(cfg, progress=progress)
+    if record:
+        update_manifest(run_dir, {"timings": {"latents_s": round(time.perf_counter() - start, 2)},
+                                  "latents": latents.info})
+    return latents
+
+
 def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool):
     if not cfg.eval.enabled:
         return None
@@ -35,11 +45,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     run_dir = Path(run_dir)
     dist = DistEnv.from_environment()
     if latents is None:
-        start = time.perf_counter()
-        latents = latents_for(cfg, progress=progress and dist.is_main)
-        if dist.is_main:
-            update_manifest(run_dir, {"timings": {"latents_s": round(time.perf_counter() - start, 2)},
-                                      "latents": latents.info})
+        latents = prepare_recorded_latents(cfg, run_dir, progress=progress and dist.is_main, record=dist.is_main)
     if evaluator is None:
         evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
     trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.distributed import PREEMPTION, DistEnv
-from benchmarks.jobs import latents_for, make_evaluator, run_job
+from benchmarks.jobs import make_evaluator, prepare_recorded_latents, run_job
 from benchmarks.manifest import read_manifest, update_manifest
 from benchmarks.train import job_dir
 
@@ -82,10 +82,7 @@ def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
 
 
 def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
-    start = time.perf_counter()
-    latents = latents_for(cfg, progress=progress)
-    update_manifest(run_dir, {"timings": {"latents_s": round(time.perf_counter() - start, 2)},
-                              "latents": latents.info})
+    latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
     evaluator = make_evaluator(cfg, latents, run_dir, progress)
     for method in methods:
         for seed in seeds:
@@ -358,20 +355,13 @@ def job_problem(job: submitit.Job) -> str | None:
 
 
 def build_report_if_available(run_dir: Path) -> Path | None:
-    """Build the run's report with ``reports.build_report(run_dir)`` if that exists; returns its
-    folder. A failure is reported, not raised: the results are complete, and
-    ``python -m reports RUN_DIR`` rebuilds the report from them."""
+    """Build the run's report (``reports.build_report``); returns its folder. A failure is
+    reported, not raised: the results are complete, and ``python -m reports RUN_DIR`` rebuilds
+    the report from them."""
+    from reports import build_report
+
     try:
-        reports = importlib.import_module("reports")
-    except ImportError:
-        print("no report: the reports package is not available")
-        return None
-    build = getattr(reports, "build_report", None)
-    if build is None:
-        print("no report: reports.build_report does not exist")
-        return None
-    try:
-        return build(run_dir)
+        return build_report([run_dir])
     except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
         print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
               file=sys.stderr)

@@ -27,15 +27,18 @@ TRACE_COLUMNS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", 
 TRACE_KEY = TRACE_COLUMNS[:-1]
 
 
+def key_text(value) -> str:
+    """One value of a row identity as text: floats rounded to 6 decimals, whole floats written as
+    integers, so a CSV round trip (where an integer column may come back as floats) compares equal."""
+    if isinstance(value, float) and not math.isnan(value):
+        value = round(value, 6)
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
 def cell_key(row: dict, key: list[str] = CELL_KEY) -> tuple:
-    """The identity of a row (floats rounded so CSV round trips compare equal)."""
-    out = []
-    for name in key:
-        value = row[name]
-        if isinstance(value, float) and not math.isnan(value):
-            value = round(value, 6)
-        out.append(str(value))
-    return tuple(out)
+    """The identity of a row."""
+    return tuple(key_text(row[name]) for name in key)
 
 
 def read_metrics(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:

@@ -25,18 +25,14 @@ points (``TRACE_KEY``) and for a ``(variant, seed)`` train log present in severa
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-# The row identities of benchmarks.results (kept here so that reading results needs no torch;
-# tests/test_reports.py checks that they match).
-CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
-            "feature_extractor", "ref_stats"]
-TRACE_KEY = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "t"]
+from benchmarks.results import CELL_KEY, TRACE_KEY, key_text
+
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
 REQUIRED_TRAIN_LOG = ["step", "loss"]
@@ -274,16 +270,11 @@ def _label(frame: pd.DataFrame, run: Run, source: int, labels: dict) -> pd.DataF
 
 
 def _key_text(frame: pd.DataFrame, key: list[str]) -> pd.Series:
-    """A string identity per row (floats rounded to 6 decimals, as benchmarks.results does)."""
-    def fmt(v):
-        if isinstance(v, float) and not math.isnan(v):
-            v = round(v, 6)
-            return str(int(v)) if v.is_integer() else repr(v)
-        return str(v)
+    """A string identity per row (``benchmarks.results.key_text`` of each key column)."""
     cols = [c for c in key if c in frame.columns]
     if not len(frame):
         return pd.Series(dtype=str)
-    return frame[cols].astype(object).apply(lambda col: col.map(fmt)).agg("|".join, axis=1)
+    return frame[cols].astype(object).apply(lambda col: col.map(key_text)).agg("|".join, axis=1)
 
 
 def _dedupe(frame: pd.DataFrame, key: list[str], what: str, runs: list[Run], notes: list[str]) -> pd.DataFrame:
