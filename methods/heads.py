@@ -226,8 +226,18 @@ def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: T
     if argmax:
         out["argmax"] = logits.argmax(-1)
     if draw:
-        out["draw"] = torch.multinomial(pi, 1, generator=generator).squeeze(-1)
+        out["draw"] = inverse_cdf_draw(pi, generator)
     return out
+
+
+def inverse_cdf_draw(pi: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row of probabilities pi (M, V): the first k with F_k > u F_V, where F is the
+    cumulative sum and u ~ U[0, 1). Scaling u by F_V absorbs rounding in the sum, and the strict
+    inequality never picks a zero-probability category. Several times faster than
+    ``torch.multinomial`` on CPU for the many short rows a sampler step has."""
+    cdf = pi.cumsum(-1)
+    u = torch.rand(pi.shape[0], 1, generator=generator, device=pi.device, dtype=pi.dtype) * cdf[:, -1:]
+    return (cdf <= u).sum(-1).clamp_(max=pi.shape[-1] - 1)
 
 
 def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codebook: Tensor | None = None,

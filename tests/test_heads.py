@@ -16,7 +16,7 @@ import methods
 from backbones.dit import build_dit
 from methods.base import BackboneIO, categorical_loss, guided
 from methods.heads import (DenseHead, dense_readout, fused_categorical_loss, fused_head_model, fused_readout,
-                           grid_from_tokens, head_readout, tokens_from_grid)
+                           grid_from_tokens, head_readout, inverse_cdf_draw, tokens_from_grid)
 
 B, V, WIDTH, GRID = 3, 11, 16, (4, 6)
 
@@ -163,6 +163,19 @@ def test_fused_draws_follow_the_posterior():
     for r in range(4):
         freq = torch.bincount(draws[:, r], minlength=V).double() / draws.shape[0]
         assert 0.5 * (freq - pi[r]).abs().sum() < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_cdf_draws_match_the_probabilities_and_skip_zeros(dtype):
+    """Rows with exact zeros (first, middle, last) and an unnormalised float32 row: frequencies match
+    pi / sum(pi) in total variation, and a zero-probability category is never drawn."""
+    pi = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0], [0.1, 0.1, 0.1, 0.1, 0.1, 0.5000001]], dtype=dtype)
+    rows = pi.repeat_interleave(20000, 0)
+    draws = inverse_cdf_draw(rows, torch.Generator().manual_seed(0)).view(2, -1)
+    for r in range(2):
+        freq = torch.bincount(draws[r], minlength=6).to(dtype) / draws.shape[1]
+        assert 0.5 * (freq - pi[r] / pi[r].sum()).abs().sum() < 0.01
+        assert (freq[pi[r] == 0] == 0).all()
 
 
 def test_cfg_on_features_equals_cfg_on_logits():
