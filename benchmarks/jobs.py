@@ -49,7 +49,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     if evaluator is None:
         evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
     trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)
-    peak = measure_peak_flops(trainer.device, seconds=0.3)
+    peak = measure_peak_flops(trainer.device, seconds=1.0)
     eval_seconds = 0.0
 
     def evaluate(event) -> None:
