@@ -35,8 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def save_torch(obj, path: str | os.PathLike) -> None:
     import torch  # here, so that reading results (reports) does not need torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # a file object, so the archive's internal name is not the random temp name
 
 
 def save_json(obj, path: str | os.PathLike) -> None:

@@ -62,6 +62,16 @@ def test_extractor_is_cached_and_honestly_named(env):
     assert mnist_cnn.weights_key(images[::-1], labels, TEST_CONFIG) != info["key"]
 
 
+def test_extractor_id_is_the_same_when_trained_again_elsewhere(env, tmp_path, monkeypatch):
+    """Results name the extractor by a hash of its weights file; training it again in another cache
+    (another machine) must give the same file bytes, so runs from both merge as one extractor."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(cache_dir("data") / "mnist5k.npz", tmp_path / "data")
+    monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path))
+    again = fidelity.mnist_extractor(TEST_CONFIG)
+    assert again.weights_path != env["spec"].weights_path and again.id == env["spec"].id
+
+
 def test_extractor_features_channels_and_sizes(env):
     spec, a = env["spec"], env["a"][:32]
     assert mnist_cnn.FeatureExtractorMnistCNN.get_provided_features_list() == ("penultimate", "logits")
