@@ -13,7 +13,7 @@ from benchmarks.distributed import DistEnv
 from benchmarks.latents import LatentSpace, prepare_latents
 from benchmarks.manifest import update_manifest
 from benchmarks.train import Trainer
-from benchmarks.utilisation import measure_peak_flops, mfu
+from benchmarks.utilisation import mfu, process_peak_flops
 
 
 def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
@@ -49,7 +49,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     if evaluator is None:
         evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
     trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)
-    peak = measure_peak_flops(trainer.device, seconds=1.0)
+    peak = process_peak_flops(trainer.device)
     eval_seconds = 0.0
 
     def evaluate(event) -> None:

@@ -1,7 +1,9 @@
 """Hardware utilisation: the device's achievable matmul throughput (for MFU) and peak tensor memory.
 
 * ``measure_peak_flops(device)``: FLOP/s of a timed dense square matmul (float32 on CPU, bf16 on
-  CUDA, the dtypes the trainer computes in), a practical ceiling for the training FLOP/s.
+  CUDA, the dtypes the trainer computes in), a practical ceiling for the training FLOP/s;
+  ``process_peak_flops(device)`` measures it once per process and device (the jobs of a local run
+  share one measurement, so their MFUs compare; each cluster job measures its own node).
   ``mfu(flops_per_step, seconds_per_step, peak)`` is then achieved FLOP/s / peak.
 * ``TensorMemory``: the peak bytes of live tensor storage while a block runs, counted from every
   ATen op's outputs (a ``TorchDispatchMode``): the same quantity on every device (on CUDA it tracks
@@ -10,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 
@@ -42,6 +45,16 @@ def measure_peak_flops(device: str | torch.device, *, seconds: float = 1.0, size
     torch.mm(a, b, out=out)
     _sync(device)
     return max(_matmul_rate(a, b, out, seconds / windows) for _ in range(windows))
+
+
+@functools.cache
+def _process_peak_flops(device: str) -> float:
+    return measure_peak_flops(device)
+
+
+def process_peak_flops(device: str | torch.device) -> float:
+    """``measure_peak_flops(device)`` (1 s), measured on this process's first call for ``device``."""
+    return _process_peak_flops(str(torch.device(device)))
 
 
 def _matmul_rate(a: Tensor, b: Tensor, out: Tensor, seconds: float) -> float:

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from benchmarks.utilisation import TensorMemory, measure_peak_flops, mfu
+from benchmarks.utilisation import TensorMemory, measure_peak_flops, mfu, process_peak_flops
 
 MIB = 2 ** 20
 
@@ -18,6 +18,14 @@ def test_peak_flops_is_a_timed_matmul_rate():
     assert time.perf_counter() - start >= 0.2
     assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s: a CPU
     assert mfu(2e9, 0.5, 8e9) == pytest.approx(0.5)
+
+
+def test_a_process_measures_the_peak_once_per_device():
+    """The jobs of a local run share one measurement (their MFUs use the same denominator)."""
+    first = process_peak_flops("cpu")
+    start = time.perf_counter()
+    assert process_peak_flops(torch.device("cpu")) == first
+    assert time.perf_counter() - start < 0.1  # not timed again (a measurement takes 1 s)
 
 
 def test_tensor_memory_counts_live_storages_once_and_their_peak():
