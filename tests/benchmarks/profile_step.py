@@ -25,6 +25,7 @@ import time
 import torch
 
 import methods
+from benchmarks.utilisation import process_peak_flops
 from tests.benchmarks.workloads import HEADS, WORKLOADS, TrainStep, label
 
 
@@ -63,7 +64,8 @@ def measure(variants: list[tuple[str, str]], workload, steps: int, device: str) 
             "backbone": workload.backbone, "codes": workload.codes, "grid": list(workload.grid),
             "batch": workload.batch, "device": device, "threads": torch.get_num_threads(), "params": run.params,
             "flops_per_step": run.flops, "seconds_per_step": seconds, "step_times": record,
-            "achieved_flops": run.flops / seconds, "peak_tensor_mib": run.peak_memory() / 2 ** 20,
+            "achieved_flops": run.flops / seconds, "peak_flops": process_peak_flops(device),
+            "peak_tensor_mib": run.peak_memory() / 2 ** 20,
             "interleaved_with": [label(*v) for v in variants if v != (method, head)]})
     if len(runs) == 1:
         rows[0].update(rss_peak_mib=rss_mib(), rss_at_start_mib=rss_start)

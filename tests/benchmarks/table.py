@@ -4,7 +4,8 @@
 
 Inputs: pytest-benchmark JSON (``--benchmark-json``, written by ``tests/benchmarks/test_bench.py``)
 and JSON-lines from ``python -m tests.benchmarks.profile_step``. Prints one table per group
-(median seconds, throughput, peak live-tensor memory, FLOPs per step, achieved FLOP/s) and, for
+(median seconds, throughput, peak live-tensor memory, FLOPs per step, achieved FLOP/s, MFU where the
+matmul peak was recorded) and, for
 every training group with a ``cfm`` entry, each method's peak memory and achieved FLOP/s relative
 to ``cfm``.
 """
@@ -49,13 +50,14 @@ def group_table(rows: list[dict]) -> list[str]:
     unit = UNITS[rows[0]["unit"]]
     head = ["benchmark", "median s", unit]
     if train:
-        head += ["batch", "peak tensor MiB", "GFLOP/step", "achieved GFLOP/s"]
+        head += ["batch", "peak tensor MiB", "GFLOP/step", "achieved GFLOP/s", "MFU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], fmt(r["seconds"]), fmt(r["items"] / r["seconds"])]
         if train:
             cells += [fmt(r.get("batch")), f"{r['peak_tensor_mib']:.0f}", f"{r['flops_per_step'] / 1e9:.1f}",
-                      f"{r['flops_per_step'] / r['seconds'] / 1e9:.1f}"]
+                      f"{r['flops_per_step'] / r['seconds'] / 1e9:.1f}",
+                      f"{r['flops_per_step'] / r['seconds'] / r['peak_flops']:.2f}" if r.get("peak_flops") else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -5,7 +5,7 @@
 
 Groups:
 * ``train-default``: one training step per method (and the dense-head reference of the
-  categorical ones) at the default config: DiT mini/1, K = 128, d = 4, 8x8 codes, batch 32;
+  categorical ones) at the default config (read from default.yaml: DiT mini/2, K = 128, d = 4, 8x8 codes, batch 32);
 * ``train-S2-16k``: the same at DiT-S/2 with K = 16384 on a 32x32 grid, batch
   ``$VQFLOW_BENCH_S2_BATCH`` (default 4; the paper-like batch 32 takes minutes per step on 2 CPU
   cores: measure it with ``python -m tests.benchmarks.profile_step``);
@@ -17,7 +17,8 @@ Groups:
 Every entry's ``extra_info`` holds ``unit`` and ``items`` (what one round produces, for
 throughput = items / median seconds) and ``threads`` (torch intra-op threads); training entries
 add ``peak_tensor_mib`` (peak live-tensor
-memory of a steady-state step), ``flops_per_step``, ``achieved_gflops`` and ``params``.
+memory of a steady-state step), ``flops_per_step``, ``achieved_gflops``, ``params`` and ``peak_flops``
+(the process's matmul peak at the same thread count, for MFU).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 from backbones.vqvae import VQVAE, VQVAEConfig
 from benchmarks import fidelity, mnist_cnn
 from benchmarks.atomic import save_torch
+from benchmarks.utilisation import process_peak_flops
 from tests.benchmarks.workloads import DEFAULT, DIT_S2, SampleRun, TrainStep, label, variants
 
 pytestmark = pytest.mark.bench
@@ -58,7 +60,7 @@ def run_train(benchmark, method: str, head: str, workload, rounds: int) -> None:
         benchmark, "steps", 1, method=method, head=head, label=label(method, head), backbone=workload.backbone,
         codes=workload.codes, grid=list(workload.grid), batch=workload.batch, params=run.params,
         flops_per_step=run.flops, achieved_gflops=run.flops / seconds / 1e9,
-        peak_tensor_mib=run.peak_memory() / 2 ** 20)
+        peak_flops=process_peak_flops("cpu"), peak_tensor_mib=run.peak_memory() / 2 ** 20)
 
 
 @pytest.mark.parametrize("method,head", VARIANTS, ids=IDS)

@@ -19,6 +19,7 @@ from torch import nn
 
 import methods
 from backbones.dit import build_dit
+from benchmarks.config import load_config
 from benchmarks.flops import model_flops, parameter_count
 from benchmarks.utilisation import TensorMemory
 from methods.heads import DenseHead
@@ -42,8 +43,15 @@ class Workload:
         return Workload(self.name, self.backbone, self.codes, self.code_dim, self.grid, batch, self.num_classes)
 
 
-DEFAULT = Workload("default", "mini/1", 128, 4, (8, 8), 32)
-"""The default config's backbone, tokenizer and batch (MNIST-5k, suite VQ-VAE)."""
+def config_workload(name: str) -> Workload:
+    """The backbone, suite VQ-VAE codebook, latent grid and batch of ``benchmarks/configs/<name>.yaml``."""
+    cfg = load_config(name)
+    vq, side = cfg.tokenizer.vqvae, cfg.data.image_size // cfg.tokenizer.vqvae.downsample
+    return Workload(name, cfg.backbone, vq.codebook_size, vq.code_dim, (side, side), cfg.train.batch_size)
+
+
+DEFAULT = config_workload("default")
+"""The default config's workload (MNIST-5k, suite VQ-VAE), read from its YAML so they never drift."""
 DIT_S2 = Workload("S2-16k", "S/2", 16384, 4, (32, 32), 32)
 """A DiT-S/2 on the paper tokenizers' latent shape: K = 16384 codes on a 32x32 grid."""
 WORKLOADS = {w.name: w for w in (DEFAULT, DIT_S2)}
