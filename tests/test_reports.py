@@ -440,3 +440,18 @@ def test_row_keys_match_benchmarks_results():
 
     assert CELL_KEY == results.CELL_KEY
     assert TRACE_KEY == results.TRACE_KEY
+
+
+@pytest.mark.parametrize("name,runs", [("default", ["default"]), ("zloss", ["default", "zloss-off"])])
+def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, runs):
+    """``python -m reports results/... --out reports/<name>`` on the committed reference results
+    rebuilds the committed report: report.md and every figure's data CSV byte for byte."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    reports_main([*(str(root / "results" / r) for r in runs), "--out", str(tmp_path)])
+    committed = root / "reports" / name
+    assert (tmp_path / "report.md").read_bytes() == (committed / "report.md").read_bytes()
+    csvs = sorted(p.name for p in (committed / "figures").glob("*.csv"))
+    assert csvs and csvs == sorted(p.name for p in (tmp_path / "figures").glob("*.csv"))
+    for csv in csvs:
+        assert (tmp_path / "figures" / csv).read_bytes() == (committed / "figures" / csv).read_bytes(), csv
