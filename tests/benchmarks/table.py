@@ -4,10 +4,9 @@
 
 Inputs: pytest-benchmark JSON (``--benchmark-json``, written by ``tests/benchmarks/test_bench.py``)
 and JSON-lines from ``python -m tests.benchmarks.profile_step``. Prints one table per group
-(median seconds, throughput, peak live-tensor memory, FLOPs per step, achieved FLOP/s, MFU where the
-matmul peak was recorded) and, for
-every training group with a ``cfm`` entry, each method's peak memory and achieved FLOP/s relative
-to ``cfm``.
+(median seconds, throughput, peak live-tensor memory, FLOPs per step, achieved FLOP/s, MFU where
+the matmul peak was recorded) and, for every training group with a ``cfm`` entry, each method's
+peak memory and achieved FLOP/s relative to ``cfm``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 
 Groups:
 * ``train-default``: one training step per method (and the dense-head reference of the
-  categorical ones) at the default config (read from default.yaml: DiT mini/2, K = 128, d = 4, 8x8 codes, batch 32);
+  categorical ones) at the default config (read from default.yaml: DiT mini/2, K = 128, d = 4,
+  8x8 codes, batch 32);
 * ``train-S2-16k``: the same at DiT-S/2 with K = 16384 on a 32x32 grid, batch
   ``$VQFLOW_BENCH_S2_BATCH`` (default 4; the paper-like batch 32 takes minutes per step on 2 CPU
   cores: measure it with ``python -m tests.benchmarks.profile_step``);
