@@ -11,7 +11,6 @@ can beat) are computed once per run into ``tokenizer_floor.json``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from benchmarks.data import to_uint8
 from benchmarks.latents import LatentSpace
 from benchmarks.manifest import git_commit
 from benchmarks.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
-from benchmarks.train import CheckpointEvent
+from benchmarks.train import CheckpointEvent, device_autocast
 
 SAMPLER = "euler"
 
@@ -140,12 +139,11 @@ class Evaluator:
         labels = balanced_labels(cell.num_samples, self.latents.num_classes)
         generator = torch.Generator(device=device).manual_seed(cell_seed(event.seed, event.step, cell))
         tokenizer = self.latents.tokenizer.to(device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         images, traces, nfe = [], [], 0
         batches = labels.split(ev.batch_size)
         for batch in tqdm(batches, desc=f"sample {event.method.name} step {event.step} {cell.tag}",
                           disable=not self.progress, leave=False, dynamic_ncols=True):
-            with autocast:
+            with device_autocast(device):
                 out = event.method.sample(event.ema, batch.to(device), self.latents.shards.grid, steps=cell.steps,
                                           temperature=cell.temperature, cfg_scale=cell.cfg_scale, generator=generator)
             images.append(to_uint8(tokenizer.decode(out.codes).float()).cpu())

@@ -48,6 +48,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_autocast(device: torch.device):
+    """The compute precision of training and sampling: bf16 autocast on CUDA, float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def job_dir(run_dir: Path, method: str, seed: int) -> Path:
     return Path(run_dir) / method / f"seed{seed}"
 
@@ -192,9 +199,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return device_autocast(self.device)
 
     def train_step(self) -> dict[str, float]:
         t, shards = self.cfg.train, self.latents.shards

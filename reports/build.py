@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.atomic import save_with
 from reports import figures as F
 from reports.curves import convergence, entropy_traces, order_variants, sample_grids, sweeps
 from reports.load import Results, load_runs
@@ -41,15 +41,6 @@ def temperature_meanings(methods: list[str]) -> dict[str, str]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _setup_table(results: Results) -> pd.DataFrame:
@@ -82,7 +73,7 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
     entries = []
 
     def keep(name: str, frame: pd.DataFrame, title: str, caption: str) -> None:
-        frame.to_csv(fig_dir / f"{name}.csv", index=False)
+        save_with(lambda tmp: frame.to_csv(tmp, index=False), fig_dir / f"{name}.csv")
         entries.append(FigureEntry(name, title, caption))
 
     if not conv.empty:
@@ -162,5 +153,6 @@ def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | N
             stale.unlink()
     meanings = temperature_meanings(sorted(set(results.variants["method"])))
     entries = draw_figures(results, fig_dir, conv, sweep_rows, step, meanings)
-    _write_text(out / "report.md", report_text(results, conv, sweep_rows, meanings, entries))
+    text = report_text(results, conv, sweep_rows, meanings, entries)
+    save_with(lambda tmp: tmp.write_text(text), out / "report.md")
     return out

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
+from benchmarks.atomic import save_with
 from reports.curves import X_COLUMNS, image_array, mean_curve, order_variants
 
 FORMATS = ("png", "pdf")
@@ -24,12 +25,11 @@ BAND_NOTE = "mean ± 1 s.d. over seeds"
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write ``<name>.png`` (``DPI``) and ``<name>.pdf``; returns their paths. (The figures use the
     constrained layout, so no ``bbox_inches="tight"``: that would draw everything twice.)"""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FORMATS:
         path = out_dir / f"{name}.{fmt}"
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-        fig.savefig(path, format=fmt, dpi=DPI, metadata=metadata)
+        save_with(lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata), path)
         paths.append(path)
     return paths
 

@@ -10,7 +10,6 @@ depend on the values.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import methods
 from backbones.dit import build_dit
 from benchmarks.config import load_config
 from benchmarks.flops import model_flops, parameter_count
+from benchmarks.train import device_autocast
 from benchmarks.utilisation import TensorMemory
 from methods.heads import DenseHead
 
@@ -80,10 +80,6 @@ def label(method: str, head: str) -> str:
     return f"{method}-{head}" if is_categorical(method) else method
 
 
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 class TrainStep:
     """``step()`` runs one training step; ``flops`` is the model's FLOPs per step (forward and
     backward, counted once: ``benchmarks.flops.model_flops``)."""
@@ -111,7 +107,7 @@ class TrainStep:
     def step(self) -> float:
         """One training step; returns the loss."""
         draws = self.method.draw(self.codes, self.noise)
-        with autocast(self.device):
+        with device_autocast(self.device):
             loss = self.method.loss(self.forward_model, self.codes, self.labels, draws)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,7 +151,7 @@ class SampleRun:
         self.labels = train.labels
 
     def run(self) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), device_autocast(self.device):
             out = self.method.sample(self.model, self.labels, self.workload.grid, steps=self.steps,
                                      temperature=0.9, cfg_scale=self.cfg_scale,
                                      generator=torch.Generator(device=self.device).manual_seed(0))
