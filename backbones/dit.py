@@ -18,12 +18,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from methods.base import BackboneIO
+
+@dataclass(frozen=True)
+class BackboneIO:
+    """What a method needs from the backbone.
+
+    input: ``"embedding"`` (a (B, in_channels, h, w) float grid) or ``"tokens"`` (a (B, h, w)
+        int64 grid of ids in [0, in_channels)).
+    in_channels: d for embeddings, the vocabulary size V for tokens.
+    out_channels: values the backbone emits per latent position (d, K or V).
+    """
+
+    input: Literal["embedding", "tokens"]
+    in_channels: int
+    out_channels: int
 
 
 @dataclass(frozen=True)

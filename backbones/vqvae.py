@@ -33,12 +33,10 @@ N(0, I) source noise.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,8 +45,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from backbones.tokenizer import Tokenizer, nearest_codes
-from benchmarks.atomic import locked, save_json, save_torch
-from benchmarks.cache import cache_dir, content_hash
 
 ALLOWED_DOWNSAMPLE = (2, 4, 8)
 WEIGHTS_FILE = "vqvae.pt"
@@ -362,32 +358,3 @@ def train_vqvae(cfg: VQVAEConfig, images: np.ndarray, progress: bool = True) -> 
 def _flat(z: Tensor) -> Tensor:
     """(B, d, h, w) -> (B*h*w, d), positions in the order of ``codes.flatten()``."""
     return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-
-def vqvae_cache_key(cfg: VQVAEConfig, data_id: str) -> str:
-    return content_hash(data_id, asdict(cfg))
-
-
-def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.ndarray], data_id: str,
-                        progress: bool = True) -> tuple[VQVAE, dict]:
-    """The VQ-VAE for (``data_id``, ``cfg``), trained once on ``images`` (uint8 (N, C, H, W), or a
-    function returning them, called only when the cache has no entry) and cached.
-
-    Cache entry ``<cache>/tokenizers/<key>/`` with ``key = content_hash(data_id, asdict(cfg))``:
-    ``vqvae.pt`` (config, in_channels and state_dict; loads with ``weights_only=True``) and
-    ``info.json`` (the ``train_vqvae`` info plus ``key``). Concurrent callers are serialised by a
-    file lock, so the model is trained once. The returned info carries ``from_cache`` and ``path``.
-    """
-    key = vqvae_cache_key(cfg, data_id)
-    folder = cache_dir("tokenizers", key)
-    weights, info_path = folder / WEIGHTS_FILE, folder / INFO_FILE
-    with locked(weights):
-        if weights.is_file() and info_path.is_file():
-            model, info, from_cache = VQVAE.load(weights), json.loads(info_path.read_text()), True
-        else:
-            model, info = train_vqvae(cfg, images() if callable(images) else images, progress=progress)
-            info = {**info, "key": key, "data_id": data_id}
-            save_torch(model.state(), weights)
-            save_json(info, info_path)
-            from_cache = False
-    return model, {**info, "from_cache": from_cache, "path": str(weights)}

@@ -4,9 +4,9 @@
         --data ~/imagenet/train --out ~/shards/in256-vqf8 --flip
     torchrun --nproc_per_node 8 -m benchmarks.encode ...     # data-parallel over ranks
 
-Input: ``--data ROOT/<class>/<image>`` (``benchmarks.data.ImageFolder``: classes are the sorted
+Input: ``--data ROOT/<class>/<image>`` (``benchmarks.data.images.ImageFolder``: classes are the sorted
 subfolder names; ADM centre-crop to ``--size``; images decoded in ``--workers`` DataLoader
-processes). Output: the ``benchmarks.shards`` format.
+processes). Output: the ``benchmarks.data.shards`` format.
 
 Shard layout. The N images, in ImageFolder order, are cut into ``n = ceil(N / shard_size)``
 consecutive blocks; shard ``s`` (``codes-s.npy``, ``labels-s.npy``) holds block ``s``. With
@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 
 from backbones.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, resolve_checkpoint
 from backbones.safe_pickle import UnsafeCheckpointError
-from benchmarks.atomic import locked, save_json
-from benchmarks.cache import content_hash
-from benchmarks.data import ImageFolder, to_model_range
-from benchmarks.shards import write_meta, write_shard
+from benchmarks.storage.atomic import locked, save_json
+from benchmarks.storage.cache import content_hash
+from benchmarks.data.images import ImageFolder, to_model_range
+from benchmarks.data.shards import write_meta, write_shard
 
 PLAN_FILE = "encode-plan.json"
 FLIP_LAYOUT = "shard n + s holds the horizontal flips of shard s (n = number of unflipped shards)"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
-from benchmarks.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
+from benchmarks.storage.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         fail("--seeds must be >= 1")
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
     if args.dry_run:
-        from benchmarks.plan import dry_run
+        from benchmarks.launching.plan import dry_run
 
         try:
             print(dry_run(cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation))
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_same_config(run_dir, cfg)
 
-    from benchmarks.launch import LaunchError, build_report_if_available, launch
+    from benchmarks.launching.launch import LaunchError, build_report_if_available, launch
 
     run_dir.mkdir(parents=True, exist_ok=True)
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),

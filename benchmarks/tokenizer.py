@@ -22,8 +22,8 @@ from PIL import Image
 
 from backbones.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, num_parameters
 from backbones.safe_pickle import UnsafeCheckpointError
-from benchmarks.atomic import save_with
-from benchmarks.data import center_crop_arr, to_model_range, to_uint8
+from benchmarks.storage.atomic import save_with
+from benchmarks.data.images import center_crop_arr, to_model_range, to_uint8
 
 
 def describe(tok: PretrainedVQ) -> dict:

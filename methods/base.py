@@ -29,23 +29,10 @@ from typing import ClassVar, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from backbones.dit import BackboneIO  # noqa: F401  (re-exported: part of the plugin contract)
+
 T_EPS = 1e-3
 """Training times are drawn from U[T_EPS, 1) (SPEC.md)."""
-
-
-@dataclass(frozen=True)
-class BackboneIO:
-    """What a method needs from the backbone.
-
-    input: ``"embedding"`` (a (B, in_channels, h, w) float grid) or ``"tokens"`` (a (B, h, w)
-        int64 grid of ids in [0, in_channels)).
-    in_channels: d for embeddings, the vocabulary size V for tokens.
-    out_channels: values the backbone emits per latent position (d, K or V).
-    """
-
-    input: Literal["embedding", "tokens"]
-    in_channels: int
-    out_channels: int
 
 
 class Denoiser(Protocol):

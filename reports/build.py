@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.atomic import save_with
+from benchmarks.storage.atomic import save_with
 from reports import figures as F
 from reports.curves import convergence, entropy_traces, order_variants, sample_grids, sweeps
 from reports.load import Results, load_runs

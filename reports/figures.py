@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
-from benchmarks.atomic import save_with
+from benchmarks.storage.atomic import save_with
 from reports.curves import X_COLUMNS, image_array, mean_curve, order_variants
 
 FORMATS = ("png", "pdf")

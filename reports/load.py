@@ -18,7 +18,7 @@ A recipe longer than ``RECIPE_LABEL_MAX`` characters is labelled ``recipe 1``, `
 (report.md spells them out). Only variants with the same recipe are compared in speed-ups.
 
 Duplicates. Within one ``(backbone, variant)`` a cell is identified by ``CELL_KEY`` (as in
-``benchmarks.results``). When two folders hold the same cell (the same job run twice), the row
+``benchmarks.storage.results``). When two folders hold the same cell (the same job run twice), the row
 of the folder given first is kept and the merge records a note (and warns); likewise for trace
 points (``TRACE_KEY``) and for a ``(variant, seed)`` train log present in several folders.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.results import CELL_KEY, TRACE_KEY, key_text
+from benchmarks.storage.results import CELL_KEY, TRACE_KEY, key_text
 
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
@@ -270,7 +270,7 @@ def _label(frame: pd.DataFrame, run: Run, source: int, labels: dict) -> pd.DataF
 
 
 def _key_text(frame: pd.DataFrame, key: list[str]) -> pd.Series:
-    """A string identity per row (``benchmarks.results.key_text`` of each key column)."""
+    """A string identity per row (``benchmarks.storage.results.key_text`` of each key column)."""
     cols = [c for c in key if c in frame.columns]
     if not len(frame):
         return pd.Series(dtype=str)

@@ -24,8 +24,8 @@ def toy_latents(tmp_path):
     """A LatentSpace over random 8x8 code grids (K = 16, 10 classes) with an untrained VQ-VAE
     as the tokenizer: enough to train and sample, with no tokenizer training."""
     from backbones.vqvae import VQVAE, VQVAEConfig
-    from benchmarks.latents import LatentSpace
-    from benchmarks.shards import CodeShards, write_meta, write_shard
+    from benchmarks.data.latents import LatentSpace
+    from benchmarks.data.shards import CodeShards, write_meta, write_shard
 
     torch.manual_seed(0)
     tokenizer = VQVAE(VQVAEConfig(codebook_size=16, code_dim=4, channels=8, train_steps=1)).eval()

@@ -14,9 +14,9 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from benchmarks.config import load_config
-from benchmarks.distributed import PORT_BASE, PORT_SPAN, PREEMPTION, DistEnv, first_host, rendezvous_port
-from benchmarks.launch import PROJECT_ROOT, SIGNAL_DELAY_S, make_executor
-from benchmarks.train import Trainer
+from benchmarks.launching.distributed import PORT_BASE, PORT_SPAN, PREEMPTION, DistEnv, first_host, rendezvous_port
+from benchmarks.launching.launch import PROJECT_ROOT, SIGNAL_DELAY_S, make_executor
+from benchmarks.training.trainer import Trainer
 from tests.test_preemption import Requeued, StandInHandler, install_stand_in, signal_during_step
 
 # ----------------------------------------------------------------------------- environments

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from backbones.pretrained import load_tokenizer, num_parameters
-from benchmarks import encode, tokenizer
-from benchmarks.data import ImageFolder, to_model_range
-from benchmarks.shards import CodeShards
+from benchmarks import encode
+from benchmarks import tokenizer
+from benchmarks.data.images import ImageFolder, to_model_range
+from benchmarks.data.shards import CodeShards
 from tests.synthetic_ckpt import small_widths, write_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*widths differ from the published:UserWarning")

@@ -13,9 +13,11 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from benchmarks import fidelity, mnist_cnn
-from benchmarks.cache import cache_dir
-from benchmarks.data import ArrayImages, load_mnist5k
+from benchmarks.evaluation import fidelity
+
+from benchmarks.evaluation import mnist_cnn
+from benchmarks.storage.cache import cache_dir
+from benchmarks.data.images import ArrayImages, load_mnist5k
 
 TEST_CONFIG = mnist_cnn.TrainConfig(epochs=2)
 N = 400  # images per set

@@ -8,9 +8,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from backbones.vqvae import VQVAE, VQVAEConfig
-from benchmarks.data import ImageFolder, load_mnist5k, to_model_range
-from benchmarks.latents import encode_to_shards, prepare_latents
-from benchmarks.shards import CodeShards, read_meta
+from benchmarks.data.images import ImageFolder, load_mnist5k, to_model_range
+from benchmarks.data.latents import encode_to_shards, prepare_latents
+from benchmarks.data.shards import CodeShards, read_meta
 
 TINY = VQVAEConfig(codebook_size=32, code_dim=4, downsample=4, channels=16, train_steps=40, batch_size=32)
 FOLDER_CFG = VQVAEConfig(codebook_size=8, code_dim=2, downsample=4, channels=8, train_steps=5, batch_size=8)
@@ -172,7 +172,7 @@ class FailingAfter(Dataset):
 
 
 def test_interrupted_encoding_resumes_where_it_stopped(tmp_path):
-    from benchmarks.data import ArrayImages
+    from benchmarks.data.images import ArrayImages
 
     rng = np.random.default_rng(0)
     data = ArrayImages(rng.integers(0, 256, (10, 1, 8, 8), dtype=np.uint8), np.arange(10) % 3)

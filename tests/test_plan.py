@@ -6,7 +6,7 @@ import re
 import pytest
 
 from benchmarks.config import load_config
-from benchmarks.plan import checkpoint_steps, dry_run, evaluation_cells
+from benchmarks.launching.plan import checkpoint_steps, dry_run, evaluation_cells
 
 
 def params_by_method(text: str) -> dict[str, float]:

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from benchmarks.config import load_config
-from benchmarks.distributed import PREEMPTION
-from benchmarks.jobs import run_job
-from benchmarks.launch import LaunchError, follow, read_events, submit
-from benchmarks.results import cell_key
-from benchmarks.train import Trainer, job_dir
+from benchmarks.launching.distributed import PREEMPTION
+from benchmarks.launching.jobs import run_job
+from benchmarks.launching.launch import LaunchError, follow, read_events, submit
+from benchmarks.storage.results import cell_key
+from benchmarks.training.trainer import Trainer, job_dir
 
 SIG = signal.SIGUSR2
 

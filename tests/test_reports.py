@@ -436,7 +436,7 @@ def test_cheap_cell_is_the_configured_every_cell(run_dir):
 
 
 def test_row_keys_match_benchmarks_results():
-    from benchmarks import results
+    from benchmarks.storage import results
 
     assert CELL_KEY == results.CELL_KEY
     assert TRACE_KEY == results.TRACE_KEY

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from benchmarks.results import CELL_KEY, COLUMNS
+from benchmarks.storage.results import CELL_KEY, COLUMNS
 
 ALL = "purr,cfm,cfm-endpoint,dfm,dfm-uniform"
 

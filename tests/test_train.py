@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.config import load_config
-from benchmarks.train import Trainer
+from benchmarks.training.trainer import Trainer
 
 
 def tiny_config(**train):

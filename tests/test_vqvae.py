@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.vqvae import (EMAQuantizer, VQVAE, VQVAEConfig, code_usage, load_or_train_vqvae, train_vqvae,
-                             vqvae_cache_key)
+from backbones.vqvae import EMAQuantizer, VQVAE, VQVAEConfig, code_usage, train_vqvae
+from benchmarks.data.latents import load_or_train_vqvae, vqvae_cache_key
 
 TINY = VQVAEConfig(codebook_size=16, code_dim=4, downsample=4, channels=16, train_steps=150, batch_size=32, lr=3e-3)
 

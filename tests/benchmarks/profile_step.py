@@ -10,7 +10,7 @@ background load and the per-round ratios stay meaningful.
 
 Reports per variant: seconds per step (median of ``--steps`` timed steps after one warm-up) and
 every step time, the model's FLOPs per step and the achieved FLOP/s, the peak live-tensor memory
-of a steady-state step (``benchmarks.utilisation.TensorMemory``; ``torch.cuda.max_memory_allocated``
+of a steady-state step (``benchmarks.training.utilisation.TensorMemory``; ``torch.cuda.max_memory_allocated``
 on CUDA) and, for a single variant, the process's peak resident set size (``ru_maxrss``, which
 includes Python, torch and the setup; it never goes down, so use one process per measurement).
 """
@@ -25,7 +25,7 @@ import time
 import torch
 
 import methods
-from benchmarks.utilisation import process_peak_flops
+from benchmarks.training.utilisation import process_peak_flops
 from tests.benchmarks.workloads import HEADS, WORKLOADS, TrainStep, label
 
 

@@ -30,9 +30,10 @@ import pytest
 import torch
 
 from backbones.vqvae import VQVAE, VQVAEConfig
-from benchmarks import fidelity, mnist_cnn
-from benchmarks.atomic import save_torch
-from benchmarks.utilisation import process_peak_flops
+from benchmarks.evaluation import fidelity
+from benchmarks.evaluation import mnist_cnn
+from benchmarks.storage.atomic import save_torch
+from benchmarks.training.utilisation import process_peak_flops
 from tests.benchmarks.workloads import DEFAULT, DIT_S2, SampleRun, TrainStep, label, variants
 
 pytestmark = pytest.mark.bench

@@ -1,4 +1,4 @@
-"""``benchmarks.utilisation``: the matmul-throughput probe and the live-tensor memory counter
+"""``benchmarks.training.utilisation``: the matmul-throughput probe and the live-tensor memory counter
 (fast unit tests; part of the default run)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from benchmarks.utilisation import TensorMemory, measure_peak_flops, mfu, process_peak_flops
+from benchmarks.training.utilisation import TensorMemory, measure_peak_flops, mfu, process_peak_flops
 
 MIB = 2 ** 20
 

@@ -1,4 +1,4 @@
-"""The benchmarked workloads: one training step (as ``benchmarks.train.Trainer.train_step`` takes
+"""The benchmarked workloads: one training step (as ``benchmarks.training.trainer.Trainer.train_step`` takes
 it), one sampler call, tokenizer encode/decode and evaluator feature extraction.
 
 A training step is: the method's draws, its loss, zero_grad, backward, gradient clipping (1.0), an
@@ -19,9 +19,9 @@ from torch import nn
 import methods
 from backbones.dit import build_dit
 from benchmarks.config import load_config
-from benchmarks.flops import model_flops, parameter_count
-from benchmarks.train import device_autocast
-from benchmarks.utilisation import TensorMemory
+from benchmarks.training.flops import model_flops, parameter_count
+from benchmarks.training.trainer import device_autocast
+from benchmarks.training.utilisation import TensorMemory
 from methods.heads import DenseHead
 
 HEADS = ("fused", "dense")
@@ -82,7 +82,7 @@ def label(method: str, head: str) -> str:
 
 class TrainStep:
     """``step()`` runs one training step; ``flops`` is the model's FLOPs per step (forward and
-    backward, counted once: ``benchmarks.flops.model_flops``)."""
+    backward, counted once: ``benchmarks.training.flops.model_flops``)."""
 
     def __init__(self, method_name: str, workload: Workload, head: str = "fused", *,
                  device: str | torch.device = "cpu", seed: int = 0):

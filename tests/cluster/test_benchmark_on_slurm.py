@@ -21,11 +21,11 @@ import pytest
 import submitit
 
 from benchmarks.config import load_config
-from benchmarks.distributed import rendezvous_port
-from benchmarks.jobs import latents_for, make_evaluator
-from benchmarks.launch import read_events
-from benchmarks.manifest import read_manifest
-from benchmarks.results import cell_key
+from benchmarks.launching.distributed import rendezvous_port
+from benchmarks.launching.jobs import latents_for, make_evaluator
+from benchmarks.launching.launch import read_events
+from benchmarks.storage.manifest import read_manifest
+from benchmarks.storage.results import cell_key
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -161,7 +161,7 @@ def _all_reduce_ranks() -> tuple[int, int, float, str]:
     import torch
     import torch.distributed as torch_dist
 
-    from benchmarks.distributed import DistEnv
+    from benchmarks.launching.distributed import DistEnv
 
     dist = DistEnv.from_environment()
     dist.init_process_group(torch.device("cpu"))

@@ -40,10 +40,10 @@ from submitit.core.utils import UncompletedJobError
 from tqdm.auto import tqdm
 
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
-from benchmarks.distributed import PREEMPTION, DistEnv
-from benchmarks.jobs import make_evaluator, prepare_recorded_latents, run_job
-from benchmarks.manifest import read_manifest, update_manifest
-from benchmarks.train import job_dir
+from benchmarks.launching.distributed import PREEMPTION, DistEnv
+from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
+from benchmarks.storage.manifest import read_manifest, update_manifest
+from benchmarks.training.trainer import job_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIGNAL_DELAY_S = 120
@@ -98,9 +98,9 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     """One (method, seed) of a run, as submitit runs it (in every task of the job).
 
     Called as ``job(cfg_dict, method, seed, run_dir)``. It trains and evaluates through
-    ``benchmarks.jobs.run_job`` (which resumes from the newest checkpoint and skips evaluation
+    ``benchmarks.launching.jobs.run_job`` (which resumes from the newest checkpoint and skips evaluation
     cells already in ``metrics.csv``). On the preemption / time-limit signal, the trainer saves a
-    checkpoint at the end of its current step (``benchmarks.distributed.PREEMPTION`` defers
+    checkpoint at the end of its current step (``benchmarks.launching.distributed.PREEMPTION`` defers
     submitit's handler to that point), then submitit calls ``checkpoint()``, which resubmits the
     same call: the requeued job resumes from that checkpoint. The object pickles with only the
     names of the modules that register its methods (imported first, for plugin methods).

@@ -11,7 +11,7 @@ runs after each one, so an interrupted evaluation is redone from the checkpoint 
 Because the data order and all noise come from generators saved in the checkpoint, a resumed
 run continues with exactly the losses of an uninterrupted one (on CPU).
 
-Preemption: a notice received during a step (``benchmarks.distributed.PREEMPTION``, installed by
+Preemption: a notice received during a step (``benchmarks.launching.distributed.PREEMPTION``, installed by
 cluster jobs) makes the trainer save a checkpoint at the end of that step, with the partial log
 interval, and hand over to the job's preemption handler (which requeues the job). Such an
 off-schedule checkpoint is resumed from but never evaluated.
@@ -31,11 +31,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from backbones.dit import build_dit
-from benchmarks.atomic import atomic_path, save_torch
+from benchmarks.storage.atomic import atomic_path, save_torch
 from benchmarks.config import BenchmarkConfig, method_options
-from benchmarks.distributed import PREEMPTION, DistEnv
-from benchmarks.flops import model_flops, parameter_count
-from benchmarks.latents import LatentSpace
+from benchmarks.launching.distributed import PREEMPTION, DistEnv
+from benchmarks.training.flops import model_flops, parameter_count
+from benchmarks.data.latents import LatentSpace
 from methods import get_method
 from methods.base import Method
 

@@ -2,7 +2,7 @@
 
 ``prepare_latents`` resolves the tokenizer (the suite's VQ-VAE, trained once per dataset and config,
 or a pretrained VQ tokenizer loaded from the user's checkpoint), encodes every image once to code
-indices in ``<cache>/shards/<key>/`` (``benchmarks.shards`` format) and returns everything training
+indices in ``<cache>/shards/<key>/`` (``benchmarks.data.shards`` format) and returns everything training
 and evaluation need as a ``LatentSpace``. A second call with the same inputs only opens the cache.
 
 Cache keys: the shard folder is ``content_hash(data_id, tokenizer_key)``, where ``data_id`` is a
@@ -10,16 +10,18 @@ content hash of the images (MNIST-5k) or of the file list with sizes and modific
 (ImageFolder) plus the preprocessing, and ``tokenizer_key`` is the VQ-VAE's cache key or a hash of the
 checkpoint's kind, path, size and modification time.
 
-Shard folders written here carry, besides the ``benchmarks.shards`` fields, ``tokenizer`` (kind, key,
+Shard folders written here carry, besides the ``benchmarks.data.shards`` fields, ``tokenizer`` (kind, key,
 codebook geometry), ``data`` (dataset, id, image size) and ``quality`` (recon_mse, perplexity,
 codes_used) in ``meta.json``. They are written shard by shard with ``complete: false`` until the
 last one, so an interrupted encoding resumes where it stopped.
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,11 +30,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from backbones.tokenizer import Tokenizer
-from backbones.vqvae import VQVAE, VQVAEConfig, code_usage, load_or_train_vqvae
-from benchmarks.atomic import locked
-from benchmarks.cache import cache_dir, content_hash
-from benchmarks.data import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
-from benchmarks.shards import CodeShards, read_meta, write_meta, write_shard
+from backbones.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
+from benchmarks.storage.atomic import locked, save_json, save_torch
+from benchmarks.storage.cache import cache_dir, content_hash
+from benchmarks.data.images import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
+from benchmarks.data.shards import CodeShards, read_meta, write_meta, write_shard
 
 DATASETS = ("mnist5k", "imagefolder", "shards")
 MNIST5K_SIZE = 32
@@ -277,3 +279,32 @@ def _info_from_meta(shards: CodeShards) -> dict:
             "perplexity": quality.get("perplexity"), "codes_used": quality.get("codes_used"),
             "codebook_size": shards.codebook_size, "grid": list(shards.grid),
             "num_images": len(shards), "num_classes": shards.num_classes}
+
+
+def vqvae_cache_key(cfg: VQVAEConfig, data_id: str) -> str:
+    return content_hash(data_id, asdict(cfg))
+
+
+def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.ndarray], data_id: str,
+                        progress: bool = True) -> tuple[VQVAE, dict]:
+    """The VQ-VAE for (``data_id``, ``cfg``), trained once on ``images`` (uint8 (N, C, H, W), or a
+    function returning them, called only when the cache has no entry) and cached.
+
+    Cache entry ``<cache>/tokenizers/<key>/`` with ``key = content_hash(data_id, asdict(cfg))``:
+    ``vqvae.pt`` (config, in_channels and state_dict; loads with ``weights_only=True``) and
+    ``info.json`` (the ``train_vqvae`` info plus ``key``). Concurrent callers are serialised by a
+    file lock, so the model is trained once. The returned info carries ``from_cache`` and ``path``.
+    """
+    key = vqvae_cache_key(cfg, data_id)
+    folder = cache_dir("tokenizers", key)
+    weights, info_path = folder / WEIGHTS_FILE, folder / INFO_FILE
+    with locked(weights):
+        if weights.is_file() and info_path.is_file():
+            model, info, from_cache = VQVAE.load(weights), json.loads(info_path.read_text()), True
+        else:
+            model, info = train_vqvae(cfg, images() if callable(images) else images, progress=progress)
+            info = {**info, "key": key, "data_id": data_id}
+            save_torch(model.state(), weights)
+            save_json(info, info_path)
+            from_cache = False
+    return model, {**info, "from_cache": from_cache, "path": str(weights)}

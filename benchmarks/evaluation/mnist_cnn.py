@@ -11,7 +11,7 @@ Network (input (N, 1, 32, 32) in [-1, 1]): three [conv 4x4 stride 2 -> ReLU] lay
 features (N, feature_dim=128) used by FID, KID and precision/recall, and a linear head -> the
 *logits* (N, 10) whose softmax p(y|x) the Inception Score uses.
 
-Training: MNIST-5k (``benchmarks.data.load_mnist5k``) with a seeded, stratified hold-out split
+Training: MNIST-5k (``benchmarks.data.images.load_mnist5k``) with a seeded, stratified hold-out split
 (10% by default) whose accuracy is recorded; AdamW with a one-cycle schedule and random
 translations of up to ``max_shift`` pixels. The weights are cached in ``cache_dir("extractors")``
 under a content hash of the data, the training config and the architecture version.
@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from benchmarks.atomic import locked, save_json, save_torch
-from benchmarks.cache import cache_dir, content_hash
-from benchmarks.data import load_mnist5k
+from benchmarks.storage.atomic import locked, save_json, save_torch
+from benchmarks.storage.cache import cache_dir, content_hash
+from benchmarks.data.images import load_mnist5k
 
 NAME = "mnist-cnn"
 INPUT_SIZE = 32
@@ -231,7 +231,7 @@ class FeatureExtractorMnistCNN(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path "
-                             "(see benchmarks.mnist_cnn.mnist_cnn_weights)")
+                             "(see benchmarks.evaluation.mnist_cnn.mnist_cnn_weights)")
         self.net = load_classifier(feature_extractor_weights_path)
         self.requires_grad_(False)
         self.eval()

@@ -4,7 +4,7 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
 (image, label) pairs. Three pieces:
 
 - ``ExtractorSpec``: which torch-fidelity feature extractor (by registry name) and which weights
-  file. ``mnist_extractor()`` is the offline default (``benchmarks.mnist_cnn``, trained once and
+  file. ``mnist_extractor()`` is the offline default (``benchmarks.evaluation.mnist_cnn``, trained once and
   cached); ``inception_extractor()`` is the standard ``inception-v3-compat`` from a local weights
   file (nothing downloads at run time).
 - ``Reference``: the real side, computed once and cached. ``reference_from_images`` extracts
@@ -50,10 +50,10 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from benchmarks import mnist_cnn
-from benchmarks.atomic import locked, save_with
-from benchmarks.cache import cache_dir, content_hash
-from benchmarks.data import ArrayImages, ImageFolder, to_model_range, to_uint8
+from benchmarks.evaluation import mnist_cnn
+from benchmarks.storage.atomic import locked, save_with
+from benchmarks.storage.cache import cache_dir, content_hash
+from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_uint8
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.atomic import save_json, save_npy
+from benchmarks.storage.atomic import save_json, save_npy
 
 FORMAT_VERSION = 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.atomic import atomic_path, locked
+from benchmarks.storage.atomic import atomic_path, locked
 
 COLUMNS = [
     "run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 from benchmarks.config import BenchmarkConfig
-from benchmarks.distributed import DistEnv
-from benchmarks.latents import LatentSpace, prepare_latents
-from benchmarks.manifest import update_manifest
-from benchmarks.train import Trainer
-from benchmarks.utilisation import mfu, process_peak_flops
+from benchmarks.launching.distributed import DistEnv
+from benchmarks.data.latents import LatentSpace, prepare_latents
+from benchmarks.storage.manifest import update_manifest
+from benchmarks.training.trainer import Trainer
+from benchmarks.training.utilisation import mfu, process_peak_flops
 
 
 def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
@@ -34,7 +34,7 @@ def prepare_recorded_latents(cfg: BenchmarkConfig, run_dir: Path, *, progress: b
 def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool):
     if not cfg.eval.enabled:
         return None
-    from benchmarks.evaluate import Evaluator
+    from benchmarks.evaluation.evaluator import Evaluator
 
     return Evaluator(cfg, latents, run_dir, progress=progress)
 

@@ -5,7 +5,7 @@ from the backbone built on the meta device, the latent grid and codebook size fr
 tokenizer's published architecture (or its config for the suite's VQ-VAE).
 
 Cost model: training FLOPs per step = FLOPs of one forward + backward pass of the backbone on
-the global batch (``benchmarks.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
+the global batch (``benchmarks.training.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
 NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.config import BenchmarkConfig
-from benchmarks.flops import meta_parameter_count, model_flops
+from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
 
 

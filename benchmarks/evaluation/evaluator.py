@@ -21,14 +21,14 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
-from benchmarks import fidelity
-from benchmarks.atomic import save_json, save_with
+from benchmarks.evaluation import fidelity
+from benchmarks.storage.atomic import save_json, save_with
 from benchmarks.config import BenchmarkConfig
-from benchmarks.data import to_uint8
-from benchmarks.latents import LatentSpace
-from benchmarks.manifest import git_commit
-from benchmarks.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
-from benchmarks.train import CheckpointEvent, device_autocast
+from benchmarks.data.images import to_uint8
+from benchmarks.data.latents import LatentSpace
+from benchmarks.storage.manifest import git_commit
+from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
+from benchmarks.training.trainer import CheckpointEvent, device_autocast
 
 SAMPLER = "euler"
 
@@ -57,7 +57,7 @@ def cell_seed(seed: int, step: int, cell: Cell) -> int:
 
 
 class Evaluator:
-    """Called by the trainer after each checkpoint (see ``benchmarks.train.CheckpointEvent``)."""
+    """Called by the trainer after each checkpoint (see ``benchmarks.training.trainer.CheckpointEvent``)."""
 
     def __init__(self, cfg: BenchmarkConfig, latents: LatentSpace, run_dir: str | Path, *, progress: bool = True):
         self.cfg, self.latents, self.run_dir, self.progress = cfg, latents, Path(run_dir), progress
@@ -83,7 +83,7 @@ class Evaluator:
             else:
                 images = self.latents.images
                 if ref is not None:
-                    from benchmarks.data import ImageFolder
+                    from benchmarks.data.images import ImageFolder
 
                     images = ImageFolder(ref, self.cfg.data.image_size, mode="L" if self.latents.tokenizer.in_channels == 1 else "RGB")
                 if images is None:

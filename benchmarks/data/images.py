@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from benchmarks.atomic import save_with
-from benchmarks.cache import cache_dir
+from benchmarks.storage.atomic import save_with
+from benchmarks.storage.cache import cache_dir
 
 MNIST5K_CLASSES = 10
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.atomic import locked, save_json
+from benchmarks.storage.atomic import locked, save_json
 
 PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "pandas", "submitit", "matplotlib", "seaborn")
 

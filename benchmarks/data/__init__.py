@@ -1,0 +1,2 @@
+"""Stage 1, data and latents: image datasets, the code-shard format, and the latent space
+(tokenizer + code shards) that every method of a run trains on."""

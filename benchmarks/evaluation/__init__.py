@@ -1,0 +1,2 @@
+"""Stage 3, evaluation and metrics: sampling checkpoints into images, feature extractors and
+reference statistics, and the torch-fidelity metrics."""

@@ -1,0 +1,1 @@
+"""Storage: atomic writes and locks, the content-addressed cache, results rows and run manifests."""
