@@ -64,12 +64,42 @@ class TrainConfig:
     seed: int = 0
     """Seed of the first run; ``--seeds N`` runs seed, seed + 1, ..., seed + N - 1."""
     checkpoint_every: int = 500
-    """Checkpoints (and evaluations) every this many steps, and at the last step."""
+    """Checkpoints (and evaluations) every this many steps, and at the last step; with the ``log``
+    schedule, the first checkpoint."""
+    checkpoint_schedule: str = "every"
+    """``every`` (every ``checkpoint_every`` steps) or ``log``: ``num_checkpoints`` checkpoints evenly
+    spaced in log-iterations from ``checkpoint_every`` to ``iterations`` (see ``checkpoint_steps``)."""
+    num_checkpoints: int = 10
+    """Checkpoints of the ``log`` schedule, the first and the last included."""
     keep_checkpoints: int = 1
     log_every: int = 10
     device: str = "auto"
     """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
     compile: bool = False
+
+    def checkpoint_steps(self) -> list[int]:
+        """The scheduled (evaluated) checkpoints, increasing; the last is ``iterations``.
+
+        ``every``: c, 2c, 3c, ... (c = ``checkpoint_every``) and ``iterations``. ``log``: with
+        N = ``num_checkpoints``, s_k = c * (iterations / c) ** (k / (N - 1)) for k = 0 .. N - 1,
+        rounded to the nearest multiple of ``log_every`` (so each has a log row), the last exactly
+        ``iterations``. E.g. c = 160, iterations = 5120, N = 11: 160, 230, 320, 450, 640, 910,
+        1280, 1810, 2560, 3620, 5120 (ratio 2^0.5 apart; 1/4 and 1/2 of the budget are checkpoints)."""
+        if self.checkpoint_schedule == "log":
+            c, n = self.checkpoint_every, self.num_checkpoints
+            spaced = (c * (self.iterations / c) ** (k / (n - 1)) for k in range(n - 1))
+            steps = [round(s / self.log_every) * self.log_every for s in spaced]
+            return sorted(set(steps) | {self.iterations})
+        steps = list(range(self.checkpoint_every, self.iterations + 1, self.checkpoint_every))
+        return steps if steps and steps[-1] == self.iterations else steps + [self.iterations]
+
+    def is_checkpoint_step(self, step: int) -> bool:
+        """Whether ``step`` is in ``checkpoint_steps()`` (or past the last)."""
+        if step >= self.iterations:
+            return True
+        if self.checkpoint_schedule == "log":
+            return step in self.checkpoint_steps()
+        return step % self.checkpoint_every == 0
 
 
 @dataclass
@@ -305,6 +335,8 @@ def validate(cfg: BenchmarkConfig) -> None:
               (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
               (t.log_every >= 1, "train.log_every must be >= 1"),
               (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
+              (t.checkpoint_schedule in ("every", "log"),
+               f"train.checkpoint_schedule must be every or log, got {t.checkpoint_schedule!r}"),
               (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
               (all(c.at in ("every", "last") for c in cfg.eval.cells), "eval.cells[].at must be 'every' or 'last'"),
               (cfg.eval.num_samples >= 10 and all((c.num_samples or 10) >= 10 for c in cfg.eval.cells),
@@ -316,6 +348,23 @@ def validate(cfg: BenchmarkConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if t.checkpoint_schedule == "log":
+        _check_log_schedule(t)
+
+
+def _check_log_schedule(t: TrainConfig) -> None:
+    """The ``log`` schedule needs room for ``num_checkpoints`` distinct multiples of ``log_every``."""
+    if t.num_checkpoints < 2:
+        raise ConfigError(f"train.num_checkpoints must be >= 2 for the log schedule, got {t.num_checkpoints}")
+    if t.checkpoint_every >= t.iterations:
+        raise ConfigError(f"train.checkpoint_every ({t.checkpoint_every}) is the log schedule's first checkpoint "
+                          f"and must be below train.iterations ({t.iterations})")
+    steps = t.checkpoint_steps()
+    if len(steps) < t.num_checkpoints:
+        raise ConfigError(f"train.num_checkpoints={t.num_checkpoints}: only {len(steps)} distinct multiples of "
+                          f"train.log_every={t.log_every} fit log-spaced between train.checkpoint_every="
+                          f"{t.checkpoint_every} and train.iterations={t.iterations} ({steps}); lower "
+                          "num_checkpoints or log_every, or raise iterations")
 
 
 def method_options(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:

@@ -41,7 +41,8 @@ FLOOR_IDENTITY = ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "p
 
 # Config keys (flattened, dotted) that never define a variant.
 IGNORED_PREFIXES = ("name", "description", "launcher.", "eval.", "backbone", "methods.")
-IGNORED_KEYS = {"train.seed", "train.iterations", "train.checkpoint_every", "train.keep_checkpoints",
+IGNORED_KEYS = {"train.seed", "train.iterations", "train.checkpoint_every", "train.checkpoint_schedule",
+                "train.num_checkpoints", "train.keep_checkpoints",
                 "train.log_every", "train.device", "train.compile", "data.path", "data.reference",
                 "tokenizer.ckpt"}
 

@@ -45,9 +45,7 @@ def latent_shape(cfg: BenchmarkConfig) -> LatentShape:
 
 
 def checkpoint_steps(cfg: BenchmarkConfig) -> list[int]:
-    t = cfg.train
-    steps = list(range(t.checkpoint_every, t.iterations + 1, t.checkpoint_every))
-    return steps if steps and steps[-1] == t.iterations else steps + [t.iterations]
+    return cfg.train.checkpoint_steps()
 
 
 def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> list[tuple[int, int, float, float, int]]:

@@ -242,9 +242,9 @@ class Trainer:
                                job_dir=self.dir, device=self.device, is_last=self.step >= t.iterations)
 
     def on_schedule(self, step: int) -> bool:
-        """Whether ``step`` is a scheduled (evaluated) checkpoint: every ``checkpoint_every`` steps and the last."""
-        t = self.cfg.train
-        return step % t.checkpoint_every == 0 or step >= t.iterations
+        """Whether ``step`` is a scheduled (evaluated) checkpoint: ``train.checkpoint_steps()``
+        (every ``checkpoint_every`` steps, or log-spaced) and the last."""
+        return self.cfg.train.is_checkpoint_step(step)
 
     def run(self, *, resume: bool = True,
             on_checkpoint: Callable[[CheckpointEvent], None] | None = None) -> dict:
