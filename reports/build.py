@@ -16,10 +16,12 @@ import pandas as pd
 
 from benchmarks.storage.atomic import save_with
 from reports import figures as F
-from reports.curves import convergence, entropy_traces, order_variants, sample_grids, sweeps
+from reports.curves import (CURVE_KEY, best_temperature_curves, convergence, entropy_traces, grid_layout,
+                            order_variants, sample_grids, steps_curves, sweeps, temperature_curves)
 from reports.load import Results, load_runs
 from reports.markdown import FigureEntry, render
-from reports.tables import floor_table, other_cells_table, results_table, speedup_table, variants_table
+from reports.tables import (best_temperature_speedup_table, floor_table, other_cells_table, results_table,
+                            speedup_table, variants_table)
 
 
 def temperature_meanings(methods: list[str]) -> dict[str, str]:
@@ -85,6 +87,12 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
             keep(name, F.plot_convergence(conv, results.floors, x, fig_dir, name), f"FID vs {what}",
                  f"Cheap-cell FID against {what} (mean over seeds at each checkpoint, band ± 1 s.d. when there "
                  "are several seeds); dashed: the tokenizer's reconstruction FID.")
+        by_steps = steps_curves(results, conv)
+        if not by_steps.empty:
+            keep("fid_vs_steps", F.plot_steps(by_steps, results.floors, fig_dir), "FID vs sampler steps",
+                 "FID against the number of Euler sampler steps at each method's last checkpoint, with its "
+                 "default-temperature cell (mean over seeds, band ± 1 s.d. when there are several seeds); "
+                 "dashed: the tokenizer's reconstruction FID.")
     if not sweep_rows.empty:
         keep("fid_vs_temperature", F.plot_temperature(sweep_rows, results.floors, meanings, fig_dir),
              "FID vs sampling temperature", "FID of the temperature sweep per method (★ = best); the legend says "
@@ -103,12 +111,15 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
                 name = "samples_" + slug(variant) + (f"_{slug(backbone)}" if several else "")
                 meaning = meanings.get(variant.split(" (")[0], "temperature")
                 title = f"{backbone} {variant}: samples of seed {seed} at step {at}, {steps} sampler steps\nτ: {meaning}"
-                plotted = F.plot_samples(grids, title, fig_dir, name)
+                n_samples = int(first["n_samples"]) if "n_samples" in first else None
+                layout = grid_layout(results, int(grids["source"].iloc[0]), n_samples)
+                plotted = F.plot_samples(grids, title, fig_dir, name, layout)
                 files = [f"{results.runs[int(s)].name}/{Path(p).relative_to(results.runs[int(s)].path).as_posix()}"
                          for s, p in zip(plotted["source"], plotted["path"])]
                 keep(name, plotted[["seed", "temperature"]].assign(file=files),
                      f"Samples across temperature: {variant}" + (f" ({backbone})" if several else ""),
-                     f"Sample grids of seed {seed} at step {at}, temperature increasing from the first panel to the last.")
+                     f"Sample grids of seed {seed} at step {at}, temperature increasing from the first panel to the "
+                     "last; full rows only, one column per class where the grid has one.")
     if not results.train_logs.empty:
         keep("train_loss", F.plot_train_logs(results.train_logs, fig_dir), "Training loss and logsumexp",
              "Per-interval means from train_log.csv (mean over seeds); logsumexp is what the z-loss keeps near 0. "
@@ -127,11 +138,15 @@ def report_text(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame, 
     methods = sorted(set(results.variants["method"]))
     meaning_rows = pd.DataFrame({"method": methods,
                                  "temperature τ means": [meanings.get(m, "-") for m in methods]})
+    curves = temperature_curves(results, conv)
+    tuned = not curves.empty and (curves.groupby(CURVE_KEY)["temperature"].nunique() > 1).any()
+    best = (best_temperature_speedup_table(best_temperature_curves(curves), results.variants, sweep_rows)
+            if tuned else None)
     return render(runs=[r.name for r in results.runs], setup=_setup_table(results),
                   results=results_table(results, conv, sweep_rows),
                   other_cells=other_cells_table(results, conv, sweep_rows), floors=floor_table(results),
-                  speedups=speedup_table(conv, results.variants), variants=variants_table(results),
-                  meanings=meaning_rows, figures=figures, notes=results.notes)
+                  speedups=speedup_table(conv, results.variants), best_speedups=best,
+                  variants=variants_table(results), meanings=meaning_rows, figures=figures, notes=results.notes)
 
 
 def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | None = None) -> Path:

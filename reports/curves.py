@@ -4,7 +4,12 @@
   scale, sample count, feature extractor, reference statistics) evaluated at every checkpoint:
   among the settings that the run's config lists as ``eval.cells`` with ``at: every`` (``None``
   temperature = ``eval.method_temperature`` of the method, else 1.0), the one with rows at the
-  most (seed, step) points; without such rows, the setting with the most points.
+  most (seed, step) points, preferring the method's default temperature (a cell without a
+  ``temperature``) on ties; without such rows, the setting with the most points.
+- A *temperature curve* is a cheap cell with another temperature evaluated at every checkpoint of
+  the cheap cell (e.g. an ``at: every`` cell at τ = 0.9 for every method).
+- The *sampler-steps curve* of a variant is the cheap cell with other sampler step counts at the
+  last checkpoint of the cheap cell (e.g. ``at: last`` cells at 5, 10 and 50 steps).
 - The *temperature sweep* of a variant at a checkpoint is the group of rows at that step that
   share every setting but the temperature and has the most distinct temperatures (at least 2).
 - Means over seeds are plain means with the sample standard deviation (ddof = 1; 0 for one seed).
@@ -12,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +40,19 @@ def order_variants(variants) -> list[str]:
     return sorted(set(variants), key=lambda v: (not (v == "purr" or v.startswith("purr ")), v))
 
 
-def _configured_cells(config: dict, method: str) -> set[tuple]:
-    """The ``at: every`` cells of a run config as (steps, temperature, cfg_scale, n_samples)."""
+def _configured_cells(config: dict, method: str) -> dict[tuple, bool]:
+    """The ``at: every`` cells of a run config as (steps, temperature, cfg_scale, n_samples) ->
+    whether the cell takes the method's default temperature (``temperature`` unset)."""
     ev = config.get("eval") or {}
     default_tau = float((ev.get("method_temperature") or {}).get(method, 1.0))
-    return {(int(c.get("steps", 0)), round(float(default_tau if c.get("temperature") is None else c["temperature"]), 6),
-             round(float(c.get("cfg_scale", 1.0)), 6), int(c.get("num_samples") or ev.get("num_samples") or 0))
-            for c in ev.get("cells") or [] if c.get("at", "every") == "every"}
+    cells: dict[tuple, bool] = {}
+    for c in ev.get("cells") or []:
+        if c.get("at", "every") != "every":
+            continue
+        key = (int(c.get("steps", 0)), round(float(default_tau if c.get("temperature") is None else c["temperature"]), 6),
+               round(float(c.get("cfg_scale", 1.0)), 6), int(c.get("num_samples") or ev.get("num_samples") or 0))
+        cells[key] = cells.get(key, False) or c.get("temperature") is None
+    return cells
 
 
 def cheap_cells(results: Results) -> pd.DataFrame:
@@ -51,19 +63,21 @@ def cheap_cells(results: Results) -> pd.DataFrame:
     rows = []
     for (backbone, variant), group in m.groupby(CURVE_KEY, sort=True):
         method = group["method"].iloc[0]
-        configured = set()
+        configured: dict[tuple, bool] = {}
         for source in sorted(group["source"].unique()):
-            configured |= _configured_cells(results.config(int(source)), method)
+            for key, default in _configured_cells(results.config(int(source)), method).items():
+                configured[key] = configured.get(key, False) or default
         coverage = (group.groupby(cols, dropna=False)[["seed", "step"]]
                     .apply(lambda g: len(g.drop_duplicates())).rename("points").reset_index())
         n = coverage["n_samples"] if "n_samples" in coverage else pd.Series(0, index=coverage.index)
-        is_configured = pd.Series([
-            (int(r["steps"]), round(float(r["temperature"]), 6), round(float(r["cfg_scale"]), 6), int(k)) in configured
-            for (_, r), k in zip(coverage.iterrows(), n.fillna(0))], index=coverage.index, dtype=bool)
+        keys = [(int(r["steps"]), round(float(r["temperature"]), 6), round(float(r["cfg_scale"]), 6), int(k))
+                for (_, r), k in zip(coverage.iterrows(), n.fillna(0))]
+        is_configured = pd.Series([k in configured for k in keys], index=coverage.index, dtype=bool)
+        coverage["_default"] = [configured.get(k, False) for k in keys]
         pool = coverage[is_configured] if is_configured.any() else coverage
-        best = pool.sort_values(["points", "steps", "temperature", "cfg_scale"], ascending=[False, False, True, True],
-                                kind="stable").iloc[0]
-        rows.append({"backbone": backbone, "variant": variant, "method": method, **best.to_dict()})
+        best = pool.sort_values(["points", "_default", "steps", "temperature", "cfg_scale"],
+                                ascending=[False, False, False, True, True], kind="stable").iloc[0]
+        rows.append({"backbone": backbone, "variant": variant, "method": method, **best.drop("_default").to_dict()})
     return pd.DataFrame(rows, columns=CURVE_KEY + ["method"] + cols + ["points"])
 
 
@@ -84,6 +98,61 @@ def convergence(results: Results) -> pd.DataFrame:
         return results.metrics.iloc[0:0]
     rows = _match(results.metrics, cells)
     return rows.sort_values(CURVE_KEY + ["seed", "step"]).reset_index(drop=True)
+
+
+def _same_cell_but(rows: pd.DataFrame, cell: pd.Series, free: str) -> pd.DataFrame:
+    """Rows of one variant with every setting of ``cell`` but ``free`` (a cell column)."""
+    keep = pd.Series(True, index=rows.index)
+    for c in cell_columns(rows):
+        if c != free:
+            keep &= rows[c].astype(str) == str(cell[c])
+    return rows[keep]
+
+
+def temperature_curves(results: Results, conv: pd.DataFrame) -> pd.DataFrame:
+    """Every temperature curve (see the module docstring), the cheap cell's own included: rows
+    like ``convergence``'s, at exactly the cheap cell's (seed, step) points, sorted."""
+    found = []
+    cells = cheap_cells(results).set_index(CURVE_KEY)
+    for (backbone, variant), cheap_rows in conv.groupby(CURVE_KEY, sort=True):
+        points = set(zip(cheap_rows["seed"], cheap_rows["step"]))
+        here = results.metrics[(results.metrics["backbone"] == backbone) & (results.metrics["variant"] == variant)]
+        same = _same_cell_but(here, cells.loc[(backbone, variant)], "temperature")
+        for _, rows in same.groupby("temperature", sort=True):
+            rows = rows[[p in points for p in zip(rows["seed"], rows["step"])]]
+            if len(rows.drop_duplicates(["seed", "step"])) == len(points):
+                found.append(rows)
+    if not found:
+        return conv.iloc[0:0]
+    return pd.concat(found).sort_values(CURVE_KEY + ["temperature", "seed", "step"]).reset_index(drop=True)
+
+
+def best_temperature_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (backbone, variant), the temperature curve (``temperature_curves``) with the lowest mean
+    FID over seeds at its last checkpoint; its rows, like ``convergence``'s."""
+    last = curves.groupby(CURVE_KEY)["step"].transform("max")
+    final = (curves[curves["step"] == last].groupby(CURVE_KEY + ["temperature"], sort=True)["fid"].mean()
+             .reset_index())
+    best = final.loc[final.groupby(CURVE_KEY, sort=True)["fid"].idxmin(), CURVE_KEY + ["temperature"]]
+    return curves.merge(best, on=CURVE_KEY + ["temperature"]).sort_values(CURVE_KEY + ["seed", "step"]).reset_index(drop=True)
+
+
+def steps_curves(results: Results, conv: pd.DataFrame) -> pd.DataFrame:
+    """FID against sampler steps at each variant's last cheap-cell checkpoint (the cheap cell with
+    every sampler step count evaluated there, by at least one seed): the rows, sorted, with ``steps``
+    varying. Variants with a single step count there are left out."""
+    found = []
+    cells = cheap_cells(results).set_index(CURVE_KEY)
+    for (backbone, variant), cheap_rows in conv.groupby(CURVE_KEY, sort=True):
+        last = cheap_rows["step"].max()
+        m = results.metrics
+        here = m[(m["backbone"] == backbone) & (m["variant"] == variant) & (m["step"] == last)]
+        rows = _same_cell_but(here, cells.loc[(backbone, variant)], "steps")
+        if rows["steps"].nunique() >= 2:
+            found.append(rows)
+    if not found:
+        return conv.iloc[0:0]
+    return pd.concat(found).sort_values(CURVE_KEY + ["steps", "seed"]).reset_index(drop=True)
 
 
 def mean_curve(rows: pd.DataFrame, x: str = "step", value: str = "fid") -> pd.DataFrame:
@@ -216,3 +285,42 @@ def image_array(path: Path) -> np.ndarray:
     import matplotlib.image
 
     return matplotlib.image.imread(str(path))
+
+
+GRID_PADDING = 2
+"""Pixels between and around the tiles of the evaluator's sample grids (``torchvision`` ``make_grid``)."""
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """How the evaluator tiles a sample-grid PNG: ``shown`` images of ``tile`` x ``tile`` pixels in
+    reading order, ``GRID_PADDING`` pixels apart, sample i of class ``i % num_classes``."""
+
+    tile: int
+    shown: int
+    num_classes: int | None
+
+    def full_rows(self, image: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+        """The grid cut to its full rows (an (H', W[, C]) array) and one label per column when each
+        column holds one class (``num_classes`` columns), else None. A PNG whose size does not fit
+        the layout comes back whole and unlabelled."""
+        step = self.tile + GRID_PADDING
+        height, width = image.shape[:2]
+        columns, rows = (width - GRID_PADDING) // step, (height - GRID_PADDING) // step
+        if columns < 1 or columns * step + GRID_PADDING != width or rows * step + GRID_PADDING != height:
+            return image, None
+        full = min(rows, self.shown // columns) or rows
+        labels = [str(c) for c in range(columns)] if columns == self.num_classes else None
+        return image[:full * step + GRID_PADDING], labels
+
+
+def grid_layout(results: Results, source: int, n_samples: int | None) -> GridLayout:
+    """The layout of run ``source``'s sample grids, from its config (``data.image_size``,
+    ``eval.grid_samples``) and manifest (``latents.num_classes``)."""
+    run = results.runs[source]
+    config = run.config
+    classes = (run.manifest.get("latents") or {}).get("num_classes") or (config.get("data") or {}).get("num_classes")
+    shown = int((config.get("eval") or {}).get("grid_samples", 64))
+    return GridLayout(tile=int((config.get("data") or {}).get("image_size", 0)),
+                      shown=min(shown, n_samples) if n_samples else shown,
+                      num_classes=int(classes) if classes else None)

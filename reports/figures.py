@@ -15,7 +15,7 @@ from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from benchmarks.storage.atomic import save_with
-from reports.curves import X_COLUMNS, image_array, mean_curve, order_variants
+from reports.curves import CURVE_KEY, GRID_PADDING, X_COLUMNS, GridLayout, image_array, mean_curve, order_variants
 
 FORMATS = ("png", "pdf")
 DPI = 150
@@ -142,6 +142,40 @@ def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: 
     return curve
 
 
+def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: str = "fid_vs_steps") -> pd.DataFrame:
+    """FID against sampler steps (``reports.curves.steps_curves`` rows), one curve per variant (mean
+    over seeds, band ± s.d.), one panel per backbone, log-log with a tick at each step count. Returns
+    the plotted means: backbone, variant, step (the checkpoint), temperature, steps, mean, std, n_seeds."""
+    curve = (rows.groupby(CURVE_KEY + ["step", "temperature", "steps"], sort=True)
+             .agg(mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique")).reset_index())
+    curve["std"] = curve["std"].fillna(0.0)
+    backbones = sorted(curve["backbone"].unique())
+    look = styles(curve["variant"])
+    fig, axes = _grid(1, len(backbones))
+    for ax, backbone in zip(axes[0], backbones):
+        here = curve[curve["backbone"] == backbone]
+        for variant in order_variants(here["variant"]):
+            c = here[here["variant"] == variant]
+            seeds = int(c["n_seeds"].max())
+            label = (f"{variant} (τ={c['temperature'].iloc[0]:g}, step {int(c['step'].iloc[0])}; "
+                     f"{seeds} seed{'s' if seeds > 1 else ''})")
+            _band(ax, c["steps"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], label)
+        _floor_lines(ax, floors, backbone)
+        ax.set_xscale("log")
+        ticks = sorted(here["steps"].unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        _log_y(ax)
+        ax.set_xlabel("Euler sampler steps (log scale)")
+        ax.set_ylabel("FID (log scale)")
+        ax.set_title(f"{backbone}: FID vs sampler steps at the last checkpoint"
+                     + (f"\n({BAND_NOTE})" if here["n_seeds"].max() > 1 else ""))
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    save(fig, out_dir, name)
+    return curve
+
+
 def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: dict[str, str],
                      out_dir: Path, name: str = "fid_vs_temperature") -> pd.DataFrame:
     """FID against sampling temperature at the sweep checkpoint, one curve per variant (its
@@ -176,22 +210,38 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
     return curve
 
 
-def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str) -> pd.DataFrame:
+def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str, layout: GridLayout | None = None) -> pd.DataFrame:
     """The PNG sample grids of one variant/seed/checkpoint, temperature low to high: side by side,
-    or stacked top to bottom when the grids are wide. ``grids``: columns temperature, path (see
-    ``reports.curves.sample_grids``). Returns it sorted by temperature."""
+    or stacked top to bottom when that row would be over 8 times as wide as high. With the grids' ``layout``, each is cut to its
+    full rows and, where every column holds one class, the columns are labelled by class. ``grids``:
+    columns temperature, path (see ``reports.curves.sample_grids``). Returns it sorted by temperature."""
     grids = grids.sort_values("temperature").reset_index(drop=True)
-    images = [image_array(p) for p in grids["path"]]
+    images, labels = [], None
+    for path in grids["path"]:
+        image = image_array(path)
+        if layout is not None:
+            image, labels = layout.full_rows(image)
+        images.append(image)
     height, width = images[0].shape[:2]
-    stacked = width > 1.5 * height
+    stacked = len(images) * width > 8 * height  # side by side unless the row of panels gets very wide
+    extra = 0.45 if labels else 0.0
     if stacked:
-        fig, axes = _grid(len(images), 1, width=7.0, height=7.0 * height / width + 0.35)
+        fig, axes = _grid(len(images), 1, width=7.0, height=7.0 * height / width + 0.35 + extra)
     else:
-        fig, axes = _grid(1, len(images), width=2.8, height=2.8 * height / width + 0.35)
+        fig, axes = _grid(1, len(images), width=3.2, height=3.2 * height / width + 0.6 + extra)
     for ax, image, tau in zip(axes.ravel(), images, grids["temperature"]):
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
         ax.set_title(f"τ = {tau:g}", fontsize=9)
-        ax.set_axis_off()
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+        if labels:
+            step = layout.tile + GRID_PADDING
+            ax.set_xticks([GRID_PADDING + k * step + (layout.tile - 1) / 2 for k in range(len(labels))], labels,
+                          fontsize=7)
+            ax.tick_params(axis="x", length=0, pad=1)
+            ax.set_xlabel("class", fontsize=7, labelpad=1)
+        else:
+            ax.set_xticks([])
     fig.suptitle(title, fontsize=9)
     save(fig, out_dir, name)
     return grids

@@ -32,16 +32,17 @@ def table(frame: pd.DataFrame) -> str:
 
 
 SPEEDUP_METHOD = f"""\
-Speed-up = (iterations the baseline trained to reach its final FID) / (iterations Purrception
-needs to reach that FID); the FLOPs columns do the same with training FLOPs. The baseline's
-final FID (the target) is the mean over its seeds of the cheap-cell FID at its last checkpoint
-(the last one every seed has). Purrception's iterations are where its mean-over-seeds curve first
-reaches the target, interpolated between the two checkpoints around the crossing linearly in
-(log iterations, log FID), which is exact for power-law curves. `>=r`: Purrception's first
-checkpoint already reaches the target (it may have got there earlier), so the speed-up is at
-least r. `not reached (<r)`: its curve never reaches the target, so the speed-up is below
-r = baseline iterations / Purrception's last checkpoint. Each method uses its own cheap cell
-(Purrception at its default temperature), as in the paper.
+Targets: the FID each baseline reaches with a quarter, half and all of its budget (`budget` 1/4,
+1/2, all): the mean over its seeds of the FID curve at that many iterations (at the checkpoint
+there, or interpolated between the two around it linearly in (log iterations, log FID)); for
+`all` it is the baseline's final FID. Speed-up = (the baseline's iterations at the target) /
+(iterations Purrception needs to reach that FID); the FLOPs columns do the same with training
+FLOPs. Purrception's iterations are where its mean-over-seeds curve first reaches the target,
+interpolated between the two checkpoints around the crossing linearly in (log iterations, log
+FID), which is exact for power-law curves. `>=r`: Purrception's first checkpoint already reaches
+the target (it may have got there earlier), so the speed-up is at least r. `not reached (<r)`:
+its curve never reaches the target, so the speed-up is below r = baseline iterations /
+Purrception's last checkpoint. A budget share before the baseline's first checkpoint has no row.
 
 Confidence intervals: percentile bootstrap over seeds with {BOOTSTRAP_RESAMPLES} resamples. Each
 resample draws each method's seeds with replacement (as many as it has), recomputes both mean
@@ -49,6 +50,27 @@ curves, the target and the ratio; the interval runs from the {100 * (1 - CONFIDE
 {100 * (1 + CONFIDENCE) / 2:g}th percentile of the resampled ratios (order statistics; "not reached"
 resamples rank lowest, `>=` ones highest). The generator is NumPy's `default_rng({BOOTSTRAP_SEED})`
 for every comparison, so the table is reproducible. With a handful of seeds the interval is coarse.
+"""
+
+DEFAULT_TAU_TEXT = """\
+Each method at its default temperature (its cheap cell; `τ (P/B)`: Purrception's and the
+baseline's), as in the paper.
+"""
+
+BEST_TAU_TEXT = """\
+Each method at its best temperature, so that a tuned Purrception is not only compared with
+untuned baselines: among the temperatures a method was evaluated at along training (every
+checkpoint of its default curve, same sampler steps, CFG and samples), the one with the lowest
+mean FID at the last checkpoint; speed-ups as above on those curves. `sweep's best τ` is the best
+of the last-checkpoint temperature sweep (see Results); where it differs from the curve's τ, the
+sweep's best was evaluated at the last checkpoint only, so its curve along training is unknown
+and it is not used.
+"""
+
+NO_BEST_TAU_TEXT = """\
+_No method has a curve along training at a temperature other than its default (the sweep is at
+one checkpoint only), so there are no best-temperature speed-ups; `at: every` cells at other
+temperatures give them (as `benchmarks/configs/convergence.yaml` has)._
 """
 
 RESULTS_METHOD = """\
@@ -68,8 +90,9 @@ recipe.
 
 
 def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, other_cells: pd.DataFrame, floors: pd.DataFrame,
-           speedups: pd.DataFrame, variants: pd.DataFrame, meanings: pd.DataFrame, figures: list[FigureEntry],
-           notes: list[str]) -> str:
+           speedups: pd.DataFrame, best_speedups: pd.DataFrame | None, variants: pd.DataFrame, meanings: pd.DataFrame,
+           figures: list[FigureEntry], notes: list[str]) -> str:
+    """report.md; ``best_speedups`` None when no method has curves at several temperatures."""
     parts = ["# Benchmark report\n",
              "Built by `python -m reports` from the run folders' files alone (in merge order): "
              + ", ".join(f"`{r}`" for r in runs) + ".\n",
@@ -84,10 +107,14 @@ def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, other
     parts += ["## Tokenizer floor\n",
               "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
               "these latents can do better.\n", table(floors),
-              "## Speed-ups\n", SPEEDUP_METHOD,
-              table(speedups) if not speedups.empty else
-              "_No Purrception variant and baseline share a backbone and recipe in these runs._\n",
-              "## What temperature means per method\n", table(meanings),
+              "## Speed-ups\n", SPEEDUP_METHOD]
+    if speedups.empty:
+        parts.append("_No Purrception variant and baseline share a backbone and recipe in these runs._\n")
+    else:
+        parts += ["### At each method's default temperature\n", DEFAULT_TAU_TEXT, table(speedups),
+                  "### At each method's best temperature\n"]
+        parts += [BEST_TAU_TEXT, table(best_speedups)] if best_speedups is not None else [NO_BEST_TAU_TEXT]
+    parts += ["## What temperature means per method\n", table(meanings),
               "## Figures\n"]
     for fig in figures:
         parts.append(f"### {fig.title}\n\n{fig.caption} ([PDF](figures/{fig.name}.pdf), "

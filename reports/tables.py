@@ -6,7 +6,9 @@
   temperature of the sweep with its FID.
 - ``floor_table``: the distinct tokenizer reconstruction floors.
 - ``speedup_table``: every Purrception variant against every other variant of the same backbone
-  and recipe (see ``reports.speedup`` for the definitions), in iterations and in training FLOPs.
+  and recipe (see ``reports.speedup`` for the definitions), at the targets a baseline reaches with
+  1/4, 1/2 and all of its budget, in iterations and in training FLOPs, for given curves (each
+  method's default-temperature curves, or its best-temperature ones).
 - ``other_cells_table``: evaluations that are neither the cheap cell nor the sweep (e.g. the final
   CFG cell), mean over seeds.
 - ``variants_table``: what each variant label stands for, when runs with different settings merge.
@@ -20,7 +22,7 @@ import pandas as pd
 
 from reports.curves import cell_columns, order_variants, seed_matrix, sweep_curve
 from reports.load import Results
-from reports.speedup import bootstrap_interval, format_interval, format_speedup, speedup
+from reports.speedup import FRACTIONS, bootstrap_interval, format_interval, format_speedup, speedup
 
 
 def human(value: float, unit: str = "") -> str:
@@ -111,38 +113,72 @@ def floor_table(results: Results) -> pd.DataFrame:
     return frame.sort_values(list(frame.columns)).reset_index(drop=True) if not frame.empty else frame
 
 
-def speedup_table(conv: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+BUDGET_LABELS = {0.25: "1/4", 0.5: "1/2", 1.0: "all"}
+SPEEDUP_COLUMNS = ["backbone", "Purrception", "baseline", "τ (P/B)", "seeds (P/B)", "budget", "target FID",
+                   "baseline iters", "Purrception iters", "speed-up (iters)", "95% CI (iters)", "speed-up (FLOPs)",
+                   "95% CI (FLOPs)"]
+
+
+def speedup_table(curves: pd.DataFrame, variants: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFrame:
     """Speed-ups of every Purrception variant over every other variant with the same backbone and
-    recipe (``variants``: ``Results.variants``)."""
+    recipe (``variants``: ``Results.variants``), one row per budget fraction of the baseline.
+    ``curves``: one curve per variant, rows like ``reports.curves.convergence``'s (e.g. the cheap
+    cells, or ``best_temperature_curves``). A fraction whose budget lies before the baseline's first
+    checkpoint has no target and no row."""
     recipe = {(b, v): r for b, v, r in zip(variants["backbone"], variants["variant"], variants["recipe"])}
     rows = []
-    for backbone in sorted(conv["backbone"].unique()) if not conv.empty else []:
-        here = conv[conv["backbone"] == backbone]
+    for backbone in sorted(curves["backbone"].unique()) if not curves.empty else []:
+        here = curves[curves["backbone"] == backbone]
         names = order_variants(here["variant"])
         for purr in filter(_is_purr, names):
             p_rows = here[here["variant"] == purr]
             for base in (v for v in names if not _is_purr(v) and recipe.get((backbone, v)) == recipe.get((backbone, purr))):
                 b_rows = here[here["variant"] == base]
-                row = {"backbone": backbone, "Purrception": purr, "baseline": base}
-                for axis, label in (("step", "iters"), ("train_flops", "FLOPs")):
-                    p_x, p_fid, p_seeds = seed_matrix(p_rows, axis)
-                    b_x, b_fid, b_seeds = seed_matrix(b_rows, axis)
-                    if p_fid.shape[1] == 0 or b_fid.shape[1] == 0 or np.isnan(np.r_[p_x, b_x]).any():
-                        continue  # no common checkpoints, or the x axis is not recorded
-                    point = speedup(p_x, p_fid, b_x, b_fid)
-                    bounds = bootstrap_interval(p_x, p_fid, b_x, b_fid)
-                    if axis == "step":
-                        row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:,.0f}",
-                                    "Purrception iters": ("" if point.kind == "exact" else
-                                                          "<=" if point.kind == "at_least" else ">")
-                                    + f"{point.purr_x:,.0f}"})
-                    row[f"speed-up ({label})"] = format_speedup(point)
-                    row[f"95% CI ({label})"] = format_interval(bounds)
-                    row["seeds (P/B)"] = f"{len(p_seeds)}/{len(b_seeds)}"
-                rows.append(row)
-    columns = ["backbone", "Purrception", "baseline", "seeds (P/B)", "target FID", "baseline iters",
-               "Purrception iters", "speed-up (iters)", "95% CI (iters)", "speed-up (FLOPs)", "95% CI (FLOPs)"]
-    return pd.DataFrame(rows, columns=columns)
+                for fraction in fractions:
+                    row = _speedup_row(p_rows, b_rows, fraction)
+                    if row:
+                        rows.append({"backbone": backbone, "Purrception": purr, "baseline": base,
+                                     "τ (P/B)": f"{p_rows['temperature'].iloc[0]:g}/{b_rows['temperature'].iloc[0]:g}",
+                                     "budget": BUDGET_LABELS.get(fraction, f"{fraction:g}"), **row})
+    return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
+
+
+def best_temperature_speedup_table(curves: pd.DataFrame, variants: pd.DataFrame, sweep_rows: pd.DataFrame) -> pd.DataFrame:
+    """``speedup_table`` of the best-temperature curves (``reports.curves.best_temperature_curves``)
+    with a column ``sweep's best τ (P/B)``: the best temperatures of the last-checkpoint sweep, which
+    differ from the curves' where the sweep's best was not evaluated along training."""
+    table = speedup_table(curves, variants)
+    best = {}
+    if not sweep_rows.empty:
+        means = sweep_curve(sweep_rows)
+        for (backbone, variant), group in means.groupby(["backbone", "variant"], sort=True):
+            best[(backbone, variant)] = f"{group.loc[group['mean'].idxmin(), 'temperature']:g}"
+    table.insert(4, "sweep's best τ (P/B)",
+                 [f"{best.get((b, p), '-')}/{best.get((b, v), '-')}"
+                  for b, p, v in zip(table["backbone"], table["Purrception"], table["baseline"])])
+    return table
+
+
+def _speedup_row(p_rows: pd.DataFrame, b_rows: pd.DataFrame, fraction: float) -> dict:
+    """The speed-up columns of one (Purrception, baseline, budget fraction); {} if there is no target."""
+    row = {}
+    for axis, label in (("step", "iters"), ("train_flops", "FLOPs")):
+        p_x, p_fid, p_seeds = seed_matrix(p_rows, axis)
+        b_x, b_fid, b_seeds = seed_matrix(b_rows, axis)
+        if p_fid.shape[1] == 0 or b_fid.shape[1] == 0 or np.isnan(np.r_[p_x, b_x]).any():
+            continue  # no common checkpoints, or the x axis is not recorded
+        if fraction * b_x[-1] < b_x[0]:
+            return {}  # the baseline has no checkpoint that early
+        point = speedup(p_x, p_fid, b_x, b_fid, fraction)
+        bounds = bootstrap_interval(p_x, p_fid, b_x, b_fid, fraction)
+        if axis == "step":
+            row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:,.0f}",
+                        "Purrception iters": ("" if point.kind == "exact" else "<=" if point.kind == "at_least" else ">")
+                        + f"{point.purr_x:,.0f}"})
+        row[f"speed-up ({label})"] = format_speedup(point)
+        row[f"95% CI ({label})"] = format_interval(bounds)
+        row["seeds (P/B)"] = f"{len(p_seeds)}/{len(b_seeds)}"
+    return row
 
 
 def variants_table(results: Results) -> pd.DataFrame:
