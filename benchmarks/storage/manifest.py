@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.storage.atomic import locked, save_json
 
-PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "pandas", "submitit", "matplotlib", "seaborn")
+PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "pandas", "submitit", "matplotlib")
 
 
 def package_versions() -> dict[str, str]:
