@@ -115,7 +115,7 @@ def speedup(purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndarray, base_f
 
 def _speedup_of_means(purr_x: np.ndarray, purr_mean: np.ndarray, base_x: np.ndarray, base_mean: np.ndarray,
                       fraction: float) -> Speedup:
-    base_spent = float(base_x[-1]) if fraction == 1.0 else fraction * float(base_x[-1])
+    base_spent = fraction * float(base_x[-1])
     target = value_at(base_x, base_mean, base_spent)
     reach = first_reach(purr_x, purr_mean, target)
     return Speedup(base_spent / reach.x, reach.kind, target, base_spent, reach.x)
