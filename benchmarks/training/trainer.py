@@ -154,7 +154,10 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        # Read onto the CPU, memory-mapped: load_state_dict copies weights and optimizer moments to
+        # their device, and the RNG states (CPU ByteTensors, a CUDA generator's included) stay where
+        # they must be. Mapping the file to a GPU moved them there, and set_state refused them.
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         if state["method"] != self.method_name or state["seed"] != self.seed:
             raise ValueError(f"{path} belongs to {state['method']} seed {state['seed']}, "
                              f"not {self.method_name} seed {self.seed}")
@@ -165,7 +168,7 @@ class Trainer:
         self.train_wall_s = float(state["train_wall_s"])
         self.log_sums = dict(state.get("log_sums", {}))
         self.data_gen.set_state(state["rng"]["data"])
-        self.noise_gen.set_state(state["rng"]["noise"].to(self.noise_gen.get_state().device))
+        self.noise_gen.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
 
     # ------------------------------------------------------------------ logging
