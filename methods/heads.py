@@ -166,12 +166,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, patch: int, z_loss_weight: float,
-                           mask: Tensor | None = None, *, chunk_tokens: int | None = None) -> dict[str, Tensor]:
-    """``categorical_loss(unpatchify(head(hidden)), targets, z_loss_weight, mask)`` without the
-    full logits.
+                           mask: Tensor | None = None, count: Tensor | None = None, *,
+                           chunk_tokens: int | None = None) -> dict[str, Tensor]:
+    """``categorical_loss(unpatchify(head(hidden)), targets, z_loss_weight, mask, count)`` without
+    the full logits.
 
     hidden: (B, T, D) features; head: Linear(D, p*p*V); targets: (B, h, w) int64 in [0, V);
-    mask: optional (B, h, w) bool of the positions that count. Returns ``loss`` (differentiable
+    mask: optional (B, h, w) bool of the positions that count; count: what their sums are divided
+    by (default ``mask.sum()``). Returns ``loss`` (differentiable
     w.r.t. hidden, head.weight, head.bias), ``ce`` and ``logsumexp`` (weighted means, detached).
     """
     b, tokens, dim = hidden.shape
@@ -189,7 +191,7 @@ def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, pat
         weights = torch.full(target_tokens.shape, 1.0 / target_tokens.numel(), dtype=stat, device=hidden.device)
     else:
         counted = tokens_from_grid(mask, patch).to(stat)
-        weights = counted / counted.sum().clamp_min(1)
+        weights = counted / (counted.sum() if count is None else count.to(stat)).clamp_min(1)
     chunk = chunk_size(per_token, head.out_features // per_token, chunk_tokens)
     loss, ce, lse = _FusedLinearCrossEntropy.apply(
         hidden.reshape(b * tokens, dim), head.weight, head.bias, target_tokens.reshape(-1, per_token),
@@ -326,14 +328,14 @@ class _Features:
 
 
 def head_loss(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, targets: Tensor, z_loss_weight: float,
-              mask: Tensor | None = None) -> dict[str, Tensor]:
+              mask: Tensor | None = None, count: Tensor | None = None) -> dict[str, Tensor]:
     """The categorical training loss of ``model`` at (x, t, labels): fused when the model supports
     it, else ``categorical_loss(model(x, t, labels), ...)``."""
     inner = fused_head_model(model)
     if inner is None:
-        return categorical_loss(model(x, t, labels), targets, z_loss_weight, mask)
+        return categorical_loss(model(x, t, labels), targets, z_loss_weight, mask, count)
     features = model(x, t, labels, return_features=True)
-    return fused_categorical_loss(features, inner.head, targets, inner.patch, z_loss_weight, mask)
+    return fused_categorical_loss(features, inner.head, targets, inner.patch, z_loss_weight, mask, count)
 
 
 def head_readout(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, *, grid: tuple[int, int],
