@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from benchmarks.config import load_config
 from benchmarks.launching.distributed import PORT_BASE, PORT_SPAN, PREEMPTION, DistEnv, first_host, rendezvous_port
-from benchmarks.launching.launch import PROJECT_ROOT, SIGNAL_DELAY_S, make_executor
+from benchmarks.launching.launch import PROJECT_ROOT, make_executor
 from benchmarks.training.trainer import Trainer
 from tests.test_preemption import Requeued, StandInHandler, install_stand_in, signal_during_step
 
@@ -83,10 +83,10 @@ def test_a_gpu_job_runs_one_ddp_rank_per_gpu_with_the_configured_resources(tmp_p
     monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "shared cache"))
     script = sbatch_script(tmp_path, "launcher.gpus_per_job=4", "launcher.partition=gpu", "launcher.account=acc",
                            "launcher.qos=high", "launcher.constraint=a100", "launcher.mem_gb=64",
-                           "launcher.cpus_per_task=8", "launcher.timeout_min=240")
+                           "launcher.cpus_per_task=8", "launcher.timeout_min=240", "launcher.signal_delay_s=420")
     for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1", "--cpus-per-task=8", "--mem=64GB",
                  "--partition=gpu", "--account=acc", "--qos=high", "--constraint=a100", "--time=240",
-                 f"--signal=USR2@{SIGNAL_DELAY_S}", "--requeue", "--job-name=vqflow-smoke"):
+                 "--signal=USR2@420", "--requeue", "--job-name=vqflow-smoke"):
         assert f"#SBATCH {line}\n" in script, line
     assert f"export VQFLOW_CACHE='{tmp_path / 'shared cache'}'" in script, "jobs must share the launcher's cache"
     assert f"export PYTHONPATH={PROJECT_ROOT}" in script
@@ -109,7 +109,8 @@ def test_the_timeout_budget_reaches_submitit(tmp_path):
 def tiny_config(*overrides: str):
     return load_config("smoke", ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=1",
                                  "train.checkpoint_every=3", "train.iterations=6", "train.lr=1e-3",
-                                 "train.ema_decay=0.9", "train.device=cpu", *overrides])
+                                 "train.ema_decay=0.9", "train.device=cpu", "launcher.preemption_check_every=2",
+                                 *overrides])
 
 
 def _free_port() -> int:
