@@ -90,3 +90,31 @@ def test_nearest_codes_are_float32_under_bf16_autocast():
     assert (got != want).float().mean().item() == 0.0
     assert torch.equal(got_cosine, nearest_codes(z, codebook, normalized=True))
     assert (want == true).float().mean().item() > 0.99
+
+
+def test_gpu_check_refuses_without_a_gpu():
+    """``python -m benchmarks.gpu_check`` measures the CUDA path; without a GPU it says so and exits 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "needs a GPU, but torch.cuda.is_available() is False" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: gpu_check needs one")
+def test_gpu_check_passes_on_a_gpu(tmp_path):
+    """The whole GPU check (under 8 minutes on one GPU): resume works, codes do not change under autocast."""
+    import json
+
+    from benchmarks.gpu_check import main
+
+    assert main(["--json", str(tmp_path / "gpu.json")]) == 0
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["nearest_code_mismatch"] == 0 and report["resume"]["ok"] and report["wall_s"] < 480
