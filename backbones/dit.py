@@ -6,8 +6,11 @@ One network serves every method; only its input and output layers change with th
 * input ``"embedding"``: a (B, d, h, w) grid, patchified by a p x p stride-p convolution;
 * input ``"tokens"``: a (B, h, w) id grid, looked up in an (V, width) embedding table and then
   patchified by the same kind of convolution (width -> width);
-* output: C values per latent position; the final layer emits p*p*C numbers per token, which
-  are unpatchified back to (B, C, h, w).
+* output: C values per latent position; the final layer emits p*p*C' numbers per token, which
+  are unpatchified back to (B, C, h, w). C' = C, except for wide heads (p*p*C >= HEAD_PAD_MIN):
+  there C' >= C makes p*p*C' a multiple of HEAD_ALIGN, so the head's bf16 matrix products stay
+  aligned on GPUs (dfm at K = 16384: 4 x 16385 = 65540 outputs -> 65600); the padding channels
+  are dropped by ``unpatchify`` and masked out of the fused loss.
 
 Conditioning c = MLP(sinusoid(1000 t)) + E[y], where E has num_classes + 1 rows (the last is
 the null label used by classifier-free guidance; label dropout is done by the trainer).
@@ -23,6 +26,21 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+
+HEAD_ALIGN = 64
+"""The output projection's width is padded to a multiple of this (tensor-core tile alignment)."""
+HEAD_PAD_MIN = 1024
+"""Heads narrower than this are not padded (their matmuls are small; padding would only add work)."""
+
+
+def padded_channels(channels: int, patch: int, align: int = HEAD_ALIGN) -> int:
+    """C' >= C with p*p*C' a multiple of ``align``, for heads of at least HEAD_PAD_MIN outputs."""
+    per_token = patch * patch
+    if align <= 1 or per_token * channels < HEAD_PAD_MIN:
+        return channels
+    step = align // math.gcd(align, per_token)
+    return -(-channels // step) * step
 
 
 @dataclass(frozen=True)
@@ -140,7 +158,7 @@ class DiT(nn.Module):
     """
 
     def __init__(self, io: BackboneIO, grid: tuple[int, int], num_classes: int, *, depth: int,
-                 width: int, heads: int, patch: int = 1, mlp_ratio: float = 4.0):
+                 width: int, heads: int, patch: int = 1, mlp_ratio: float = 4.0, head_align: int = HEAD_ALIGN):
         super().__init__()
         h, w = grid
         if h % patch or w % patch:
@@ -161,7 +179,9 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.head = nn.Linear(width, patch * patch * io.out_channels)
+        self.out_channels = io.out_channels
+        self.head_channels = padded_channels(io.out_channels, patch, head_align)  # C' (see the module docstring)
+        self.head = nn.Linear(width, patch * patch * self.head_channels)
         self.initialize()
 
     def initialize(self) -> None:
@@ -196,9 +216,9 @@ class DiT(nn.Module):
         return modulate(self.final_norm(x), shift, scale)
 
     def unpatchify(self, out: Tensor) -> Tensor:
-        """(B, T, p*p*C) -> (B, C, h, w)."""
+        """(B, T, p*p*C') -> (B, C, h, w), without the padding channels."""
         b, p, (h, w) = out.shape[0], self.patch, self.grid
-        out = out.view(b, h // p, w // p, p, p, -1)
+        out = out.view(b, h // p, w // p, p, p, self.head_channels)[..., :self.out_channels]
         return out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h, w)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, *, return_features: bool = False) -> Tensor:

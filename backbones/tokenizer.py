@@ -22,20 +22,26 @@ def nearest_codes(z: Tensor, codebook: Tensor, normalized: bool, chunk: int = 81
     L2 distance ``||z - e_k||^2 = ||z||^2 - 2 z.e_k + ||e_k||^2``; for a normalised codebook
     the query is normalised too and the rule is the largest cosine similarity.
     Positions are processed in chunks so that the (positions, K) distance matrix stays small.
+
+    Always float32, whatever autocast is active around the call: in bf16 (8 bits of mantissa)
+    ``z.e_k`` cannot separate the neighbours of a K = 16384 codebook, and a query 1% away from a
+    code got another code at 4.8% of positions.
     """
     b, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d).to(codebook.dtype)
-    if normalized:
-        flat = nn.functional.normalize(flat, dim=-1)
-    sq_norms = (codebook * codebook).sum(-1)  # (K,)
-    out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
-    for start in range(0, flat.shape[0], chunk):
-        q = flat[start:start + chunk]
+    codebook = codebook.float()
+    with torch.autocast(z.device.type, enabled=False):
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         if normalized:
-            score = q @ codebook.T  # cosine, larger is nearer
-        else:
-            score = 2 * q @ codebook.T - sq_norms  # -||q - e||^2 up to a per-row constant
-        out[start:start + chunk] = score.argmax(-1)
+            flat = nn.functional.normalize(flat, dim=-1)
+        sq_norms = (codebook * codebook).sum(-1)  # (K,)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        for start in range(0, flat.shape[0], chunk):
+            q = flat[start:start + chunk]
+            if normalized:
+                score = q @ codebook.T  # cosine, larger is nearer
+            else:
+                score = 2 * q @ codebook.T - sq_norms  # -||q - e||^2 up to a per-row constant
+            out[start:start + chunk] = score.argmax(-1)
     return out.view(b, h, w)
 
 

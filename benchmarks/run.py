@@ -40,8 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing")
     p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
                    help="GPU peak for --dry-run's GPU-hours (default: 989, H100 SXM dense bf16)")
-    p.add_argument("--utilisation", type=float, default=0.4,
-                   help="assumed model FLOP utilisation for --dry-run (default: 0.4)")
+    p.add_argument("--utilisation", type=float, default=0.25,
+                   help="assumed model FLOP utilisation for --dry-run where no step time is measured "
+                        "(default: 0.25, a reading of DiT-XL/2's step without torch.compile)")
+    p.add_argument("--step-seconds", type=float, default=None, metavar="S",
+                   help="--dry-run: measured seconds per training step of the global batch on launcher.gpus_per_job "
+                        "GPUs (e.g. from python -m benchmarks.gpu_check); replaces --utilisation for training")
+    p.add_argument("--step-seconds-from", type=Path, default=None, metavar="RUN_DIR",
+                   help="--dry-run: take each method's seconds per step from a previous run's manifest.json "
+                        "(same backbone and global batch)")
     p.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default=None,
                    help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
                         "launcher.gpus_per_job=... launcher.timeout_min=... (see LauncherConfig)")
@@ -142,25 +149,38 @@ def main(argv: list[str] | None = None) -> int:
         fail("--seeds must be >= 1")
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
     if args.dry_run:
-        from benchmarks.launching.plan import dry_run
+        from benchmarks.launching.plan import StepTime, dry_run, step_time_from_run
 
         try:
-            print(dry_run(cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation))
+            step_time = None
+            if args.step_seconds is not None and args.step_seconds_from is not None:
+                fail("give --step-seconds or --step-seconds-from, not both")
+            if args.step_seconds is not None:
+                if not args.step_seconds > 0:
+                    fail("--step-seconds must be > 0")
+                step_time = StepTime({"*": args.step_seconds}, max(cfg.launcher.gpus_per_job, 1), "--step-seconds")
+            elif args.step_seconds_from is not None:
+                step_time = step_time_from_run(args.step_seconds_from, cfg)
+            print(dry_run(cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation,
+                          step_time=step_time))
         except ValueError as e:
             fail(str(e))
         return 0
     check_same_config(run_dir, cfg)
 
-    from benchmarks.launching.launch import LaunchError, build_report_if_available, launch
+    from benchmarks.launching.launch import JobsDiverged, LaunchError, build_report_if_available, launch
 
     run_dir.mkdir(parents=True, exist_ok=True)
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
     start = time.perf_counter()
+    diverged = None
     try:
         done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
                       wait_timeout=args.wait_timeout)
+    except JobsDiverged as e:  # the other jobs finished: report them, then fail
+        diverged, done = e, True
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -171,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("metrics.csv", "report/report.md", "samples"):
         if (run_dir / name).exists():
             print(f"  {name:<18} {(run_dir / name).resolve()}")
+    if diverged:
+        print(f"error: {diverged}", file=sys.stderr)
+        return 1
     return 0
 
 

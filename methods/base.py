@@ -165,11 +165,13 @@ def passes_per_step(cfg_scale: float) -> int:
 
 
 def categorical_loss(logits: Tensor, targets: Tensor, z_loss_weight: float,
-                     mask: Tensor | None = None) -> dict[str, Tensor]:
+                     mask: Tensor | None = None, count: Tensor | None = None) -> dict[str, Tensor]:
     """Cross-entropy over positions plus the z-loss.
 
     logits: (B, V, h, w); targets: (B, h, w) int64; mask: optional (B, h, w) bool selecting the
-    positions that count. With ``lse = logsumexp_k l_k``:
+    positions that count; count: what the masked sums are divided by (default ``mask.sum()``; a
+    data-parallel rank passes its share of the global batch's count, see ``masked_share``).
+    With ``lse = logsumexp_k l_k``:
         loss = mean_pos [lse - l_target] + z_loss_weight * mean_pos [lse^2].
     Returns ``loss``, ``ce`` and ``logsumexp`` (mean over counted positions, detached).
     """
@@ -178,11 +180,21 @@ def categorical_loss(logits: Tensor, targets: Tensor, z_loss_weight: float,
     ce = lse - target_logit
     zl = lse.square()
     if mask is not None:
-        denom = mask.sum().clamp_min(1)
+        denom = (mask.sum() if count is None else count).clamp_min(1)
         ce_mean, zl_mean, lse_mean = (ce * mask).sum() / denom, (zl * mask).sum() / denom, (lse * mask).sum() / denom
     else:
         ce_mean, zl_mean, lse_mean = ce.mean(), zl.mean(), lse.mean()
     return {"loss": ce_mean + z_loss_weight * zl_mean, "ce": ce_mean.detach(), "logsumexp": lse_mean.detach()}
+
+
+def masked_share(counted: Tensor) -> Tensor:
+    """A per-row column that lets each data-parallel rank normalise a masked loss by the *global*
+    batch's count: ``counted`` (B, ...) bool over the global batch -> (B,) float, every entry
+    ``counted.sum() / B``. The rows of any rank sum to its share ``b_r / B`` of the global count
+    N, so its loss ``sum_r / (N b_r / B)`` averaged over ranks (as DDP averages gradients) is
+    ``sum_all / N``: the single-process loss, whatever the number of ranks."""
+    b = counted.shape[0]
+    return (counted.sum() / b).float().expand(b).clone()
 
 
 def euler_hazard(h: float, t: float) -> float:

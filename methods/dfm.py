@@ -5,7 +5,9 @@ Mixture path with scheduler ``kappa(t) = t``: every position independently keeps
 and per-position uniforms ``u``; a position keeps its code iff ``u < t``.
 
 Training: the backbone takes the token grid ``x_t`` and emits logits over the vocabulary per
-position; loss = CE(l, c) + z_loss * logsumexp(l)^2, averaged over positions.
+position; loss = CE(l, c) + z_loss * logsumexp(l)^2, averaged over positions (with ``masked_only``,
+over the masked positions of the global batch: ``draw`` records their count per row, so the loss
+does not depend on how many data-parallel ranks share the batch).
 
 Sampling (Euler on the CTMC, step h = t' - t): every position that may still move jumps with
 probability ``min(1, h kappa'(t) / (1 - kappa(t))) = min(1, h / (1 - t))`` (1 on the last step)
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, euler_hazard,
-                          passes_per_step, time_grid, uniform_times)
+                          masked_share, passes_per_step, time_grid, uniform_times)
 from methods.heads import head_loss, head_readout
 from methods.registry import register
 
@@ -80,7 +82,9 @@ class DiscreteFlow(Method):
 
     def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
         x_t = self.corrupt(codes, draws)
-        return head_loss(model, x_t, draws["t"], labels, codes, self.z_loss, self.loss_mask(x_t))  # V logits
+        mask = self.loss_mask(x_t)
+        count = None if mask is None else draws["counted"].sum()  # this rank's share of the global count
+        return head_loss(model, x_t, draws["t"], labels, codes, self.z_loss, mask, count)  # V logits
 
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
@@ -122,6 +126,13 @@ class MaskedDiscreteFlow(DiscreteFlow):
 
     def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
         return torch.full_like(codes, self.mask_id)
+
+    def draw(self, codes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """With ``masked_only``, also ``"counted"`` (B,): the global batch's masked positions per row."""
+        draws = super().draw(codes, generator)
+        if self.masked_only:
+            draws["counted"] = masked_share(draws["u"] >= draws["t"].view(-1, 1, 1))
+        return draws
 
     def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
         return torch.full((b, *grid), self.mask_id, dtype=torch.long, device=device)

@@ -113,7 +113,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     -> (loss, weighted mean CE, weighted mean lse); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, weights, z_loss_weight, chunk, dtype, track_grad):
+    def forward(ctx, hidden, weight, bias, targets, weights, z_loss_weight, chunk, dtype, track_grad, vocab):
         stat = statistics_dtype(dtype)
         n, per_token = targets.shape
         need_h, need_w, need_b = (track_grad and flag for flag in ctx.needs_input_grad[:3])
@@ -126,7 +126,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             sums = torch.zeros(3, dtype=stat, device=hidden.device)  # sum a ce, sum a lse^2, sum a lse
             for start in range(0, n, chunk):
                 rows = slice(start, start + chunk)
-                logits = chunk_logits(h[rows], w, b, per_token, stat)  # (m, p*p, V)
+                logits = chunk_logits(h[rows], w, b, per_token, stat)  # (m, p*p, V')
+                logits[..., vocab:] = -torch.inf  # the head's padding channels: no probability, no gradient
                 target = targets[rows].unsqueeze(-1)
                 target_logit = logits.gather(-1, target).squeeze(-1)  # (m, p*p)
                 peak = logits.amax(-1, keepdim=True)
@@ -162,16 +163,19 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_ce, _grad_lse):
         grads = [None if g is None else (g * grad_loss).to(dtype) for g, dtype in zip(ctx.grads, ctx.dtypes)]
         ctx.grads = None
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, patch: int, z_loss_weight: float,
-                           mask: Tensor | None = None, *, chunk_tokens: int | None = None) -> dict[str, Tensor]:
-    """``categorical_loss(unpatchify(head(hidden)), targets, z_loss_weight, mask)`` without the
-    full logits.
+                           mask: Tensor | None = None, count: Tensor | None = None, *,
+                           chunk_tokens: int | None = None, vocab: int | None = None) -> dict[str, Tensor]:
+    """``categorical_loss(unpatchify(head(hidden)), targets, z_loss_weight, mask, count)`` without
+    the full logits.
 
     hidden: (B, T, D) features; head: Linear(D, p*p*V); targets: (B, h, w) int64 in [0, V);
-    mask: optional (B, h, w) bool of the positions that count. Returns ``loss`` (differentiable
+    mask: optional (B, h, w) bool of the positions that count; count: what their sums are divided
+    by (default ``mask.sum()``); vocab: the logits per position that count (default all the head
+    emits; fewer when the head is padded, see ``backbones.dit.padded_channels``). Returns ``loss`` (differentiable
     w.r.t. hidden, head.weight, head.bias), ``ce`` and ``logsumexp`` (weighted means, detached).
     """
     b, tokens, dim = hidden.shape
@@ -189,11 +193,12 @@ def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, pat
         weights = torch.full(target_tokens.shape, 1.0 / target_tokens.numel(), dtype=stat, device=hidden.device)
     else:
         counted = tokens_from_grid(mask, patch).to(stat)
-        weights = counted / counted.sum().clamp_min(1)
+        weights = counted / (counted.sum() if count is None else count.to(stat)).clamp_min(1)
     chunk = chunk_size(per_token, head.out_features // per_token, chunk_tokens)
     loss, ce, lse = _FusedLinearCrossEntropy.apply(
         hidden.reshape(b * tokens, dim), head.weight, head.bias, target_tokens.reshape(-1, per_token),
-        weights.reshape(-1, per_token), float(z_loss_weight), chunk, dtype, torch.is_grad_enabled())
+        weights.reshape(-1, per_token), float(z_loss_weight), chunk, dtype, torch.is_grad_enabled(),
+        head.out_features // per_token if vocab is None else vocab)
     return {"loss": loss, "ce": ce, "logsumexp": lse}
 
 
@@ -326,14 +331,15 @@ class _Features:
 
 
 def head_loss(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, targets: Tensor, z_loss_weight: float,
-              mask: Tensor | None = None) -> dict[str, Tensor]:
+              mask: Tensor | None = None, count: Tensor | None = None) -> dict[str, Tensor]:
     """The categorical training loss of ``model`` at (x, t, labels): fused when the model supports
     it, else ``categorical_loss(model(x, t, labels), ...)``."""
     inner = fused_head_model(model)
     if inner is None:
-        return categorical_loss(model(x, t, labels), targets, z_loss_weight, mask)
+        return categorical_loss(model(x, t, labels), targets, z_loss_weight, mask, count)
     features = model(x, t, labels, return_features=True)
-    return fused_categorical_loss(features, inner.head, targets, inner.patch, z_loss_weight, mask)
+    return fused_categorical_loss(features, inner.head, targets, inner.patch, z_loss_weight, mask, count,
+                                  vocab=getattr(inner, "out_channels", None))
 
 
 def head_readout(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, *, grid: tuple[int, int],

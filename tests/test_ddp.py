@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from benchmarks.config import load_config
 from benchmarks.launching.distributed import PORT_BASE, PORT_SPAN, PREEMPTION, DistEnv, first_host, rendezvous_port
-from benchmarks.launching.launch import PROJECT_ROOT, SIGNAL_DELAY_S, make_executor
+from benchmarks.launching.launch import PROJECT_ROOT, make_executor
 from benchmarks.training.trainer import Trainer
 from tests.test_preemption import Requeued, StandInHandler, install_stand_in, signal_during_step
 
@@ -83,10 +83,10 @@ def test_a_gpu_job_runs_one_ddp_rank_per_gpu_with_the_configured_resources(tmp_p
     monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "shared cache"))
     script = sbatch_script(tmp_path, "launcher.gpus_per_job=4", "launcher.partition=gpu", "launcher.account=acc",
                            "launcher.qos=high", "launcher.constraint=a100", "launcher.mem_gb=64",
-                           "launcher.cpus_per_task=8", "launcher.timeout_min=240")
+                           "launcher.cpus_per_task=8", "launcher.timeout_min=240", "launcher.signal_delay_s=420")
     for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1", "--cpus-per-task=8", "--mem=64GB",
                  "--partition=gpu", "--account=acc", "--qos=high", "--constraint=a100", "--time=240",
-                 f"--signal=USR2@{SIGNAL_DELAY_S}", "--requeue", "--job-name=vqflow-smoke"):
+                 "--signal=USR2@420", "--requeue", "--job-name=vqflow-smoke"):
         assert f"#SBATCH {line}\n" in script, line
     assert f"export VQFLOW_CACHE='{tmp_path / 'shared cache'}'" in script, "jobs must share the launcher's cache"
     assert f"export PYTHONPATH={PROJECT_ROOT}" in script
@@ -106,10 +106,11 @@ def test_the_timeout_budget_reaches_submitit(tmp_path):
 # ----------------------------------------------------------------------------- 2 ranks vs 1 process
 
 
-def tiny_config():
+def tiny_config(*overrides: str):
     return load_config("smoke", ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=1",
                                  "train.checkpoint_every=3", "train.iterations=6", "train.lr=1e-3",
-                                 "train.ema_decay=0.9", "train.device=cpu"])
+                                 "train.ema_decay=0.9", "train.device=cpu", "launcher.preemption_check_every=2",
+                                 *overrides])
 
 
 def _free_port() -> int:
@@ -118,7 +119,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_rank(rank: int, world: int, port: int, method: str, latents, folder: str) -> None:
+def _train_rank(rank: int, world: int, port: int, method: str, overrides: list[str], latents, folder: str) -> None:
     """One rank of a torchrun-style job. Each rank gets its own run folders, so the test can see
     that only rank 0 writes anything. First a full run; then a run in which only rank 1 receives
     the preemption signal (during step 2), whose outcome each rank reports in ``folder``."""
@@ -127,12 +128,13 @@ def _train_rank(rank: int, world: int, port: int, method: str, latents, folder: 
     torch.set_num_threads(1)
     dist = DistEnv.from_environment()
     try:
-        Trainer(tiny_config(), method, 0, f"{folder}/full/rank{rank}", latents, dist=dist, progress=False).run()
+        Trainer(tiny_config(*overrides), method, 0, f"{folder}/full/rank{rank}", latents, dist=dist,
+                progress=False).run()
 
         handler = StandInHandler(rank)
         install_stand_in(handler)
-        trainer = handler.trainer = Trainer(tiny_config(), method, 0, f"{folder}/preempted/rank{rank}", latents,
-                                            dist=dist, progress=False)
+        trainer = handler.trainer = Trainer(tiny_config(*overrides), method, 0, f"{folder}/preempted/rank{rank}",
+                                            latents, dist=dist, progress=False)
         if rank == 1:
             signal_during_step(trainer, 2)
         try:
@@ -147,14 +149,15 @@ def _train_rank(rank: int, world: int, port: int, method: str, latents, folder: 
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(toy_latents, tmp_path):
+@pytest.mark.parametrize("method, overrides", [("purr", []), ("dfm", ["methods.dfm.masked_only=true"])])
+def test_two_gloo_ranks_match_one_process(method, overrides, toy_latents, tmp_path):
     """Every rank draws the same global batch and noise and keeps its half; DDP averages the
-    gradients, so the loss trace, gradient norms and final weights are the single-process ones.
+    gradients, so the loss trace, gradient norms and final weights are the single-process ones
+    (for dfm's ``masked_only`` loss too, normalised by the global batch's masked count).
     A preemption signal that reaches one rank stops all ranks at the end of the same step."""
-    method = "purr"
-    single = Trainer(tiny_config(), method, 0, tmp_path / "single", toy_latents, progress=False)
+    single = Trainer(tiny_config(*overrides), method, 0, tmp_path / "single", toy_latents, progress=False)
     single.run()
-    mp.spawn(_train_rank, args=(2, _free_port(), method, toy_latents, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_train_rank, args=(2, _free_port(), method, overrides, toy_latents, str(tmp_path)), nprocs=2, join=True)
 
     job = f"{method}/seed0"
     for phase in ("full", "preempted"):

@@ -288,3 +288,54 @@ def test_fused_loss_through_ddp_all_reduces_every_gradient(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, grad in want.items():
             assert_rel_close(got[name], grad, 1e-4)
+
+
+# ----------------------------------------------------------------------------- padded heads
+
+
+def padded_and_plain(name: str, codes_k: int, patch: int):
+    """The same DiT twice: with the output projection padded to a multiple of 64 (the default) and
+    without; all weights equal (the padding rows random, so masking them is tested)."""
+    torch.manual_seed(0)
+    method = methods.get_method(name)(torch.randn(codes_k, 3), z_loss=0.05)
+    io = method.backbone_io()
+    models = [build_dit("tiny/1", io, GRID, num_classes=4, patch=patch, width=WIDTH, heads=2, head_align=align)
+              for align in (64, 1)]
+    padded, plain = models
+    per_token, v, v_pad = patch * patch, io.out_channels, padded.head_channels
+    with torch.no_grad():
+        for p in padded.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for name_, p in plain.named_parameters():
+            source = padded.get_parameter(name_)
+            if name_.startswith("head."):  # output channel q V' + v of the padded head is q V + v here
+                source = source.view(per_token, v_pad, *source.shape[1:])[:, :v].reshape(p.shape)
+            p.copy_(source)
+    return method, padded, plain
+
+
+@pytest.mark.parametrize("name, patch", [("dfm", 2), ("purr", 1)])
+def test_a_padded_head_leaves_losses_gradients_and_samples_unchanged(name, patch):
+    """dfm at K = 16384 has 4 x 16385 = 65540 head outputs, which misaligns its bf16 matmuls: the head
+    is padded to a multiple of 64 and the padding logits are masked. Here K = 1025 (4 x 1026 -> 4160)."""
+    method, padded, plain = padded_and_plain(name, 1025, patch)
+    assert padded.head.out_features % 64 == 0 and padded.head.out_features > plain.head.out_features
+    codes, labels = torch.randint(1025, (B, *GRID)), torch.tensor([0, 1, 4])
+    draws = method.draw(codes, torch.Generator().manual_seed(1))
+    shared = [n for n, _ in plain.named_parameters() if not n.startswith("head.")]
+    results = []
+    for model in (padded, plain, DenseHead(padded)):
+        out = method.loss(model, codes, labels, draws)
+        inner = model.model if isinstance(model, DenseHead) else model
+        grad = dict(zip(shared, grads(out["loss"], [inner.get_parameter(n) for n in shared])))
+        results.append((out, grad))
+    for out, grad in results[1:]:
+        for key in out:
+            assert_rel_close(results[0][0][key], out[key], 1e-5)
+        for n in shared:
+            assert_rel_close(results[0][1][n], grad[n], 1e-4)
+    assert padded(codes if method.backbone_io().input == "tokens" else method.embed(codes), torch.rand(B),
+                  labels).shape == (B, method.backbone_io().out_channels, *GRID)
+    runs = [method.sample(m, labels, GRID, steps=3, generator=torch.Generator().manual_seed(5)).codes
+            for m in (padded, plain)]
+    assert torch.equal(runs[0], runs[1])

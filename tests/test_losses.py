@@ -181,3 +181,22 @@ def test_invalid_z_loss_is_rejected_with_the_method_name():
     for name in ["purr", "dfm", "dfm-uniform"]:
         with pytest.raises(ValueError, match=f"{name}.*z_loss"):
             methods.get_method(name)(torch.randn(K, D), z_loss=-1.0)
+
+
+@pytest.mark.parametrize("name, options", [("purr", {}), ("cfm", {}), ("dfm", {}), ("dfm", {"masked_only": True}),
+                                           ("dfm-uniform", {})])
+def test_the_loss_does_not_depend_on_how_ranks_split_the_batch(name, options):
+    """Data-parallel ranks take rows of the global batch's draws and DDP averages their gradients:
+    the mean of the ranks' losses must be the one-process loss (with ``masked_only``, the masked
+    positions are not evenly spread over the rows, so each rank must divide by the global count)."""
+    method, _, codes, labels, draws, model = setup(name, **options)
+    ranks = (slice(0, B - 1), slice(B - 1, 2 * B - 2))  # two ranks of B - 1 rows each (B = 5)
+    codes, labels = torch.cat([codes, codes])[:2 * B - 2], torch.cat([labels, labels])[:2 * B - 2]
+    draws = method.draw(codes, torch.Generator().manual_seed(3))
+    whole = method.loss(model, codes, labels, draws)["loss"]
+    halves = [method.loss(model, codes[rows], labels[rows], {k: v[rows] for k, v in draws.items()})["loss"]
+              for rows in ranks]
+    grad_whole = torch.autograd.grad(whole, model.weight)[0]
+    grad_ranks = torch.autograd.grad(sum(halves) / 2, model.weight)[0]
+    assert (sum(halves) / 2).item() == pytest.approx(whole.item(), rel=1e-5)
+    torch.testing.assert_close(grad_ranks, grad_whole, rtol=1e-5, atol=1e-6)

@@ -43,3 +43,43 @@ def test_plan_costs_scale_with_seeds():
     hours = lambda text: float(re.search(r"^purr\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
     assert hours(three) == pytest.approx(3 * hours(one), rel=0.05) or hours(one) == 0.0
     assert "1 seeds" in one and "3 seeds" in three
+
+
+def test_a_measured_step_time_replaces_the_assumed_utilisation():
+    from benchmarks.launching.plan import StepTime
+
+    cfg = load_config("default", ["eval.enabled=false", "launcher.gpus_per_job=4"])
+    text = dry_run(cfg, ["purr", "cfm"], [0], peak_tflops=100, utilisation=0.5,
+                   step_time=StepTime({"purr": 2.0}, 4, "a test"))
+    hours = lambda method: float(re.search(rf"^{method}\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
+    assert hours("purr") == pytest.approx(2.0 * 800 * 4 / 3600, abs=0.05)
+    assert "measured step times (a test; 4 GPU(s) per job): purr 2 s/step" in text
+    assert "other methods cost at 50% of 100 TFLOP/s per GPU (assumed utilisation" in text
+
+
+def test_step_times_come_from_a_previous_runs_manifest():
+    from pathlib import Path
+
+    from benchmarks.launching.plan import step_time_from_run
+
+    results = Path(__file__).resolve().parent.parent / "results" / "default"
+    measured = step_time_from_run(results, load_config("default"))
+    assert measured.gpus == 1 and str(results / "manifest.json") in measured.source
+    assert 0.05 < measured.of("purr") < 0.2 and set(measured.seconds) == {"purr", "cfm", "dfm"}
+    with pytest.raises(ValueError, match="same backbone and global batch"):
+        step_time_from_run(results, load_config("smoke"))
+
+
+def test_the_plan_checks_the_checkpoint_write_against_the_preemption_warning():
+    cfg = load_config("imagenet-dit-xl2-vqf8", ["launcher.signal_delay_s=60"])
+    text = dry_run(cfg, ["dfm"], [0], peak_tflops=989, utilisation=0.25)
+    assert "checkpoint: 12.4 GB" in text
+    assert "WARNING: the checkpoint write takes more than half the preemption warning" in text
+    assert "WARNING" not in dry_run(load_config("imagenet-dit-xl2-vqf8"), ["dfm"], [0], peak_tflops=989, utilisation=0.25)
+
+
+def test_dry_run_takes_a_step_time_on_the_command_line(run_cli):
+    out = run_cli("--config", "imagenet-dit-xl2-vqf8", "--methods", "purr", "--dry-run", "--step-seconds", "1.5",
+                  "--set", "launcher.gpus_per_job=8").stdout
+    assert "measured step times (--step-seconds; 8 GPU(s) per job): purr 1.5 s/step" in out
+    assert re.search(r"^total: 6,\d\d\d GPU-hours", out, flags=re.M)  # 1.5 s x 2M steps x 8 GPUs = 6,667 + eval

@@ -86,3 +86,24 @@ def test_plugin_registered_outside_methods_runs_through_smoke(run_cli, tmp_path)
             "--set", "methods.cfm-lognormal.std=0.5", "--out", str(out), "--no-progress")
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics["method"]) == {"cfm-lognormal"} and metrics["fid"].map(math.isfinite).all()
+
+
+@pytest.mark.slow
+def test_a_diverged_job_stops_without_results_and_the_others_finish(run_cli, tmp_path):
+    """purr-diverging's loss is infinite from step 25 (the smoke run checkpoints at 20 and 40): it
+    stops with an error naming method, seed and step, keeps its step-20 checkpoint, writes no
+    metrics after it; cfm in the same command finishes; the command exits with status 1."""
+    out = tmp_path / "diverged"
+    proc = run_cli("--config", "smoke", "--plugins", "tests.divergent", "--methods", "purr-diverging,cfm",
+                   "--out", str(out), "--no-progress", "--set", "eval.temperatures=[]", check=False, timeout=1500)
+    assert proc.returncode == 1, proc.stderr
+    assert "purr-diverging seed 0 diverged: the loss or gradient norm is not finite at step 25" in proc.stderr
+    assert "1 job(s) diverged: purr-diverging seed 0 (step 25)" in proc.stderr
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics.loc[metrics["method"] == "purr-diverging", "step"]) == {20}
+    assert set(metrics.loc[metrics["method"] == "cfm", "step"]) == {20, 40}  # the healthy job finished
+    assert metrics["fid"].map(math.isfinite).all()
+    checkpoints = sorted(p.name for p in (out / "purr-diverging" / "seed0" / "checkpoints").glob("*.pt"))
+    assert checkpoints == ["step_000000020.pt"]
+    log = pd.read_csv(out / "purr-diverging" / "seed0" / "train_log.csv")
+    assert log["step"].max() == 20 and log["loss"].map(math.isfinite).all()

@@ -83,3 +83,36 @@ def test_label_dropout_rate(toy_latents, tmp_path):
     trainer.train_step()
     null_fraction = (seen["labels"] == toy_latents.num_classes).float().mean().item()
     assert abs(null_fraction - 0.1) < 0.02
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(toy_latents, tmp_path):
+    """Statistics stay on-device tensors (summed there, read once per log interval); before, every
+    step read the loss, its diagnostics and the gradient norm back to the host (a GPU sync each)."""
+    trainer = Trainer(tiny_config(), "dfm", 0, tmp_path, toy_latents, progress=False)
+    stats = trainer.train_step()
+    assert set(stats) == {"loss", "ce", "logsumexp", "grad_norm"}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in stats.values())
+    assert trainer.first_nonfinite.item() == float("inf")
+    trainer.close_batches()
+
+
+def test_prefetched_batches_are_the_serial_ones_and_resume_where_training_stopped(toy_latents):
+    """The prefetcher draws indices and label drops in step order on the calling thread, so its
+    batches are those of a serial loader; each carries the generator state after its draws."""
+    from benchmarks.training.prefetch import BatchPrefetcher
+
+    shards, null = toy_latents.shards, toy_latents.num_classes
+    serial_gen, states, serial = torch.Generator().manual_seed(7), [], []
+    for _ in range(5):
+        idx = torch.randint(len(shards), (16,), generator=serial_gen)
+        dropped = torch.rand(16, generator=serial_gen) < 0.3
+        codes, labels = shards.batch(idx)
+        serial.append((codes, labels.masked_fill(dropped, null)))
+        states.append(serial_gen.get_state())
+    prefetcher = BatchPrefetcher(shards, torch.Generator().manual_seed(7), batch_size=16, label_dropout=0.3,
+                                 null_label=null, device=torch.device("cpu"), depth=3)
+    for (codes, labels), state in zip(serial, states):
+        batch = prefetcher.next()
+        assert batch.codes.dtype == torch.int64 and torch.equal(batch.codes, codes)
+        assert torch.equal(batch.labels, labels) and torch.equal(batch.data_state, state)
+    prefetcher.close()

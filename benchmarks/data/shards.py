@@ -67,8 +67,8 @@ def read_meta(shard_dir: str | Path) -> dict:
 class CodeShards:
     """All shards of a folder, memory-mapped, indexable as one dataset.
 
-    ``batch(idx)`` gathers codes (B, h, w) int64 and labels (B,) int64 for a LongTensor of
-    global indices.
+    ``batch(idx)`` gathers codes (B, h, w) and labels (B,) int64 for a LongTensor of global
+    indices; codes are int64, or ``codes_dtype`` (int32 holds every uint16 code in half the bytes).
     """
 
     shard_dir: Path
@@ -100,12 +100,12 @@ class CodeShards:
         """All labels, (n,) int64 (reads the small label files fully)."""
         return np.concatenate([np.asarray(lab, dtype=np.int64) for lab in self._labels])
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: torch.Tensor, codes_dtype: np.dtype = np.int64) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(idx.cpu(), dtype=np.int64)
         shard = np.searchsorted(self._offsets, idx, side="right") - 1
         local = idx - self._offsets[shard]
         h, w = self.grid
-        codes = np.empty((len(idx), h, w), dtype=np.int64)
+        codes = np.empty((len(idx), h, w), dtype=codes_dtype)
         labels = np.empty(len(idx), dtype=np.int64)
         for s in np.unique(shard):
             sel = shard == s

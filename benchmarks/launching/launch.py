@@ -43,11 +43,9 @@ from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
 from benchmarks.storage.manifest import read_manifest, update_manifest
-from benchmarks.training.trainer import job_dir
+from benchmarks.training.trainer import TrainingDiverged, job_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SIGNAL_DELAY_S = 120
-"""SLURM signals a job this long before its time limit: time to finish a step and save a checkpoint."""
 DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
 POLL_S = 5.0
 """How often --wait looks for the jobs' result files."""
@@ -81,14 +79,29 @@ def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
     return True
 
 
+class JobsDiverged(LaunchError):
+    """Some jobs of a local run diverged (the others finished); the message names them."""
+
+
 def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
+    """Run every job in this process. A job that diverges stops (``TrainingDiverged``) and the
+    others go on; then ``JobsDiverged`` names the diverged ones."""
     latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
     evaluator = make_evaluator(cfg, latents, run_dir, progress)
+    diverged = []
     for method in methods:
         for seed in seeds:
             record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
-            summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
+            try:
+                summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
+            except TrainingDiverged as e:
+                print(f"error: {e}", file=sys.stderr)
+                record_event(run_dir, method, seed, "diverged", step=e.step)
+                diverged.append(f"{method} seed {seed} (step {e.step})")
+                continue
             record_event(run_dir, method, seed, "done", step=summary["step"])
+    if diverged:
+        raise JobsDiverged(f"{len(diverged)} job(s) diverged: {', '.join(diverged)}; the other jobs finished")
 
 
 # ----------------------------------------------------------------------------- the job
@@ -209,7 +222,7 @@ def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -
                                                      ("qos", launcher.qos), ("constraint", launcher.constraint)]
                        if v is not None})
         # --requeue: requeueable even where the cluster's JobRequeue default says otherwise
-        params.update(slurm_signal_delay_s=SIGNAL_DELAY_S, slurm_setup=setup,
+        params.update(slurm_signal_delay_s=launcher.signal_delay_s, slurm_setup=setup,
                       slurm_additional_parameters={"requeue": True})
     else:
         params["local_setup"] = setup

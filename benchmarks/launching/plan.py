@@ -6,17 +6,71 @@ tokenizer's published architecture (or its config for the suite's VQ-VAE).
 
 Cost model: training FLOPs per step = FLOPs of one forward + backward pass of the backbone on
 the global batch (``benchmarks.training.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
-NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600.
+NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600, where the utilisation is an assumption
+(``--utilisation``) unless the training step time was measured: then training GPU-hours =
+seconds per step x iterations x GPUs per job / 3600 (``StepTime``: ``--step-seconds``, or the
+per-method times recorded in a previous run's ``manifest.json``, ``--step-seconds-from``).
+
+The plan also sizes a checkpoint (model, EMA and AdamW's two moments, float32: 16 bytes per
+parameter) and its write time at ``ASSUMED_WRITE_BYTES_PER_S``, against the preemption warning
+``launcher.signal_delay_s``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from benchmarks.config import BenchmarkConfig
 from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
+
+CHECKPOINT_BYTES_PER_PARAM = 16
+"""float32 model + EMA + AdamW's exp_avg and exp_avg_sq."""
+ASSUMED_WRITE_BYTES_PER_S = 200e6
+"""A conservative write rate to a shared (network) filesystem under load."""
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Measured seconds per training step of the global batch on ``gpus`` GPUs, per method
+    (``"*"``: every method), and where the numbers come from."""
+
+    seconds: dict[str, float]
+    gpus: int
+    source: str
+
+    def of(self, method: str) -> float | None:
+        return self.seconds.get(method, self.seconds.get("*"))
+
+
+def step_time_from_run(run_dir: str | Path, cfg: BenchmarkConfig) -> StepTime:
+    """Per-method seconds per step (mean over seeds) from a run folder's ``manifest.json``; the run
+    must have the planned backbone and global batch."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"--step-seconds-from: {path} does not exist (give a run folder of a finished run)")
+    manifest = json.loads(path.read_text())
+    ran = manifest.get("config", {})
+    planned = {"backbone": cfg.backbone, "train.batch_size": cfg.train.batch_size}
+    found = {"backbone": ran.get("backbone"), "train.batch_size": ran.get("train", {}).get("batch_size")}
+    if found != planned:
+        raise ValueError(f"--step-seconds-from {run_dir}: that run has {found}, the plan {planned}; "
+                         "step times only carry over between runs of the same backbone and global batch")
+    per_method: dict[str, list[float]] = {}
+    gpus = set()
+    for job in manifest.get("jobs", {}).values():
+        if job.get("step"):
+            per_method.setdefault(job["method"], []).append(job["train_wall_s"] / job["step"])
+            gpus.add(int(job.get("world_size", 1)))
+    if not per_method:
+        raise ValueError(f"--step-seconds-from {run_dir}: its manifest records no trained jobs")
+    if len(gpus) > 1:
+        raise ValueError(f"--step-seconds-from {run_dir}: its jobs ran on different GPU counts {sorted(gpus)}")
+    seconds = {m: sum(v) / len(v) for m, v in per_method.items()}
+    return StepTime(seconds, gpus.pop(), f"measured in {path} on {manifest.get('machine', {}).get('gpu') or 'its machine'}")
 
 
 @dataclass(frozen=True)
@@ -66,9 +120,16 @@ def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> lis
     return cells
 
 
-def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_tflops: float, utilisation: float) -> str:
+def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_tflops: float, utilisation: float,
+            step_time: StepTime | None = None) -> str:
     shape = latent_shape(cfg)
     steps = checkpoint_steps(cfg)
+    measured = [m for m in methods if step_time is not None and step_time.of(m) is not None]
+    cost = f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU (assumed utilisation, --utilisation)"
+    if measured:
+        cost = (f"training cost from measured step times ({step_time.source}; {step_time.gpus} GPU(s) per job): "
+                + ", ".join(f"{m} {step_time.of(m):.3g} s/step" for m in measured)
+                + f"; evaluation and other methods {cost}")
     lines = [f"config {cfg.name}: {cfg.description}".rstrip(": "),
              f"backbone {cfg.backbone}; tokenizer {cfg.tokenizer.kind} (K={shape.codebook_size}, d={shape.code_dim}); "
              f"latent grid {shape.grid[0]}x{shape.grid[1]}; {shape.num_classes} classes",
@@ -76,10 +137,10 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
              f"(methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))})",
              f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
              f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
-             f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU:", ""]
+             cost + ":", ""]
     header = f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{'train PFLOP':>14}{'eval cells':>12}{'eval PFLOP':>13}{'GPU-hours':>12}"
     lines += [header, "-" * len(header)]
-    total_hours = 0.0
+    total_hours, largest = 0.0, 0
     for name in methods:
         io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
         params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
@@ -88,15 +149,34 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
         cells = evaluation_cells(cfg, name, steps)
         eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
         train_flops = step_flops * cfg.train.iterations
-        hours = (train_flops + eval_flops) / (peak_tflops * 1e12 * utilisation) / 3600 * len(seeds)
+        flops_hours = lambda flops: flops / (peak_tflops * 1e12 * utilisation) / 3600  # noqa: E731
+        train_hours = (step_time.of(name) * cfg.train.iterations * step_time.gpus / 3600 if name in measured
+                       else flops_hours(train_flops))
+        hours = (train_hours + flops_hours(eval_flops)) * len(seeds)
+        largest = max(largest, params)
         total_hours += hours
         lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{train_flops / 1e15:>14,.1f}"
                      f"{len(cells):>12}{eval_flops / 1e15:>13,.1f}{hours:>12,.1f}")
     lines += ["", f"total: {total_hours:,.0f} GPU-hours for {len(methods) * len(seeds)} jobs "
               "(per seed and method above: training + evaluation sampling; FID feature extraction not included)"]
+    lines.append(checkpoint_note(cfg, largest))
     first = evaluation_cells(cfg, methods[0], steps) if methods else []
     if first:
         lines.append(f"evaluation cells per job ({methods[0]}): "
                      + "; ".join(f"step {s:,}: {n} steps, tau {t:g}, cfg {w:g}, {k:,} samples" for s, n, t, w, k in first[-4:])
                      + (f" (last 4 of {len(first)})" if len(first) > 4 else ""))
     return "\n".join(lines)
+
+
+def checkpoint_note(cfg: BenchmarkConfig, params: int) -> str:
+    """The largest job's checkpoint size and write time against the preemption warning."""
+    size = params * CHECKPOINT_BYTES_PER_PARAM
+    write_s = size / ASSUMED_WRITE_BYTES_PER_S
+    delay = cfg.launcher.signal_delay_s
+    note = (f"checkpoint: {size / 1e9:.1f} GB (model, EMA, AdamW moments), {write_s:.0f} s to write at "
+            f"{ASSUMED_WRITE_BYTES_PER_S / 1e6:.0f} MB/s; preemption warning launcher.signal_delay_s = {delay} s, "
+            f"checked every launcher.preemption_check_every = {cfg.launcher.preemption_check_every} steps")
+    if write_s > delay / 2:
+        note += (f"\nWARNING: the checkpoint write takes more than half the preemption warning; raise "
+                 f"launcher.signal_delay_s to at least {int(2 * write_s) + 60}")
+    return note

@@ -14,13 +14,25 @@ run continues with exactly the losses of an uninterrupted one (on CPU).
 Preemption: a notice received during a step (``benchmarks.launching.distributed.PREEMPTION``, installed by
 cluster jobs) makes the trainer save a checkpoint at the end of that step, with the partial log
 interval, and hand over to the job's preemption handler (which requeues the job). Such an
-off-schedule checkpoint is resumed from but never evaluated.
+off-schedule checkpoint is resumed from but never evaluated. With several ranks, agreeing on a
+notice is a collective, so it is checked every ``launcher.preemption_check_every`` steps and at
+scheduled checkpoints.
+
+The hot path does not wait for the device: batches are gathered ahead on a thread
+(``benchmarks.training.prefetch``), step statistics (loss, its diagnostics, the gradient norm) are
+summed on the device and read back, averaged over ranks, once per log interval.
+
+Divergence: the trainer also tracks on the device the first step whose loss or gradient norm is
+not finite. It reads that at each log interval and before every checkpoint, and stops with
+``TrainingDiverged`` (naming method, seed and step) instead of saving or evaluating a non-finite
+model; the last good checkpoint stays on disk.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import csv
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +47,7 @@ from benchmarks.storage.atomic import atomic_path, save_torch
 from benchmarks.config import BenchmarkConfig, method_options
 from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.training.flops import model_flops, parameter_count
+from benchmarks.training.prefetch import BatchPrefetcher
 from benchmarks.data.latents import LatentSpace
 from methods import get_method
 from methods.base import Method
@@ -62,6 +75,17 @@ def job_dir(run_dir: Path, method: str, seed: int) -> Path:
 def build_method(cfg: BenchmarkConfig, name: str, latents: LatentSpace) -> Method:
     cls = get_method(name)
     return cls(latents.tokenizer.codebook, latents.tokenizer.normalized, **method_options(cfg, name))
+
+
+class TrainingDiverged(RuntimeError):
+    """A job's loss or gradient norm stopped being finite; nothing after its last good checkpoint
+    was saved or evaluated."""
+
+    def __init__(self, method: str, seed: int, step: int, last_good: Path | None):
+        self.method, self.seed, self.step, self.last_good = method, seed, step, last_good
+        kept = f"its last good checkpoint {last_good} is kept" if last_good else "no checkpoint was saved"
+        super().__init__(f"{method} seed {seed} diverged: the loss or gradient norm is not finite at step {step}; "
+                         f"training stopped and {kept} (lower train.lr, or check the data)")
 
 
 @dataclass
@@ -113,16 +137,24 @@ class Trainer:
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # the only buffer is the constant position table (nothing to broadcast each step);
+            # gradients live in DDP's buckets instead of a second copy (2.8 GiB at DiT-XL/2)
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.data_gen = torch.Generator().manual_seed(seed)
+        self.data_state = self.data_gen.get_state()
+        """The data generator's state after the last batch trained on (the prefetcher runs ahead)."""
+        self.batches: BatchPrefetcher | None = None
         self.noise_gen = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
         self.step = 0
         self.train_wall_s = 0.0
-        self.log_sums: dict[str, float] = {}
-        """Sums of the step statistics since the last log row (saved, so a preemption mid-interval
-        still logs the interval's true mean)."""
+        self.log_sums: dict[str, torch.Tensor | float] = {}
+        """Sums of this rank's step statistics since the last log row, on the device (saved averaged
+        over ranks, so a preemption mid-interval still logs the interval's true mean)."""
+        self.first_nonfinite = torch.tensor(math.inf, device=self.device)
+        """The first step whose loss or gradient norm was not finite (inf: none), on the device."""
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -133,7 +165,10 @@ class Trainer:
         return sorted(self.checkpoint_dir.glob("step_*.pt"))
 
     def save_checkpoint(self) -> Path:
+        """Save the current state (a collective: every rank calls it). Refuses a diverged model."""
+        self.check_finite()
         path = self.checkpoint_dir / f"step_{self.step:09d}.pt"
+        log_sums = self.reduced_log_sums()
         if self.dist.is_main:
             save_torch({
                 "model": self.model.state_dict(),
@@ -141,8 +176,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
                 "train_wall_s": self.train_wall_s,
-                "log_sums": dict(self.log_sums),
-                "rng": {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state(),
+                "log_sums": log_sums,
+                "rng": {"data": self.data_state, "noise": self.noise_gen.get_state(),
                         "torch": torch.get_rng_state()},
                 "method": self.method_name,
                 "seed": self.seed,
@@ -154,7 +189,10 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        # Read onto the CPU, memory-mapped: load_state_dict copies weights and optimizer moments to
+        # their device, and the RNG states (CPU ByteTensors, a CUDA generator's included) stay where
+        # they must be. Mapping the file to a GPU moved them there, and set_state refused them.
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         if state["method"] != self.method_name or state["seed"] != self.seed:
             raise ValueError(f"{path} belongs to {state['method']} seed {state['seed']}, "
                              f"not {self.method_name} seed {self.seed}")
@@ -165,7 +203,9 @@ class Trainer:
         self.train_wall_s = float(state["train_wall_s"])
         self.log_sums = dict(state.get("log_sums", {}))
         self.data_gen.set_state(state["rng"]["data"])
-        self.noise_gen.set_state(state["rng"]["noise"].to(self.noise_gen.get_state().device))
+        self.data_state = self.data_gen.get_state()
+        self.close_batches()  # batches gathered ahead came from the old generator state
+        self.noise_gen.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
 
     # ------------------------------------------------------------------ logging
@@ -197,17 +237,48 @@ class Trainer:
                 writer.writeheader()
             writer.writerows(rows)
 
+    # ------------------------------------------------------------------ statistics
+    def reduced_log_sums(self) -> dict[str, float]:
+        """The interval's statistic sums, averaged over ranks and read back (a collective)."""
+        if not self.log_sums:
+            return {}
+        names = list(self.log_sums)
+        sums = torch.stack([torch.as_tensor(self.log_sums[k], dtype=torch.float32, device=self.device)
+                            for k in names])
+        return dict(zip(names, self.dist.mean(sums).tolist()))
+
+    def check_finite(self) -> None:
+        """Raise ``TrainingDiverged`` on every rank if any rank saw a non-finite loss or gradient norm."""
+        first = float(self.first_nonfinite)
+        if self.dist.any(math.isfinite(first), self.device):
+            existing = self.checkpoints()
+            raise TrainingDiverged(self.method_name, self.seed, int(first) if math.isfinite(first) else self.step,
+                                   existing[-1] if existing else None)
+
     # ------------------------------------------------------------------ training
     def autocast(self):
         return device_autocast(self.device)
 
-    def train_step(self) -> dict[str, float]:
-        t, shards = self.cfg.train, self.latents.shards
-        idx = torch.randint(len(shards), (t.batch_size,), generator=self.data_gen)
-        codes, labels = shards.batch(idx)
-        dropped = torch.rand(t.batch_size, generator=self.data_gen) < t.label_dropout
-        labels = labels.masked_fill(dropped, self.latents.num_classes)
-        codes, labels = codes.to(self.device), labels.to(self.device)
+    def next_batch(self):
+        if self.batches is None:
+            t = self.cfg.train
+            self.batches = BatchPrefetcher(self.latents.shards, self.data_gen, batch_size=t.batch_size,
+                                           label_dropout=t.label_dropout, null_label=self.latents.num_classes,
+                                           device=self.device)
+        batch = self.batches.next()
+        self.data_state = batch.data_state
+        return batch.codes, batch.labels
+
+    def close_batches(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step on the next global batch. Returns this rank's statistics as
+        on-device scalars (nothing is read back here)."""
+        t = self.cfg.train
+        codes, labels = self.next_batch()
         draws = self.method.draw(codes, self.noise_gen)
         rows = self.dist.local_slice(t.batch_size)
         codes, labels = codes[rows], labels[rows]
@@ -218,12 +289,14 @@ class Trainer:
             out = self.method.loss(self.forward_model, codes, labels, draws)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
         self.optimizer.step()
         self.update_ema()
         self.step += 1
-        stats = {k: self.dist.mean(v.detach().float()).item() for k, v in out.items()}
-        stats["grad_norm"] = float(grad_norm)
+        stats = {k: v.detach().float() for k, v in out.items()}
+        stats["grad_norm"] = grad_norm.detach().float()
+        finite = torch.isfinite(torch.stack([stats["loss"], stats["grad_norm"]])).all()
+        self.first_nonfinite = torch.where(finite, self.first_nonfinite, self.first_nonfinite.clamp_max(self.step))
         return stats
 
     @torch.no_grad()
@@ -240,6 +313,60 @@ class Trainer:
                                train_flops=float(self.step * self.flops_per_step),
                                train_wall_s=self.train_wall_s, params=self.params, seed=self.seed,
                                job_dir=self.dir, device=self.device, is_last=self.step >= t.iterations)
+
+    def _train(self, bar: tqdm, on_checkpoint: Callable[[CheckpointEvent], None] | None) -> None:
+        """The training loop of ``run``. ``train_wall_s`` counts the time from one point where the
+        host waited for the device (a log row's read-back, a checkpoint's finiteness check) to the
+        next, less logging, checkpointing and evaluation."""
+        t = self.cfg.train
+        pending: list[dict] = []
+        mark = interval_start = time.perf_counter()
+        interval_steps = 0
+        while self.step < t.iterations:
+            with PREEMPTION.deferred():  # a preemption signal waits for the end of the step
+                stats = self.train_step()
+                for k, v in stats.items():
+                    self.log_sums[k] = self.log_sums.get(k, 0.0) + v
+                interval_steps += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.iterations:
+                    n = self.step % t.log_every or t.log_every
+                    means = {k: v / n for k, v in self.reduced_log_sums().items()}  # waits for the device
+                    now = time.perf_counter()
+                    self.train_wall_s += now - mark
+                    self.check_finite()
+                    pending.append({"step": self.step, "images_seen": self.step * t.batch_size, **means,
+                                    "train_wall_s": round(self.train_wall_s, 4),
+                                    "steps_per_s": round(interval_steps / max(now - interval_start, 1e-9), 3)})
+                    bar.set_postfix(loss=f"{means['loss']:.4f}")
+                    self.log_sums, interval_start, interval_steps = {}, now, 0
+                    mark = time.perf_counter()
+                scheduled = self.on_schedule(self.step)
+                preempted = self.preemption_requested(scheduled)
+                if scheduled or preempted:
+                    self.check_finite()  # waits for the device; a diverged model is never saved
+                    self.train_wall_s += time.perf_counter() - mark
+                    self._write_log(pending)
+                    pending = []
+                    self.save_checkpoint()
+                if preempted:
+                    bar.close()
+                    PREEMPTION.act()  # under submitit: checkpoint(), requeue, exit (rank 0)
+                    return
+            if scheduled and on_checkpoint is not None:
+                with PREEMPTION.interruptible():
+                    on_checkpoint(self.event())
+            if scheduled:
+                mark = interval_start = time.perf_counter()
+
+    def preemption_requested(self, scheduled: bool) -> bool:
+        """Whether a preemption notice arrived. With several ranks that is a collective that waits
+        for the device, so it is asked every ``launcher.preemption_check_every`` steps and at
+        scheduled checkpoints only."""
+        every = self.cfg.launcher.preemption_check_every
+        if self.dist.enabled and not (scheduled or self.step % every == 0):
+            return False
+        return PREEMPTION.requested(self.dist, self.device)
 
     def on_schedule(self, step: int) -> bool:
         """Whether ``step`` is a scheduled (evaluated) checkpoint: ``train.checkpoint_steps()``
@@ -264,40 +391,10 @@ class Trainer:
                     on_checkpoint(self.event())
         bar = tqdm(total=t.iterations, initial=self.step, desc=f"train {self.method_name} seed {self.seed}",
                    disable=not self.progress, dynamic_ncols=True, unit="step")
-        pending: list[dict] = []
-        interval_start, interval_steps = time.perf_counter(), 0
-        while self.step < t.iterations:
-            with PREEMPTION.deferred():  # a preemption signal waits for the end of the step
-                start = time.perf_counter()
-                stats = self.train_step()
-                self.train_wall_s += time.perf_counter() - start
-                for k, v in stats.items():
-                    self.log_sums[k] = self.log_sums.get(k, 0.0) + v
-                interval_steps += 1
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.iterations:
-                    n = self.step % t.log_every or t.log_every
-                    now = time.perf_counter()
-                    row = {"step": self.step, "images_seen": self.step * t.batch_size,
-                           **{k: v / n for k, v in self.log_sums.items()},
-                           "train_wall_s": round(self.train_wall_s, 4),
-                           "steps_per_s": round(interval_steps / max(now - interval_start, 1e-9), 3)}
-                    pending.append(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    self.log_sums, interval_start, interval_steps = {}, now, 0
-                scheduled = self.on_schedule(self.step)
-                preempted = PREEMPTION.requested(self.dist, self.device)
-                if scheduled or preempted:
-                    self._write_log(pending)
-                    pending = []
-                    self.save_checkpoint()
-                if preempted:
-                    bar.close()
-                    PREEMPTION.act()  # under submitit: checkpoint(), requeue, exit (rank 0)
-                    break
-            if scheduled and on_checkpoint is not None:
-                with PREEMPTION.interruptible():
-                    on_checkpoint(self.event())
+        try:
+            self._train(bar, on_checkpoint)
+        finally:
+            self.close_batches()
         bar.close()
         return {"method": self.method_name, "seed": self.seed, "step": self.step, "params": self.params,
                 "flops_per_step": self.flops_per_step, "train_wall_s": self.train_wall_s}
