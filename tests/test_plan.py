@@ -40,6 +40,19 @@ def test_plan_costs_scale_with_seeds():
     cfg = load_config("smoke")
     one = dry_run(cfg, ["purr"], [0], peak_tflops=100, utilisation=0.5)
     three = dry_run(cfg, ["purr"], [0, 1, 2], peak_tflops=100, utilisation=0.5)
-    hours = lambda text: float(re.search(r"^purr\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
-    assert hours(three) == pytest.approx(3 * hours(one), rel=0.05) or hours(one) == 0.0
+    totals = lambda text: [float(x.replace(",", "")) for x in  # noqa: E731
+                           re.search(r"training ([\d,.]+) GPU-hours, evaluation ([\d,.]+) GPU-hours", text).groups()]
+    assert totals(three) == pytest.approx([3 * h for h in totals(one)], rel=0.05, abs=1.0)
     assert "1 seeds" in one and "3 seeds" in three
+
+
+def test_plan_prints_evaluation_cost_apart_from_training():
+    """Per job and in total, evaluation GPU-hours are their own column and figure: the evaluation of
+    imagenet-dit-xl2-vqf8 (with its 9 cells x 50k images x 100 steps) makes purr's about 17 GPU-hours."""
+    cfg = load_config("imagenet-dit-xl2-vqf8")
+    text = dry_run(cfg, ["purr"], [0], peak_tflops=989, utilisation=0.4)
+    assert "train GPU-h" in text and "eval GPU-h" in text
+    row = re.search(r"^purr\s.*$", text, flags=re.M).group(0).split()
+    assert float(row[-1]) == pytest.approx(17.4, abs=0.5) and float(row[-2].replace(",", "")) > 24_000
+    train, evaluation = re.search(r"training ([\d,]+) GPU-hours, evaluation ([\d,]+) GPU-hours", text).groups()
+    assert (int(train.replace(",", "")), int(evaluation)) == (298, 17)

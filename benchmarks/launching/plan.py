@@ -6,7 +6,9 @@ tokenizer's published architecture (or its config for the suite's VQ-VAE).
 
 Cost model: training FLOPs per step = FLOPs of one forward + backward pass of the backbone on
 the global batch (``benchmarks.training.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
-NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600.
+NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600, printed for training and evaluation
+separately, per job (one method, one seed) and in total. Evaluation is sharded over the job's
+GPUs, so its wall time is its GPU-hours / ``launcher.gpus_per_job``.
 """
 from __future__ import annotations
 
@@ -79,9 +81,11 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
              f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
              f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
              f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU:", ""]
-    header = f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{'train PFLOP':>14}{'eval cells':>12}{'eval PFLOP':>13}{'GPU-hours':>12}"
-    lines += [header, "-" * len(header)]
-    total_hours = 0.0
+    header = (f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{'train PFLOP':>14}{'train GPU-h':>13}"
+              f"{'eval cells':>12}{'eval PFLOP':>13}{'eval GPU-h':>12}")
+    lines += ["per job (one method, one seed):", header, "-" * len(header)]
+    gpu_hours = lambda flops: flops / (peak_tflops * 1e12 * utilisation) / 3600  # noqa: E731
+    train_total = eval_total = 0.0
     for name in methods:
         io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
         params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
@@ -90,12 +94,17 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
         cells = evaluation_cells(cfg, name, steps)
         eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
         train_flops = step_flops * cfg.train.iterations
-        hours = (train_flops + eval_flops) / (peak_tflops * 1e12 * utilisation) / 3600 * len(seeds)
-        total_hours += hours
+        train_total += gpu_hours(train_flops) * len(seeds)
+        eval_total += gpu_hours(eval_flops) * len(seeds)
         lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{train_flops / 1e15:>14,.1f}"
-                     f"{len(cells):>12}{eval_flops / 1e15:>13,.1f}{hours:>12,.1f}")
-    lines += ["", f"total: {total_hours:,.0f} GPU-hours for {len(methods) * len(seeds)} jobs "
-              "(per seed and method above: training + evaluation sampling; FID feature extraction not included)"]
+                     f"{gpu_hours(train_flops):>13,.1f}{len(cells):>12}{eval_flops / 1e15:>13,.1f}"
+                     f"{gpu_hours(eval_flops):>12,.1f}")
+    jobs, gpus = len(methods) * len(seeds), max(cfg.launcher.gpus_per_job, 1)
+    lines += ["", f"total for {jobs} jobs: training {train_total:,.0f} GPU-hours, "
+              f"evaluation {eval_total:,.0f} GPU-hours (sampling; decoding and FID feature extraction not "
+              f"included), together {train_total + eval_total:,.0f} GPU-hours",
+              f"evaluation is sharded over a job's {gpus} GPU(s) (launcher.gpus_per_job): about "
+              f"{eval_total / max(jobs, 1) / gpus:,.1f} hours of evaluation wall time per job"]
     first = evaluation_cells(cfg, methods[0], steps) if methods else []
     if first:
         lines.append(f"evaluation cells per job ({methods[0]}): "
