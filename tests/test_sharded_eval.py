@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import pandas as pd
 import pytest
@@ -13,7 +12,8 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from benchmarks.config import load_config
-from benchmarks.evaluation.sampling import decode_codes, shard_range
+from benchmarks.evaluation import evaluator
+from benchmarks.evaluation.sampling import decode_codes, sample_images, shard_range
 from benchmarks.launching.distributed import DistEnv
 from benchmarks.launching.jobs import run_job
 
@@ -32,11 +32,17 @@ def _job_rank(rank: int, world: int, port: int, method: str, run_dir: str, cache
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), VQFLOW_CACHE=cache)
     torch.set_num_threads(1)
+    sampled = []
+
+    def counting(method, model, tokenizer, grid, labels, seeds, **options):
+        sampled.append(len(labels))
+        return sample_images(method, model, tokenizer, grid, labels, seeds, **options)
+
+    evaluator.sample_images = counting  # this process's evaluator: count the samples this rank draws
     try:
-        start = time.perf_counter()
         summary = run_job(load_config("smoke", OVERRIDES), method, 0, run_dir, progress=False)
         with open(f"{run_dir}/rank{rank}.txt", "w") as f:
-            f.write(f"{summary['eval_s']} {time.perf_counter() - start}")
+            f.write(f"{summary['eval_s']} {sum(sampled)}")
     finally:
         torch_dist.destroy_process_group()
 
@@ -65,9 +71,10 @@ def test_two_gloo_ranks_write_the_metrics_of_one_process(method, shared_cache, t
     assert len(want) == len(got) == 2 and list(got["step"]) == list(want["step"])
     for column in METRICS:
         pd.testing.assert_series_equal(got[column], want[column], rtol=1e-3, atol=1e-4, check_exact=False)
-    times = [tuple(map(float, (two / f"rank{r}.txt").read_text().split())) for r in (0, 1)]
-    print(f"\n{method}: evaluation 1 process {summary['eval_s']:.2f} s; 2 ranks "
-          f"{' / '.join(f'{t[0]:.2f}' for t in times)} s (rank 0 / 1)")
+    (eval0, sampled0), (eval1, sampled1) = [map(float, (two / f"rank{r}.txt").read_text().split()) for r in (0, 1)]
+    assert sampled0 == sampled1 == 100  # half of each of the 2 cells of 100 samples
+    print(f"\n{method}: evaluation 1 process {summary['eval_s']:.2f} s; 2 ranks {eval0:.2f} / {eval1:.2f} s (rank 0 / 1); "
+          f"cells' eval_wall_s {want['eval_wall_s'].sum():.2f} s vs {got['eval_wall_s'].sum():.2f} s")
 
 
 def test_chunked_decoding_equals_one_shot_decoding():

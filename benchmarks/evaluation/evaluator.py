@@ -155,8 +155,8 @@ class Evaluator:
         its images (global index < ``eval.grid_samples``), its traces and NFE."""
         start = shard_range(cell.num_samples, self.dist.rank, self.dist.world_size).start
         features = (fidelity.extract_features(samples.images, self.extractor(), device=event.device,
-                                              progress=self.progress, batch_size=64)
-                    if len(samples.images) else {})
+                                              progress=self.progress)
+                    if len(samples.images) else {})  # a rank can have no samples when there are more ranks
         grid = samples.images[:max(0, self.cfg.eval.grid_samples - start)]
         return {"features": features, "grid": grid, "traces": samples.traces, "nfe": samples.nfe}
 
@@ -188,7 +188,7 @@ class Evaluator:
         """Rank 0: metrics of the gathered features, the grid, the trace and the ``metrics.csv`` row."""
         features = {k: torch.cat([s["features"][k] for s in shards if s["features"]])
                     for k in next(s["features"] for s in shards if s["features"])}
-        self.save_grid(torch.cat([s["grid"] for s in shards]), event, cell)
+        self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
         metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(),
                                                  kid_subsets=self.cfg.eval.kid_subsets)
         trace = mean_trace([t for s in shards for t in s["traces"]])
