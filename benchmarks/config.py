@@ -121,6 +121,9 @@ class EvalConfig:
     enabled: bool = True
     num_samples: int = 1000
     batch_size: int = 250
+    decode_batch_size: int = 32
+    """Code grids the tokenizer decodes at once (bounds the decoder's activation memory: the full
+    ``vq-f8`` decoder needs about 0.2 GB per 256 px image in float32)."""
     feature_extractor: str = "auto"
     """``auto`` (``mnist-cnn`` for MNIST data, else ``inception-v3-compat``), or one of those."""
     inception_weights: str | None = None
@@ -347,6 +350,8 @@ def validate(cfg: BenchmarkConfig) -> None:
               (all(c.at in ("every", "last") for c in cfg.eval.cells), "eval.cells[].at must be 'every' or 'last'"),
               (cfg.eval.num_samples >= 10 and all((c.num_samples or 10) >= 10 for c in cfg.eval.cells),
                "eval num_samples must be >= 10"),
+              (cfg.eval.batch_size >= 1 and cfg.eval.decode_batch_size >= 1,
+               "eval.batch_size and eval.decode_batch_size must be >= 1"),
               (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
                f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
               (cfg.launcher.kind in ("local", "submitit-local", "slurm"),

@@ -9,7 +9,9 @@ and knows three things:
   randomness (noise, times, masks), then the loss. Splitting the two lets the trainer draw the
   randomness of a whole global batch once and hand each data-parallel rank its slice, so a run's
   numbers do not depend on how many GPUs it used. Every tensor in ``draws`` is batch-first.
-* ``sample(model, labels, grid, ...)``: an Euler sampler that returns code grids.
+* ``sample(model, labels, grid, ...)``: an Euler sampler that returns code grids. It draws all
+  its randomness through ``sample_noise(generator, B, device)`` (a ``SampleNoise``), so that with
+  per-sample seeds a sample's noise does not depend on the batch or rank it is drawn in.
 
 Methods never see data loading, optimizers, devices, distributed setup or metrics; the trainer
 and evaluator never branch on a method's name.
@@ -24,7 +26,8 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from functools import partial
+from typing import Callable, ClassVar, Literal, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -104,8 +107,60 @@ class Method(nn.Module, ABC):
     @abstractmethod
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> SampleOutput:
-        """Euler sampler with ``steps`` steps on the uniform grid 0 = t_0 < ... < t_N = 1."""
+               generator: "torch.Generator | SampleNoise | None" = None) -> SampleOutput:
+        """Euler sampler with ``steps`` steps on the uniform grid 0 = t_0 < ... < t_N = 1. Every
+        random number comes from ``sample_noise(generator, B, device)``, drawn for all B samples
+        at once (so each sample consumes the same sequence of draws)."""
+
+
+# ----------------------------------------------------------------------------- sampler randomness
+
+class SampleNoise:
+    """A sampler's source of randomness for a batch of B samples.
+
+    ``randn(*shape)``, ``rand(*shape)`` and ``randint(high, *shape)`` return (B, *shape) tensors.
+    Built with ``per_sample(seeds, device)``, row i comes from sample i's own generator (seeded
+    with ``seeds[i]``), so a sample's noise is a function of its seed alone: the same whichever
+    batch, batch size or rank draws it. Built with ``shared(generator, B, device)``, all rows
+    come from one generator in one call (cheaper; what a plain ``torch.Generator`` means).
+    """
+
+    def __init__(self, batch: int, device, *, shared: torch.Generator | None = None,
+                 per_sample: Sequence[torch.Generator] | None = None):
+        self.batch, self.device = batch, torch.device(device)
+        self.shared_generator, self.generators = shared, None if per_sample is None else list(per_sample)
+
+    @classmethod
+    def shared(cls, generator: torch.Generator | None, batch: int, device) -> "SampleNoise":
+        return cls(batch, device, shared=generator)
+
+    @classmethod
+    def per_sample(cls, seeds: Sequence[int], device) -> "SampleNoise":
+        return cls(len(seeds), device, per_sample=[torch.Generator(device=device).manual_seed(int(s)) for s in seeds])
+
+    def _draw(self, fn: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
+        if self.generators is None or self.batch == 0:
+            return fn((self.batch, *shape), generator=self.shared_generator, device=self.device)
+        return torch.cat([fn((1, *shape), generator=g, device=self.device) for g in self.generators])
+
+    def randn(self, *shape: int) -> Tensor:
+        return self._draw(torch.randn, shape)
+
+    def rand(self, *shape: int) -> Tensor:
+        return self._draw(torch.rand, shape)
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        return self._draw(partial(torch.randint, high), shape)
+
+
+def sample_noise(generator: "torch.Generator | SampleNoise | None", batch: int, device) -> SampleNoise:
+    """The ``SampleNoise`` of a sampler call: ``generator`` itself if it is one (its batch must be
+    ``batch``), else one shared stream from the ``torch.Generator`` (or the global RNG for None)."""
+    if isinstance(generator, SampleNoise):
+        if generator.batch != batch:
+            raise ValueError(f"SampleNoise holds {generator.batch} streams for a batch of {batch} samples")
+        return generator
+    return SampleNoise.shared(generator, batch, device)
 
 
 # ----------------------------------------------------------------------------- shared pieces

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from backbones.tokenizer import nearest_codes
-from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, gaussian_path_draws,
-                          guided, interpolate, passes_per_step, time_grid)
+from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
+                          gaussian_path_draws, guided, interpolate, passes_per_step, sample_noise, time_grid)
 from methods.registry import register
 
 
@@ -48,11 +48,11 @@ class ContinuousFlow(Method):
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> SampleOutput:
+               generator: torch.Generator | SampleNoise | None = None) -> SampleOutput:
         check_temperature(temperature, self.name)
         device, b = labels.device, labels.shape[0]
         ts = time_grid(steps, device).tolist()
-        z = temperature * torch.randn(b, self.code_dim, *grid, generator=generator, device=device)
+        z = temperature * sample_noise(generator, b, device).randn(self.code_dim, *grid)
         for t, t_next in zip(ts[:-1], ts[1:]):
             out = guided(model, z, torch.full((b,), t, device=device), labels, cfg_scale).float()
             z = self.step(z, out, t, t_next)

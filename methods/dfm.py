@@ -29,8 +29,8 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
-from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, euler_hazard,
-                          masked_share, passes_per_step, time_grid, uniform_times)
+from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
+                          euler_hazard, masked_share, passes_per_step, sample_noise, time_grid, uniform_times)
 from methods.heads import head_loss, head_readout
 from methods.registry import register
 
@@ -56,8 +56,8 @@ class DiscreteFlow(Method):
         """The source token grid (B, h, w) that replaces dropped codes in training."""
 
     @abstractmethod
-    def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
-        """The sampler's starting grid x_0, (B, h, w) int64."""
+    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
+        """The sampler's starting grid x_0, (B, h, w) int64, for ``noise.batch`` samples."""
 
     @abstractmethod
     def movable(self, x: Tensor) -> Tensor:
@@ -89,17 +89,18 @@ class DiscreteFlow(Method):
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> SampleOutput:
+               generator: torch.Generator | SampleNoise | None = None) -> SampleOutput:
         check_temperature(temperature, self.name)
         device, b = labels.device, labels.shape[0]
         ts = time_grid(steps, device).tolist()
-        x = self.initial_tokens(b, grid, device, generator)
+        noise = sample_noise(generator, b, device)
+        x = self.initial_tokens(noise, grid)
         entropies = []  # mean entropy of the jump distribution per step, on the device until the end
         for t, t_next in zip(ts[:-1], ts[1:]):
-            u = torch.rand(x.shape, generator=generator, device=device)
+            u = noise.rand(*grid)
             # jump targets ~ softmax(l[:K] / tau): never the mask
             post = head_readout(model, x, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
-                                temperature=temperature, num_codes=self.num_codes, draw=True, generator=generator)
+                                temperature=temperature, num_codes=self.num_codes, uniforms=noise.rand(*grid))
             entropies.append(post.entropy.mean())
             jump = self.movable(x) & (u < euler_hazard(t_next - t, t))
             x = torch.where(jump, post.draw, x)
@@ -134,8 +135,8 @@ class MaskedDiscreteFlow(DiscreteFlow):
             draws["counted"] = masked_share(draws["u"] >= draws["t"].view(-1, 1, 1))
         return draws
 
-    def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
-        return torch.full((b, *grid), self.mask_id, dtype=torch.long, device=device)
+    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
+        return torch.full((noise.batch, *grid), self.mask_id, dtype=torch.long, device=noise.device)
 
     def movable(self, x: Tensor) -> Tensor:
         return x == self.mask_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from methods.base import SampleNoise
 from methods.dfm import DiscreteFlow
 from methods.registry import register
 
@@ -31,8 +32,8 @@ class UniformDiscreteFlow(DiscreteFlow):
     def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
         return draws["source"]
 
-    def initial_tokens(self, b: int, grid: tuple[int, int], device, generator: torch.Generator | None) -> Tensor:
-        return torch.randint(self.num_codes, (b, *grid), generator=generator, device=device)
+    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
+        return noise.randint(self.num_codes, *grid)
 
     def movable(self, x: Tensor) -> Tensor:
         return torch.ones_like(x, dtype=torch.bool)

@@ -209,7 +209,7 @@ class Readout:
     """Per-position statistics of pi = softmax(l[:K] / tau).
 
     entropy: (B, h, w) H(pi); mean: (B, d, h, w) posterior mean pi @ C (if a codebook was given);
-    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if asked).
+    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if uniforms were given).
     """
 
     entropy: Tensor
@@ -219,9 +219,10 @@ class Readout:
 
 
 def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: Tensor | None,
-                 argmax: bool, draw: bool, generator: torch.Generator | None) -> dict[str, Tensor]:
+                 argmax: bool, uniforms: Tensor | None) -> dict[str, Tensor]:
     """The read-out of positions given as rows of logits (M, V): ``entropy`` (M,), ``mean``
-    (M, d), ``argmax`` (M,), ``draw`` (M,) (the last three when asked)."""
+    (M, d), ``argmax`` (M,), ``draw`` (M,) (the last three when asked; the draw uses
+    ``uniforms`` (M,) ~ U[0, 1), one per row)."""
     logits = logits[:, :num_codes]
     log_pi = torch.log_softmax(logits / temperature, dim=-1)
     pi = log_pi.exp()
@@ -230,27 +231,29 @@ def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: T
         out["mean"] = pi @ codebook.to(pi.dtype)
     if argmax:
         out["argmax"] = logits.argmax(-1)
-    if draw:
-        out["draw"] = inverse_cdf_draw(pi, generator)
+    if uniforms is not None:
+        out["draw"] = inverse_cdf_draw(pi, uniforms)
     return out
 
 
-def inverse_cdf_draw(pi: Tensor, generator: torch.Generator | None) -> Tensor:
+def inverse_cdf_draw(pi: Tensor, uniforms: Tensor) -> Tensor:
     """One draw per row of probabilities pi (M, V): the first k with F_k > u F_V, where F is the
-    cumulative sum and u ~ U[0, 1). Scaling u by F_V absorbs rounding in the sum, and the strict
+    cumulative sum and u = ``uniforms`` (M,) ~ U[0, 1). Scaling u by F_V absorbs rounding in the sum, and the strict
     inequality never picks a zero-probability category. Several times faster than
     ``torch.multinomial`` on CPU for the many short rows a sampler step has."""
     cdf = pi.cumsum(-1)
-    u = torch.rand(pi.shape[0], 1, generator=generator, device=pi.device, dtype=pi.dtype) * cdf[:, -1:]
+    u = uniforms.to(pi.dtype).reshape(-1, 1) * cdf[:, -1:]
     return (cdf <= u).sum(-1).clamp_(max=pi.shape[-1] - 1)
 
 
 def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                  argmax: bool = False, draw: bool = False, generator: torch.Generator | None = None) -> Readout:
-    """The reference read-out from full logits (B, V, h, w)."""
+                  argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
+    """The reference read-out from full logits (B, V, h, w); a draw per position if ``uniforms``
+    (B, h, w) ~ U[0, 1) are given."""
     b, v, h, w = logits.shape
     flat = logits.to(statistics_dtype(logits.dtype)).permute(0, 2, 3, 1).reshape(-1, v)  # positions (b, i, j)
-    rows = readout_rows(flat, temperature, num_codes, codebook, argmax, draw, generator)
+    rows = readout_rows(flat, temperature, num_codes, codebook, argmax,
+                        None if uniforms is None else uniforms.reshape(-1))
     grids = {k: x.view(b, h, w, *x.shape[1:]) for k, x in rows.items()}
     if "mean" in grids:
         grids["mean"] = grids["mean"].permute(0, 3, 1, 2)
@@ -259,10 +262,10 @@ def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codeboo
 
 @torch.no_grad()
 def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, int], *, temperature: float,
-                  num_codes: int, codebook: Tensor | None = None, argmax: bool = False, draw: bool = False,
-                  generator: torch.Generator | None = None, chunk_tokens: int | None = None) -> Readout:
+                  num_codes: int, codebook: Tensor | None = None, argmax: bool = False,
+                  uniforms: Tensor | None = None, chunk_tokens: int | None = None) -> Readout:
     """``dense_readout(unpatchify(head(hidden)), ...)`` chunked over tokens; hidden (B, T, D).
-    Draws come from the same distribution as the dense read-out's, not the same random numbers."""
+    The same uniforms (B, h, w) give the same draws as the dense read-out."""
     b, tokens, dim = hidden.shape
     per_token = patch * patch
     vocab = head.out_features // per_token
@@ -270,11 +273,13 @@ def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, 
     stat = statistics_dtype(dtype)
     flat = hidden.reshape(b * tokens, dim)
     chunk = chunk_size(per_token, vocab, chunk_tokens)
+    rows_u = None if uniforms is None else tokens_from_grid(uniforms, patch).reshape(-1)  # (B*T*p*p,)
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = flat.to(dtype), head.weight.to(dtype)
         bias = None if head.bias is None else head.bias.to(dtype)
         parts = [readout_rows(chunk_logits(h[s:s + chunk], w, bias, per_token, stat).view(-1, vocab), temperature,
-                              num_codes, codebook, argmax, draw, generator)
+                              num_codes, codebook, argmax,
+                              None if rows_u is None else rows_u[s * per_token:(s + chunk) * per_token])
                  for s in range(0, b * tokens, chunk)]
     grids = {}
     for key in parts[0]:
@@ -344,11 +349,11 @@ def head_loss(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, targets: Te
 
 def head_readout(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, *, grid: tuple[int, int],
                  cfg_scale: float, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                 argmax: bool = False, draw: bool = False, generator: torch.Generator | None = None) -> Readout:
+                 argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
     """The posterior read-out of one (CFG-guided) network evaluation: fused (CFG on the features)
     when the model supports it, else ``dense_readout`` of ``guided(model, ...)``."""
-    options = dict(temperature=temperature, num_codes=num_codes, codebook=codebook, argmax=argmax, draw=draw,
-                   generator=generator)
+    options = dict(temperature=temperature, num_codes=num_codes, codebook=codebook, argmax=argmax,
+                   uniforms=uniforms)
     inner = fused_head_model(model)
     if inner is None:
         return dense_readout(guided(model, x, t, labels, cfg_scale), **options)

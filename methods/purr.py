@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from backbones.tokenizer import nearest_codes
-from methods.base import (BackboneIO, Denoiser, Method, SampleOutput, check_temperature, gaussian_path_draws,
-                          interpolate, passes_per_step, time_grid)
+from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
+                          gaussian_path_draws, interpolate, passes_per_step, sample_noise, time_grid)
 from methods.heads import head_loss, head_readout
 from methods.registry import register
 
@@ -61,18 +61,19 @@ class Purrception(Method):
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> SampleOutput:
+               generator: torch.Generator | SampleNoise | None = None) -> SampleOutput:
         check_temperature(temperature, self.name)
         device, b = labels.device, labels.shape[0]
         ts = time_grid(steps, device).tolist()
-        z = torch.randn(b, self.code_dim, *grid, generator=generator, device=device)
+        noise = sample_noise(generator, b, device)
+        z = noise.randn(self.code_dim, *grid)
         entropies = []  # mean H(pi) per step, kept on the device until the end (no per-step sync)
         for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
             last = i == steps - 1
+            uniforms = noise.rand(*grid) if last and self.final_rule == "sample" else None
             post = head_readout(model, z, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
                                 temperature=temperature, num_codes=self.num_codes, codebook=self.codebook,
-                                argmax=last and self.final_rule == "argmax", draw=last and self.final_rule == "sample",
-                                generator=generator)
+                                argmax=last and self.final_rule == "argmax", uniforms=uniforms)
             entropies.append(post.entropy.mean())
             # z + (h / (1 - t)) (mu - z); lerp returns mu exactly at weight 1 (the last step)
             z = torch.lerp(z, post.mean, (t_next - t) / (1.0 - t))

@@ -11,7 +11,7 @@ import torch
 
 import methods
 from backbones.dit import build_dit
-from methods.base import Method, SampleOutput, time_grid
+from methods.base import Method, SampleNoise, SampleOutput, time_grid
 
 K, D, NUM_CLASSES, GRID, B = 16, 4, 3, (4, 4), 3
 ALL = methods.method_names()
@@ -110,6 +110,21 @@ def test_sample_returns_code_grids_nfe_and_a_per_step_trace(name, cfg_scale):
     again = method.sample(model, labels, GRID, steps=steps, temperature=0.9, cfg_scale=cfg_scale,
                           generator=torch.Generator().manual_seed(2))
     assert torch.equal(out.codes, again.codes)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_per_sample_noise_makes_samples_independent_of_the_batch(name):
+    """With one seeded stream per sample, sampling 6 samples at once or as batches of 2 and 4 (as
+    different ranks or batch sizes would) gives the same codes: a sample's noise is its own."""
+    method, model = build(name)
+    labels, seeds = torch.arange(6) % NUM_CLASSES, [101 + i for i in range(6)]
+    options = dict(steps=3, temperature=0.9, cfg_scale=2.0)
+    whole = method.sample(model, labels, GRID, generator=SampleNoise.per_sample(seeds, "cpu"), **options)
+    parts = [method.sample(model, labels[s], GRID, generator=SampleNoise.per_sample(seeds[s], "cpu"), **options)
+             for s in (slice(0, 2), slice(2, 6))]
+    assert torch.equal(whole.codes, torch.cat([p.codes for p in parts]))
+    with pytest.raises(ValueError, match="6 streams for a batch of 2"):
+        method.sample(model, labels[:2], GRID, generator=SampleNoise.per_sample(seeds, "cpu"), **options)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -137,13 +137,15 @@ def test_fused_loss_rejects_mismatched_shapes():
 def test_fused_readout_matches_the_dense_readout(patch):
     model, hidden, _, _ = case(patch)
     codebook = torch.randn(V - 1, 5, dtype=torch.float64)
-    options = dict(temperature=0.7, num_codes=V - 1, codebook=codebook, argmax=True)
+    uniforms = torch.rand(B, *GRID, generator=torch.Generator().manual_seed(1))
+    options = dict(temperature=0.7, num_codes=V - 1, codebook=codebook, argmax=True, uniforms=uniforms)
     ref = dense_readout(model.unpatchify(model.head(hidden)).detach(), **options)
     got = fused_readout(hidden, model.head, patch, GRID, chunk_tokens=5, **options)
+    assert torch.equal(got.draw, ref.draw)  # the same uniform per position, whatever the chunking
     assert got.mean.shape == (B, 5, *GRID) and got.entropy.shape == (B, *GRID)
     assert_rel_close(got.entropy, ref.entropy, 1e-10)
     assert_rel_close(got.mean, ref.mean, 1e-10)
-    assert torch.equal(got.argmax, ref.argmax) and got.draw is None
+    assert torch.equal(got.argmax, ref.argmax)
     # an explicit entropy: -sum pi log pi over the first K logits
     logits = model.unpatchify(model.head(hidden)).detach()[:, :V - 1] / 0.7
     pi = logits.softmax(1)
@@ -156,8 +158,9 @@ def test_fused_draws_follow_the_posterior():
     model = dit(patch)
     tokens = GRID[0] * GRID[1] // 4
     hidden = torch.randn(1, 1, WIDTH, dtype=torch.float64).expand(800, tokens, WIDTH)
-    got = fused_readout(hidden, model.head, patch, GRID, temperature=1.3, num_codes=V, draw=True,
-                        generator=torch.Generator().manual_seed(0), chunk_tokens=1000)
+    uniforms = torch.rand(800, *GRID, generator=torch.Generator().manual_seed(0))
+    got = fused_readout(hidden, model.head, patch, GRID, temperature=1.3, num_codes=V, uniforms=uniforms,
+                        chunk_tokens=1000)
     pi = (model.head(hidden[0, 0]).detach().view(4, V) / 1.3).softmax(-1)  # (p*p, V)
     draws = tokens_from_grid(got.draw, patch).reshape(-1, 4)
     for r in range(4):
@@ -171,7 +174,7 @@ def test_inverse_cdf_draws_match_the_probabilities_and_skip_zeros(dtype):
     pi / sum(pi) in total variation, and a zero-probability category is never drawn."""
     pi = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0], [0.1, 0.1, 0.1, 0.1, 0.1, 0.5000001]], dtype=dtype)
     rows = pi.repeat_interleave(20000, 0)
-    draws = inverse_cdf_draw(rows, torch.Generator().manual_seed(0)).view(2, -1)
+    draws = inverse_cdf_draw(rows, torch.rand(len(rows), generator=torch.Generator().manual_seed(0))).view(2, -1)
     for r in range(2):
         freq = torch.bincount(draws[r], minlength=6).to(dtype) / draws.shape[1]
         assert 0.5 * (freq - pi[r] / pi[r].sum()).abs().sum() < 0.01

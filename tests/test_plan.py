@@ -6,7 +6,19 @@ import re
 import pytest
 
 from benchmarks.config import load_config
-from benchmarks.launching.plan import checkpoint_steps, dry_run, evaluation_cells
+from benchmarks.launching.plan import GPU_TIME_UNITS, checkpoint_steps, dry_run, evaluation_cells
+
+
+def train_time(text: str, method: str) -> float:
+    """The ``train GPU-...`` column of ``method``'s row (the fifth field)."""
+    return float(re.search(rf"^{method}\s.*$", text, flags=re.M).group(0).split()[4].replace(",", ""))
+
+
+def totals_seconds(text: str) -> list[float]:
+    """(training, evaluation) GPU-seconds from the plan's total line, whatever unit it chose."""
+    train, unit, evaluation = re.search(r"training ([\d,.e+-]+) (GPU-\w+), evaluation ([\d,.e+-]+) GPU-\w+", text).groups()
+    scale = dict(GPU_TIME_UNITS)[unit]
+    return [float(train.replace(",", "")) * scale, float(evaluation.replace(",", "")) * scale]
 
 
 def params_by_method(text: str) -> dict[str, float]:
@@ -40,8 +52,7 @@ def test_plan_costs_scale_with_seeds():
     cfg = load_config("smoke")
     one = dry_run(cfg, ["purr"], [0], peak_tflops=100, utilisation=0.5)
     three = dry_run(cfg, ["purr"], [0, 1, 2], peak_tflops=100, utilisation=0.5)
-    hours = lambda text: float(re.search(r"^purr\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
-    assert hours(three) == pytest.approx(3 * hours(one), rel=0.05) or hours(one) == 0.0
+    assert totals_seconds(three) == pytest.approx([3 * s for s in totals_seconds(one)], rel=0.05)
     assert "1 seeds" in one and "3 seeds" in three
 
 
@@ -51,8 +62,8 @@ def test_a_measured_step_time_replaces_the_assumed_utilisation():
     cfg = load_config("default", ["eval.enabled=false", "launcher.gpus_per_job=4"])
     text = dry_run(cfg, ["purr", "cfm"], [0], peak_tflops=100, utilisation=0.5,
                    step_time=StepTime({"purr": 2.0}, 4, "a test"))
-    hours = lambda method: float(re.search(rf"^{method}\s.*\s([\d.]+)$", text, flags=re.M).group(1))  # noqa: E731
-    assert hours("purr") == pytest.approx(2.0 * 800 * 4 / 3600, abs=0.05)
+    assert "train GPU-hours" in text
+    assert train_time(text, "purr") == pytest.approx(2.0 * 800 * 4 / 3600, abs=0.05)
     assert "measured step times (a test; 4 GPU(s) per job): purr 2 s/step" in text
     assert "other methods cost at 50% of 100 TFLOP/s per GPU (assumed utilisation" in text
 
@@ -82,4 +93,16 @@ def test_dry_run_takes_a_step_time_on_the_command_line(run_cli):
     out = run_cli("--config", "imagenet-dit-xl2-vqf8", "--methods", "purr", "--dry-run", "--step-seconds", "1.5",
                   "--set", "launcher.gpus_per_job=8").stdout
     assert "measured step times (--step-seconds; 8 GPU(s) per job): purr 1.5 s/step" in out
-    assert re.search(r"^total: 6,\d\d\d GPU-hours", out, flags=re.M)  # 1.5 s x 2M steps x 8 GPUs = 6,667 + eval
+    assert re.search(r"together 6,\d\d\d\.\d GPU-hours", out)  # 1.5 s x 2M steps x 8 GPUs = 6,667 + eval
+
+
+def test_plan_prints_evaluation_cost_apart_from_training():
+    """Per job and in total, evaluation GPU-hours are their own column and figure: the evaluation of
+    imagenet-dit-xl2-vqf8 (with its 9 cells x 50k images x 100 steps) makes purr's about 17 GPU-hours."""
+    cfg = load_config("imagenet-dit-xl2-vqf8")
+    text = dry_run(cfg, ["purr"], [0], peak_tflops=989, utilisation=0.4)
+    assert "train GPU-hours" in text and "eval GPU-hours" in text and "eval EFLOP" in text
+    row = re.search(r"^purr\s.*$", text, flags=re.M).group(0).split()
+    assert float(row[-1]) == pytest.approx(17.4, abs=0.5) and float(row[-2]) == pytest.approx(24.8, abs=0.5)  # EFLOP
+    train, evaluation = re.search(r"training ([\d,.]+) GPU-hours, evaluation ([\d,.]+) GPU-hours", text).groups()
+    assert float(train.replace(",", "")) == pytest.approx(298, abs=1) and float(evaluation) == pytest.approx(17.4, abs=0.5)

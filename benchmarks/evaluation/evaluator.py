@@ -2,8 +2,11 @@
 
 At every checkpoint the evaluator runs the config's cells (``eval.cells`` with ``at: every``,
 plus ``at: last`` cells and the temperature sweep at the chosen checkpoint). A cell samples
-``eval.num_samples`` images, class-balanced (label i mod N), decodes them with the tokenizer and
-compares them with the reference statistics. Each cell becomes one row of ``metrics.csv``;
+``eval.num_samples`` images, class-balanced (label i mod N), each from its own seed
+(``benchmarks.evaluation.sampling``), decodes them with the tokenizer and compares them with the
+reference statistics. With several data-parallel ranks every rank samples and extracts features
+of its block of each cell; rank 0 gathers the features, computes the metrics and writes the
+results, so the metrics do not depend on the number of ranks. Each cell becomes one row of ``metrics.csv``;
 cells already present are skipped, so a rerun after a crash redoes only what is missing.
 Purrception's posterior entropy along t goes to ``traces.csv``; a PNG grid per cell goes to
 ``samples/<method>/seed<k>/``. The tokenizer's own reconstruction metrics (the floor no method
@@ -12,6 +15,7 @@ can beat) are computed once per run into ``tokenizer_floor.json``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +26,15 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from benchmarks.evaluation import fidelity
+from benchmarks.evaluation.sampling import (Samples, balanced_labels, mean_trace, sample_images, sample_seeds,
+                                            shard_range)
+from benchmarks.launching.distributed import DistEnv
 from benchmarks.storage.atomic import save_json, save_with
 from benchmarks.config import BenchmarkConfig
-from benchmarks.data.images import to_uint8
 from benchmarks.data.latents import LatentSpace
 from benchmarks.storage.manifest import git_commit
 from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
-from benchmarks.training.trainer import CheckpointEvent, device_autocast
+from benchmarks.training.trainer import CheckpointEvent
 
 SAMPLER = "euler"
 
@@ -45,13 +51,9 @@ class Cell:
         return f"steps{self.steps}_tau{self.temperature:g}_cfg{self.cfg_scale:g}_n{self.num_samples}"
 
 
-def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
-    """Labels 0, 1, ..., N-1, 0, 1, ...: every class gets n // N or n // N + 1 samples."""
-    return torch.arange(n) % num_classes
-
-
 def cell_seed(seed: int, step: int, cell: Cell) -> int:
-    """A fixed sampling seed per (training seed, checkpoint, cell): reruns give identical images."""
+    """A fixed sampling seed per (training seed, checkpoint, cell): reruns give identical images.
+    Sample i of the cell is drawn with ``sample_seeds(cell_seed(...), [i])``."""
     return (seed * 1_000_003 + step * 7919 + cell.steps * 131
             + int(round(cell.temperature * 1000)) * 17 + int(round(cell.cfg_scale * 1000))) % (2**63 - 1)
 
@@ -59,8 +61,11 @@ def cell_seed(seed: int, step: int, cell: Cell) -> int:
 class Evaluator:
     """Called by the trainer after each checkpoint (see ``benchmarks.training.trainer.CheckpointEvent``)."""
 
-    def __init__(self, cfg: BenchmarkConfig, latents: LatentSpace, run_dir: str | Path, *, progress: bool = True):
-        self.cfg, self.latents, self.run_dir, self.progress = cfg, latents, Path(run_dir), progress
+    def __init__(self, cfg: BenchmarkConfig, latents: LatentSpace, run_dir: str | Path, *, progress: bool = True,
+                 dist: DistEnv | None = None):
+        self.cfg, self.latents, self.run_dir = cfg, latents, Path(run_dir)
+        self.dist = dist or DistEnv()
+        self.progress = progress and self.dist.is_main
         self.metrics_path = self.run_dir / "metrics.csv"
         self._extractor = None
         self._reference = None
@@ -133,23 +138,27 @@ class Evaluator:
                 "git_commit": self.commit}
 
     @torch.no_grad()
-    def generate(self, event: CheckpointEvent, cell: Cell) -> tuple[torch.Tensor, int, dict[str, list[float]]]:
-        """Sample and decode ``num_samples`` images: uint8 (n, C, H, W), NFE, mean trace."""
-        ev, device = self.cfg.eval, event.device
-        labels = balanced_labels(cell.num_samples, self.latents.num_classes)
-        generator = torch.Generator(device=device).manual_seed(cell_seed(event.seed, event.step, cell))
-        tokenizer = self.latents.tokenizer.to(device)
-        images, traces, nfe = [], [], 0
-        batches = labels.split(ev.batch_size)
-        for batch in tqdm(batches, desc=f"sample {event.method.name} step {event.step} {cell.tag}",
-                          disable=not self.progress, leave=False, dynamic_ncols=True):
-            with device_autocast(device):
-                out = event.method.sample(event.ema, batch.to(device), self.latents.shards.grid, steps=cell.steps,
-                                          temperature=cell.temperature, cfg_scale=cell.cfg_scale, generator=generator)
-            images.append(to_uint8(tokenizer.decode(out.codes).float()).cpu())
-            traces.append((len(batch), out.trace))
-            nfe = out.nfe
-        return torch.cat(images), nfe, mean_trace(traces)
+    def generate(self, event: CheckpointEvent, cell: Cell) -> Samples:
+        """Sample and decode this rank's block of the cell's ``num_samples`` images."""
+        ev = self.cfg.eval
+        block = shard_range(cell.num_samples, self.dist.rank, self.dist.world_size)
+        labels = balanced_labels(cell.num_samples, self.latents.num_classes)[block.start:block.stop]
+        return sample_images(event.method, event.ema, self.latents.tokenizer.to(event.device),
+                             self.latents.shards.grid, labels, sample_seeds(cell_seed(event.seed, event.step, cell), block),
+                             steps=cell.steps, temperature=cell.temperature, cfg_scale=cell.cfg_scale,
+                             batch_size=ev.batch_size, decode_batch_size=ev.decode_batch_size, device=event.device,
+                             progress=self.progress,
+                             desc=f"sample {event.method.name} seed {event.seed} step {event.step} {cell.tag}")
+
+    def shard_result(self, event: CheckpointEvent, cell: Cell, samples: Samples) -> dict:
+        """What this rank sends to rank 0 for a cell: features of its images, the grid's share of
+        its images (global index < ``eval.grid_samples``), its traces and NFE."""
+        start = shard_range(cell.num_samples, self.dist.rank, self.dist.world_size).start
+        features = (fidelity.extract_features(samples.images, self.extractor(), device=event.device,
+                                              progress=self.progress)
+                    if len(samples.images) else {})  # a rank can have no samples when there are more ranks
+        grid = samples.images[:max(0, self.cfg.eval.grid_samples - start)]
+        return {"features": features, "grid": grid, "traces": samples.traces, "nfe": samples.nfe}
 
     def save_grid(self, images: torch.Tensor, event: CheckpointEvent, cell: Cell) -> Path:
         n = min(self.cfg.eval.grid_samples, len(images))
@@ -159,33 +168,42 @@ class Evaluator:
         save_with(lambda tmp: save_image(grid, tmp, format="png"), path)
         return path
 
+    def todo(self, event: CheckpointEvent) -> list[Cell]:
+        """The cells of this checkpoint not yet in ``metrics.csv`` (rank 0 reads; all ranks get its list)."""
+        todo = None
+        if self.dist.is_main:
+            self.tokenizer_floor()
+            done = done_cells(self.metrics_path)
+            todo = [cell for cell in self.cells(event) if cell_key(self.row(event, cell, nfe=0)) not in done]
+        return self.dist.broadcast(todo)
+
     def __call__(self, event: CheckpointEvent) -> None:
-        self.tokenizer_floor()
-        done = done_cells(self.metrics_path)
-        for cell in self.cells(event):
-            row = self.row(event, cell, nfe=0)
-            if cell_key(row) in done:
-                continue
+        for cell in self.todo(event):
             start = time.perf_counter()
-            images, nfe, trace = self.generate(event, cell)
-            self.save_grid(images, event, cell)
-            metrics = fidelity.compute_metrics(images, self.reference(), self.extractor(), device=event.device,
-                                               progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
-            entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
-            row.update(nfe=nfe, entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
-                       **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc")})
-            if trace.get("entropy"):
-                append_rows(self.run_dir / "traces.csv",
-                            [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
-                              "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "t": t, "entropy": h}
-                             for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
-            append_rows(self.metrics_path, [row])
-            if self.progress:
-                tqdm.write(f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}")
+            shards = self.dist.gather(self.shard_result(event, cell, self.generate(event, cell)))
+            if shards is not None:
+                self.record(event, cell, shards, start)
 
-
-def mean_trace(traces: list[tuple[int, dict[str, list[float]]]]) -> dict[str, list[float]]:
-    """Sample-weighted mean of per-batch traces (same keys and lengths in every batch)."""
-    total = sum(n for n, _ in traces)
-    keys = traces[0][1].keys() if traces else []
-    return {k: list(np.sum([np.asarray(tr[k]) * n for n, tr in traces], axis=0) / total) for k in keys}
+    def record(self, event: CheckpointEvent, cell: Cell, shards: list[dict], start: float) -> None:
+        """Rank 0: metrics of the gathered features, the grid, the trace and the ``metrics.csv`` row."""
+        features = {k: torch.cat([s["features"][k] for s in shards if s["features"]])
+                    for k in next(s["features"] for s in shards if s["features"])}
+        self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
+        metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(),
+                                                 kid_subsets=self.cfg.eval.kid_subsets)
+        trace = mean_trace([t for s in shards for t in s["traces"]])
+        entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
+        row = self.row(event, cell, nfe=max(s["nfe"] for s in shards))
+        row.update(entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
+                   **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc")})
+        if trace.get("entropy"):
+            append_rows(self.run_dir / "traces.csv",
+                        [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
+                          "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "t": t, "entropy": h}
+                         for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
+        append_rows(self.metrics_path, [row])
+        line = f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}"
+        if self.progress:
+            tqdm.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)

@@ -28,8 +28,9 @@ import torch
 import torch.distributed as torch_dist
 
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
-"""How long a rank waits in a collective. Rank 0 evaluates alone while the others wait in the next
-step's gradient all-reduce, so this must exceed the longest evaluation (NCCL's default is 10 min)."""
+"""How long a rank waits in a collective. Every rank samples its share of each evaluation cell;
+rank 0 alone computes a cell's metrics from the gathered features (and, once per run, the
+tokenizer floor) while the others move on, so this must exceed that (NCCL's default is 10 min)."""
 PORT_BASE, PORT_SPAN = 20_000, 20_000
 """Rendezvous port of a SLURM / submitit-local job: PORT_BASE + job id mod PORT_SPAN."""
 
@@ -104,6 +105,23 @@ class DistEnv:
         value = torch.tensor([float(flag)], device=device)
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def gather(self, obj):
+        """The list of every rank's picklable ``obj`` (in rank order) on rank 0, None elsewhere (a
+        collective: all ranks must call it)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        torch_dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's picklable ``obj`` on every rank (a collective)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -31,12 +31,13 @@ def prepare_recorded_latents(cfg: BenchmarkConfig, run_dir: Path, *, progress: b
     return latents
 
 
-def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool):
+def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool,
+                   dist: DistEnv | None = None):
     if not cfg.eval.enabled:
         return None
     from benchmarks.evaluation.evaluator import Evaluator
 
-    return Evaluator(cfg, latents, run_dir, progress=progress)
+    return Evaluator(cfg, latents, run_dir, progress=progress, dist=dist)
 
 
 def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *,
@@ -47,7 +48,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     if latents is None:
         latents = prepare_recorded_latents(cfg, run_dir, progress=progress and dist.is_main, record=dist.is_main)
     if evaluator is None:
-        evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main)
+        evaluator = make_evaluator(cfg, latents, run_dir, progress and dist.is_main, dist)
     trainer = Trainer(cfg, method, seed, run_dir, latents, dist=dist, progress=progress)
     peak = process_peak_flops(trainer.device)
     eval_seconds = 0.0
@@ -58,7 +59,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
         evaluator(event)
         eval_seconds += time.perf_counter() - start
 
-    run_evaluator = evaluate if evaluator is not None and dist.is_main else None
+    run_evaluator = evaluate if evaluator is not None else None  # every rank samples its share
     summary = trainer.run(resume=True, on_checkpoint=run_evaluator)
     per_device_step_flops = summary["flops_per_step"] / dist.world_size
     seconds_per_step = max(summary["train_wall_s"], 1e-9) / max(summary["step"], 1)

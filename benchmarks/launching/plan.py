@@ -6,10 +6,14 @@ tokenizer's published architecture (or its config for the suite's VQ-VAE).
 
 Cost model: training FLOPs per step = FLOPs of one forward + backward pass of the backbone on
 the global batch (``benchmarks.training.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
-NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600, where the utilisation is an assumption
-(``--utilisation``) unless the training step time was measured: then training GPU-hours =
-seconds per step x iterations x GPUs per job / 3600 (``StepTime``: ``--step-seconds``, or the
-per-method times recorded in a previous run's ``manifest.json``, ``--step-seconds-from``).
+NFE. GPU time = FLOPs / (peak x utilisation), where the utilisation is an assumption
+(``--utilisation``) unless the training step time was measured: then training GPU time =
+seconds per step x iterations x GPUs per job (``StepTime``: ``--step-seconds``, or the per-method
+times recorded in a previous run's ``manifest.json``, ``--step-seconds-from``). Training and
+evaluation are printed apart, per job (one method, one seed) and in total; evaluation is sharded
+over the job's GPUs, so its wall time is its GPU time / ``launcher.gpus_per_job``. FLOPs print in
+GFLOP to EFLOP and GPU time in GPU-seconds, -minutes or -hours, whichever keeps the largest entry
+at least 1.
 
 The plan also sizes a checkpoint (model, EMA and AdamW's two moments, float32: 16 bytes per
 parameter) and its write time at ``ASSUMED_WRITE_BYTES_PER_S``, against the preemption warning
@@ -31,6 +35,23 @@ CHECKPOINT_BYTES_PER_PARAM = 16
 """float32 model + EMA + AdamW's exp_avg and exp_avg_sq."""
 ASSUMED_WRITE_BYTES_PER_S = 200e6
 """A conservative write rate to a shared (network) filesystem under load."""
+
+
+FLOP_UNITS = (("GFLOP", 1e9), ("TFLOP", 1e12), ("PFLOP", 1e15), ("EFLOP", 1e18))
+GPU_TIME_UNITS = (("GPU-seconds", 1.0), ("GPU-minutes", 60.0), ("GPU-hours", 3600.0))
+
+
+def unit_for(values: list[float], units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
+    """The largest (name, scale) of ``units`` in which the largest of ``values`` is at least 1
+    (the smallest unit if none), so small configs print GFLOP and GPU-seconds, not 0.0 PFLOP."""
+    largest = max(values, default=0.0)
+    fitting = [unit for unit in units if largest >= unit[1]]
+    return fitting[-1] if fitting else units[0]
+
+
+def number(value: float) -> str:
+    """1234.5 -> '1,234.5'; below 1, two significant digits (0.0012), so no cost prints as 0.0."""
+    return f"{value:,.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -138,9 +159,7 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
              f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
              f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
              cost + ":", ""]
-    header = f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{'train PFLOP':>14}{'eval cells':>12}{'eval PFLOP':>13}{'GPU-hours':>12}"
-    lines += [header, "-" * len(header)]
-    total_hours, largest = 0.0, 0
+    rows, largest = [], 0
     for name in methods:
         io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
         params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
@@ -149,16 +168,30 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
         cells = evaluation_cells(cfg, name, steps)
         eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
         train_flops = step_flops * cfg.train.iterations
-        flops_hours = lambda flops: flops / (peak_tflops * 1e12 * utilisation) / 3600  # noqa: E731
-        train_hours = (step_time.of(name) * cfg.train.iterations * step_time.gpus / 3600 if name in measured
-                       else flops_hours(train_flops))
-        hours = (train_hours + flops_hours(eval_flops)) * len(seeds)
+        flops_seconds = lambda flops: flops / (peak_tflops * 1e12 * utilisation)  # noqa: E731
+        train_s = (step_time.of(name) * cfg.train.iterations * step_time.gpus if name in measured
+                   else flops_seconds(train_flops))
+        rows.append((name, params, step_flops, train_flops, train_s, len(cells), eval_flops, flops_seconds(eval_flops)))
         largest = max(largest, params)
-        total_hours += hours
-        lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{train_flops / 1e15:>14,.1f}"
-                     f"{len(cells):>12}{eval_flops / 1e15:>13,.1f}{hours:>12,.1f}")
-    lines += ["", f"total: {total_hours:,.0f} GPU-hours for {len(methods) * len(seeds)} jobs "
-              "(per seed and method above: training + evaluation sampling; FID feature extraction not included)"]
+    flop_unit, flop_scale = unit_for([max(r[3], r[6]) for r in rows], FLOP_UNITS)
+    time_unit, time_scale = unit_for([max(r[4], r[7]) for r in rows], GPU_TIME_UNITS)
+    header = (f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{f'train {flop_unit}':>14}{f'train {time_unit}':>19}"
+              f"{'eval cells':>12}{f'eval {flop_unit}':>13}{f'eval {time_unit}':>18}")
+    lines += ["per job (one method, one seed):", header, "-" * len(header)]
+    for name, params, step_flops, train_flops, train_s, n_cells, eval_flops, eval_s in rows:
+        lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{number(train_flops / flop_scale):>14}"
+                     f"{number(train_s / time_scale):>19}{n_cells:>12}{number(eval_flops / flop_scale):>13}"
+                     f"{number(eval_s / time_scale):>18}")
+    jobs, gpus = len(methods) * len(seeds), max(cfg.launcher.gpus_per_job, 1)
+    train_total, eval_total = (sum(r[i] for r in rows) * len(seeds) for i in (4, 7))
+    unit, scale = unit_for([train_total + eval_total], GPU_TIME_UNITS)
+    eval_wall, wall_scale = unit_for([eval_total / max(jobs, 1) / gpus], GPU_TIME_UNITS)
+    lines += ["", f"total for {jobs} jobs: training {number(train_total / scale)} {unit}, evaluation "
+              f"{number(eval_total / scale)} {unit} (sampling; decoding and FID feature extraction not included), "
+              f"together {number((train_total + eval_total) / scale)} {unit}",
+              f"evaluation is sharded over a job's {gpus} GPU(s) (launcher.gpus_per_job): about "
+              f"{number(eval_total / max(jobs, 1) / gpus / wall_scale)} {eval_wall.removeprefix('GPU-')} "
+              "of evaluation wall time per job"]
     lines.append(checkpoint_note(cfg, largest))
     first = evaluation_cells(cfg, methods[0], steps) if methods else []
     if first:

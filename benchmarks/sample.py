@@ -1,0 +1,225 @@
+"""Sample a trained checkpoint outside the training loop, in the community's formats.
+
+    python -m benchmarks.sample --run runs/in256 --method purr --seed 0 --num-samples 50000 \\
+        --steps 250 --temperature 0.9 --cfg-scale 1.3 --out purr-50k.npz
+    torchrun --nproc_per_node 8 -m benchmarks.sample ...          # same arguments, one GPU per rank
+
+Loads the EMA weights of ``<run>/<method>/seed<S>/checkpoints/step_<N>.pt`` (the newest unless
+``--step``; read with ``weights_only=True``) and the run's tokenizer, and samples ``--num-samples``
+images: sample i has label ``i mod num_classes`` (or ``labels[i mod len(labels)]`` with
+``--labels``) and its own seed, exactly as the evaluator's cell with the same steps, temperature
+and CFG scale at that checkpoint (``benchmarks.evaluation.sampling``), so the first n samples of
+an export are the images of an n-sample evaluation cell.
+
+Output: a path ending in ``.npz`` gets an ADM-format batch (``arr_0`` uint8 (N, H, W, 3), grey
+images repeated to 3 channels; ``arr_1`` int64 labels (N,)), as read by the ADM evaluation suite
+and ``python -m benchmarks.score``; any other path a folder of PNGs ``<out>/<label>/<i:06d>.png``.
+
+Work is split into parts of ``--part-size`` samples kept in ``<out>.parts/`` (written atomically,
+with ``plan.json`` pinning the arguments). Rank r of W (torchrun's or SLURM's ranks) samples the
+parts ``p = r (mod W)``; a rerun skips finished parts, so an interrupted export continues. The
+rank that finishes the last part writes the output and removes the parts folder; no rank waits
+for another.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones.dit import build_dit
+from benchmarks.config import BenchmarkConfig, from_dict
+from benchmarks.evaluation.evaluator import Cell, cell_seed
+from benchmarks.evaluation.sampling import balanced_labels, sample_images, sample_seeds
+from benchmarks.launching.distributed import DistEnv
+from benchmarks.launching.jobs import latents_for
+from benchmarks.storage.atomic import locked, save_json, save_with
+from benchmarks.training.trainer import build_method, job_dir
+
+
+class UsageError(ValueError):
+    """Bad arguments: the message names the option and what exists."""
+
+
+def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path:
+    """The checkpoint of (method, seed) at ``step`` (the newest if None); errors list what exists."""
+    if not run.is_dir():
+        raise UsageError(f"--run {run}: no such run folder")
+    methods = sorted(p.parent.parent.name for p in run.glob("*/seed*/checkpoints"))
+    if method not in methods:
+        raise UsageError(f"--method {method!r}: run {run} has no checkpoints of it; methods with checkpoints: "
+                         f"{', '.join(sorted(set(methods))) or '(none)'}")
+    seeds = sorted(int(p.name[4:]) for p in (run / method).glob("seed*") if p.name[4:].isdigit())
+    if seed not in seeds:
+        raise UsageError(f"--seed {seed}: run {run} has no seed {seed} of {method}; seeds: {seeds}")
+    checkpoints = sorted((job_dir(run, method, seed) / "checkpoints").glob("step_*.pt"))
+    steps = [int(p.stem[5:]) for p in checkpoints]
+    if not steps or (step is not None and step not in steps):
+        raise UsageError(f"--step {step}: {method} seed {seed} has checkpoints at steps {steps}")
+    return checkpoints[-1] if step is None else checkpoints[steps.index(step)]
+
+
+def load_model(path: Path, cfg: BenchmarkConfig, latents, device: torch.device):
+    """The method and its EMA model of a checkpoint (weights only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    method = build_method(cfg, state["method"], latents).to(device)
+    model = build_dit(cfg.backbone, method.backbone_io(), latents.shards.grid, latents.num_classes)
+    model.load_state_dict(state["ema"])
+    return method, model.to(device).eval().requires_grad_(False), int(state["step"])
+
+
+def resolve_labels(spec: str | None, n: int, num_classes: int) -> torch.Tensor:
+    """``n`` labels: balanced ``i mod num_classes``, or ``labels[i mod len(labels)]`` for a spec "3,5,7"."""
+    if spec is None:
+        return balanced_labels(n, num_classes)
+    try:
+        given = torch.tensor([int(x) for x in spec.split(",")])
+    except ValueError:
+        raise UsageError(f"--labels {spec!r}: expected comma-separated class indices") from None
+    if given.min() < 0 or given.max() >= num_classes:
+        raise UsageError(f"--labels {spec!r}: class indices must lie in [0, {num_classes})")
+    return given[torch.arange(n) % len(given)]
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.savez would append ".npz" to a bare temporary name
+        np.savez(f, **arrays)
+
+
+def write_output(images: np.ndarray, labels: np.ndarray, out: Path) -> None:
+    """uint8 (N, C, H, W) images -> ADM ``.npz`` (arr_0 (N, H, W, 3), arr_1) or ``<out>/<label>/<i>.png``."""
+    if out.suffix == ".npz":
+        hwc = images.transpose(0, 2, 3, 1)
+        if hwc.shape[-1] == 1:
+            hwc = np.repeat(hwc, 3, axis=-1)
+
+        save_with(lambda tmp: save_npz(tmp, arr_0=hwc, arr_1=labels.astype(np.int64)), out)
+        return
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = out / str(int(label)) / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        save_with(lambda tmp: Image.fromarray(array).save(tmp, format="png"), path)
+
+
+def export(args: argparse.Namespace) -> Path | None:
+    """Sample this rank's parts; the rank that completes the set writes ``args.out``. Returns the
+    output path if this rank wrote it."""
+    dist = DistEnv.from_environment()
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} already exists; delete it or choose another path")
+    checkpoint = find_checkpoint(args.run, args.method, args.seed, args.step)
+    cfg = from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
+    device = torch.device(args.device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))
+    latents = latents_for(cfg, progress=args.progress and dist.is_main)
+    method, model, step = load_model(checkpoint, cfg, latents, device)
+    steps = args.steps or cfg.eval.cells[0].steps
+    temperature = args.temperature or cfg.eval.method_temperature.get(args.method, 1.0)
+    cell = Cell(steps, temperature, args.cfg_scale, args.num_samples)
+    labels = resolve_labels(args.labels, args.num_samples, latents.num_classes)
+    parts_dir = args.out.with_name(args.out.name + ".parts")
+    plan = {"checkpoint": str(checkpoint.resolve()), "steps": steps, "temperature": temperature,
+            "cfg_scale": args.cfg_scale, "num_samples": args.num_samples, "labels": args.labels,
+            "part_size": args.part_size}
+    claim_plan(parts_dir / "plan.json", plan)
+    seed = cell_seed(args.seed, step, cell)
+    parts = range(0, args.num_samples, args.part_size)
+    for p, start in enumerate(parts):
+        path = parts_dir / f"part-{p:05d}.npz"
+        if p % dist.world_size != dist.rank or path.exists():
+            continue
+        block = range(start, min(start + args.part_size, args.num_samples))
+        samples = sample_images(method, model, latents.tokenizer.to(device), latents.shards.grid,
+                                labels[block.start:block.stop], sample_seeds(seed, block), steps=steps,
+                                temperature=temperature, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
+                                decode_batch_size=args.decode_batch_size, device=device, progress=args.progress,
+                                desc=f"rank {dist.rank} part {p + 1}/{len(parts)}")
+        save_with(lambda tmp: save_npz(tmp, images=samples.images.numpy(), labels=samples.labels.numpy()), path)
+    return assemble(parts_dir, len(parts), args.out)
+
+
+def claim_plan(path: Path, plan: dict) -> None:
+    """Pin the export's arguments in its parts folder; a different rerun into it is an error."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != plan:
+                diff = {k: (saved.get(k), v) for k, v in plan.items() if saved.get(k) != v}
+                raise UsageError(f"{path.parent} holds parts of another export (differs in {diff}); "
+                                 "delete it or choose another --out")
+        else:
+            save_json(plan, path)
+
+
+def assemble(parts_dir: Path, count: int, out: Path) -> Path | None:
+    """Once all ``count`` parts exist, write ``out`` from them (once, under a lock) and remove them."""
+    if not parts_dir.exists():  # another rank has written the output
+        return None
+    with locked(parts_dir / "plan.json"):
+        paths = [parts_dir / f"part-{p:05d}.npz" for p in range(count)]
+        if not parts_dir.exists() or not all(p.exists() for p in paths):
+            return None
+        images, labels = [], []
+        for path in paths:
+            with np.load(path) as part:
+                images.append(part["images"])
+                labels.append(part["labels"])
+        write_output(np.concatenate(images), np.concatenate(labels), out)
+        for path in paths:
+            path.unlink()
+    (parts_dir / "plan.json").unlink()
+    (parts_dir / "plan.json.lock").unlink(missing_ok=True)
+    parts_dir.rmdir()
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sample", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Sharded over torchrun / SLURM ranks; resumable (see the module docstring).")
+    p.add_argument("--run", type=Path, required=True, help="the run folder (holds <method>/seed<k>/checkpoints)")
+    p.add_argument("--method", required=True, help="the method whose checkpoint to sample, e.g. purr")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the job (default 0)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--num-samples", type=int, required=True, help="number of images N")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated class indices, cycled over the samples (default: i mod num_classes)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's first eval cell)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the run's eval.method_temperature for the method, else 1)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale w (default 1)")
+    p.add_argument("--out", type=Path, required=True, help="*.npz: an ADM-format batch; otherwise a folder of PNGs")
+    p.add_argument("--batch-size", type=int, default=250, help="samples per sampler batch (default 250)")
+    p.add_argument("--decode-batch-size", type=int, default=32, help="code grids decoded at once (default 32)")
+    p.add_argument("--part-size", type=int, default=1000, help="samples per resumable part (default 1000)")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in ("num_samples", "batch_size", "decode_batch_size", "part_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        written = export(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if written is not None:
+        print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
