@@ -218,8 +218,8 @@ def safe_load(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__],
                          mmap=zipfile.is_zipfile(path))
     except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(f"{path}: {err}; the file was refused for safety (nothing from it ran): "
-                                    "use a checkpoint that holds only weights and plain data") from None
+        raise UnsafeCheckpointError(f"{path}: {err}; the file is refused for safety: use a checkpoint "
+                                    "that holds only weights and plain data") from None
     except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged pickle or archive
         raise NotACheckpointError(f"{path} is a damaged checkpoint ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else 'ends early'}): download or copy it again") from None

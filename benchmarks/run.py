@@ -168,6 +168,18 @@ def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> 
         print(f"note: {key} changes from {old!r} to {new!r} in {run_dir}", file=sys.stderr)
 
 
+def check_results_files(run_dir: Path) -> None:
+    """Exit 2 naming the file and line if ``metrics.csv`` or ``traces.csv`` has a damaged line
+    (found now, not after the next checkpoint's training)."""
+    from benchmarks.storage.results import read_rows
+
+    for name in ("metrics.csv", "traces.csv"):
+        try:
+            read_rows(run_dir / name)
+        except MetricsFileError as e:
+            fail(str(e))
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder; exit 2 naming it if it is a file or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -229,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             check_config_change(run_dir, cfg, read_manifest(run_dir))
         except ValueError as e:  # a manifest.json that is not JSON
             fail(f"{run_dir / 'manifest.json'} cannot be read ({e}): restore it, or use another --out")
+        check_results_files(run_dir)
     from benchmarks.launching.preflight import check_inputs
 
     try:
