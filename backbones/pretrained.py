@@ -24,9 +24,10 @@ Tokenizer maps (``f = 2^(len(ch_mult)-1)``)::
 where ``e_k`` are the rows of ``codebook`` (L2-normalised rows for LlamaGen, which also
 decodes from the normalised vectors).
 
-Loading (:func:`load_tokenizer`): Lightning checkpoints (``vq-f8``, ``taming-f16``) are read with
-the code-free unpickler :func:`backbones.safe_pickle.safe_load` and their weights taken from
-``"state_dict"``; LlamaGen files with ``torch.load(weights_only=True)``, weights from ``"ema"``,
+Loading (:func:`load_tokenizer`): every file is read with the code-free unpickler
+:func:`backbones.safe_pickle.safe_load` (so a user-trained LlamaGen file that pickles its
+``argparse.Namespace`` under ``"args"`` loads too, the Namespace kept as inert data). Lightning
+checkpoints (``vq-f8``, ``taming-f16``) give their weights from ``"state_dict"``; LlamaGen files from ``"ema"``,
 ``"model"`` or ``"state_dict"`` (first present, LlamaGen's own order; the released files hold
 ``"model"``). Then ``loss.*`` (LPIPS/discriminator) and LlamaGen's usage counter
 ``quantize.codebook_used`` are dropped, LlamaGen names are mapped to taming names
@@ -38,10 +39,8 @@ and a file whose widths differ from the published ones loads with a warning.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,16 +260,8 @@ def resolve_checkpoint(kind: str, ckpt: str | Path) -> Path:
 def read_state_dict(kind: str, path: Path) -> dict[str, Tensor]:
     """The raw weights of a checkpoint file, in the file's own key names (memory-mapped for the zip format)."""
     spec = get_spec(kind)
-    if spec.container == "lightning":
-        obj, containers = safe_load(path), LIGHTNING_CONTAINER_KEYS
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ValueError(f"{path} is not a plain weights file as {kind} expects ({spec.file_name}); "
-                             f"torch.load(weights_only=True) refused it: {first}") from None
-        containers = LLAMAGEN_CONTAINER_KEYS
+    obj = safe_load(path)
+    containers = LIGHTNING_CONTAINER_KEYS if spec.container == "lightning" else LLAMAGEN_CONTAINER_KEYS
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict at the top level, got {type(obj).__name__}")
     for key in containers:

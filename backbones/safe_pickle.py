@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["safe_load", "Placeholder", "UnsafeCheckpointError", "Unpickler", "load"]
+__all__ = ["safe_load", "describe_non_checkpoint", "NotACheckpointError", "Placeholder", "UnsafeCheckpointError", "Unpickler", "load"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -170,6 +170,30 @@ def _is_torchscript(path: Path) -> bool:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
 
 
+class NotACheckpointError(ValueError):
+    """The file is not a ``torch.save`` checkpoint at all (empty, an HTML page, truncated, other bytes)."""
+
+
+def describe_non_checkpoint(path: str | os.PathLike) -> str | None:
+    """What is wrong with a file that cannot be a ``torch.save`` checkpoint, naming it and the
+    fix; None if it looks like one (a complete zip archive, or a pickle stream: a protocol-2+
+    pickle starts with byte 0x80)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return f"{path} is empty (0 bytes; an interrupted download?): download it again"
+    if head.lstrip()[:1] == b"<" or b"<html" in head.lower():
+        return (f"{path} is an HTML page, not a checkpoint (a download that saved a login, redirect or error "
+                "page?): download the file itself")
+    if head.startswith(b"PK"):
+        return None if zipfile.is_zipfile(path) else (
+            f"{path} is a truncated zip archive (an interrupted download or a full disk?): download or copy it again")
+    if head[:1] == b"\x80":
+        return None
+    return f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}): check the path, or download it again"
+
+
 def safe_load(path: str | os.PathLike) -> dict:
     """Load a ``torch.save``/Lightning checkpoint on the CPU without executing code from it.
 
@@ -184,6 +208,9 @@ def safe_load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = describe_non_checkpoint(path)
+    if problem:
+        raise NotACheckpointError(problem)
     if _is_torchscript(path):
         raise UnsafeCheckpointError(f"{path} is a TorchScript archive (loading it runs its code); "
                                     "expected a torch.save / Lightning checkpoint")
@@ -191,7 +218,11 @@ def safe_load(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__],
                          mmap=zipfile.is_zipfile(path))
     except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(f"{path}: {err}") from None
+        raise UnsafeCheckpointError(f"{path}: {err}; the file is refused for safety: use a checkpoint "
+                                    "that holds only weights and plain data") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged pickle or archive
+        raise NotACheckpointError(f"{path} is a damaged checkpoint ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else 'ends early'}): download or copy it again") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a checkpoint dict at the top level, got {type(obj).__name__}")
     return obj

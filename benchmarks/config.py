@@ -8,6 +8,7 @@ Command-line overrides use dotted keys: ``--set train.iterations=200 methods.pur
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -335,34 +336,15 @@ def validate(cfg: BenchmarkConfig) -> None:
                 raise ConfigError(f"methods.{name}.{key}: unknown option for method {name!r}; "
                                   f"valid options: {', '.join(cls.option_names()) or '(none)'}")
     t = cfg.train
-    checks = [(t.iterations >= 1, "train.iterations must be >= 1"),
-              (t.batch_size >= 1, "train.batch_size must be >= 1"),
-              (t.lr > 0, "train.lr must be > 0"),
-              (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
-              (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
-              (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-              (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
-              (t.log_every >= 1, "train.log_every must be >= 1"),
-              (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
-              (t.checkpoint_schedule in ("every", "log"),
-               f"train.checkpoint_schedule must be every or log, got {t.checkpoint_schedule!r}"),
-              (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
-              (all(c.at in ("every", "last") for c in cfg.eval.cells), "eval.cells[].at must be 'every' or 'last'"),
-              (cfg.eval.num_samples >= 10 and all((c.num_samples or 10) >= 10 for c in cfg.eval.cells),
-               "eval num_samples must be >= 10"),
-              (cfg.eval.batch_size >= 1 and cfg.eval.decode_batch_size >= 1,
-               "eval.batch_size and eval.decode_batch_size must be >= 1"),
-              (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
-               f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
-              (cfg.launcher.kind in ("local", "submitit-local", "slurm"),
-               f"launcher.kind must be local, submitit-local or slurm, got {cfg.launcher.kind!r}"),
-              (cfg.launcher.signal_delay_s >= 1, "launcher.signal_delay_s must be >= 1"),
-              (cfg.launcher.preemption_check_every >= 1, "launcher.preemption_check_every must be >= 1")]
-    for ok, message in checks:
+    for ok, message in value_checks(cfg):
         if not ok:
             raise ConfigError(message)
     if t.checkpoint_schedule == "log":
         _check_log_schedule(t)
+    sweep_at, steps = cfg.eval.sweep_at, t.checkpoint_steps()
+    if sweep_at is not None and not (1 <= sweep_at <= t.iterations and t.is_checkpoint_step(sweep_at)):
+        raise ConfigError(f"eval.sweep_at={sweep_at} is not a checkpoint step (train.checkpoint_schedule="
+                          f"{t.checkpoint_schedule}: {', '.join(map(str, steps[:8]))}{' ...' if len(steps) > 8 else ''})")
 
 
 def _check_log_schedule(t: TrainConfig) -> None:
@@ -378,6 +360,57 @@ def _check_log_schedule(t: TrainConfig) -> None:
                           f"train.log_every={t.log_every} fit log-spaced between train.checkpoint_every="
                           f"{t.checkpoint_every} and train.iterations={t.iterations} ({steps}); lower "
                           "num_checkpoints or log_every, or raise iterations")
+
+
+def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
+    """(holds, message naming the key and the valid range) for every value range of a config,
+    so a bad value stops the run at load time rather than after training."""
+    t, ev, launcher = cfg.train, cfg.eval, cfg.launcher
+    taus = [("eval.temperatures", tau) for tau in ev.temperatures] + \
+        [(f"eval.cells[{i}].temperature", c.temperature) for i, c in enumerate(ev.cells) if c.temperature is not None] + \
+        [(f"eval.method_temperature.{m}", tau) for m, tau in ev.method_temperature.items()]
+    samples = [("eval.num_samples", ev.num_samples), ("eval.sweep_samples", ev.sweep_samples)] + \
+        [(f"eval.cells[{i}].num_samples", c.num_samples) for i, c in enumerate(ev.cells)]
+    ranks = max(launcher.gpus_per_job, 1)
+    return [(t.iterations >= 1, "train.iterations must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size must be >= 1"),
+            (t.batch_size % ranks == 0, f"train.batch_size={t.batch_size} must be divisible by "
+                                        f"launcher.gpus_per_job={ranks} (one equal share per rank)"),
+            (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a finite number > 0, got {t.lr}"),
+            (all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}"),
+            (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (t.grad_clip > 0, "train.grad_clip must be > 0"),
+            (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+            (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
+            (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+            (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+            (t.log_every >= 1, "train.log_every must be >= 1"),
+            (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
+            (t.checkpoint_schedule in ("every", "log"),
+             f"train.checkpoint_schedule must be every or log, got {t.checkpoint_schedule!r}"),
+            (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+            (cfg.data.image_size >= 1, "data.image_size must be >= 1"),
+            (all(c.at in ("every", "last") for c in ev.cells), "eval.cells[].at must be 'every' or 'last'"),
+            *[(tau > 0 and math.isfinite(tau), f"{key} must be > 0 (a sampling temperature), got {tau}")
+              for key, tau in taus],
+            *[(c.steps >= 1, f"eval.cells[{i}].steps must be >= 1, got {c.steps}") for i, c in enumerate(ev.cells)],
+            *[(c.cfg_scale >= 0 and math.isfinite(c.cfg_scale), f"eval.cells[{i}].cfg_scale must be >= 0, got {c.cfg_scale}")
+              for i, c in enumerate(ev.cells)],
+            (ev.sweep_steps >= 1, f"eval.sweep_steps must be >= 1, got {ev.sweep_steps}"),
+            *[(n is None or n >= 10, f"{key} must be >= 10, got {n}") for key, n in samples],
+            (ev.batch_size >= 1, "eval.batch_size must be >= 1"),
+            (ev.decode_batch_size >= 1, "eval.decode_batch_size must be >= 1"),
+            (ev.kid_subsets >= 1, "eval.kid_subsets must be >= 1"),
+            (ev.grid_samples >= 1, "eval.grid_samples must be >= 1"),
+            (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
+             f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
+            (launcher.kind in ("local", "submitit-local", "slurm"),
+             f"launcher.kind must be local, submitit-local or slurm, got {launcher.kind!r}"),
+            (launcher.gpus_per_job >= 0, "launcher.gpus_per_job must be >= 0"),
+            (launcher.cpus_per_task >= 1, "launcher.cpus_per_task must be >= 1"),
+            (launcher.timeout_min >= 1, "launcher.timeout_min must be >= 1"),
+            (launcher.signal_delay_s >= 1, "launcher.signal_delay_s must be >= 1"),
+            (launcher.preemption_check_every >= 1, "launcher.preemption_check_every must be >= 1")]
 
 
 def method_options(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:

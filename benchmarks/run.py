@@ -15,10 +15,15 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from backbones.safe_pickle import NotACheckpointError, UnsafeCheckpointError
 from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
+from benchmarks.data.images import ImageFileError
+from benchmarks.launching.launch import JobBusyError
+from benchmarks.storage.results import MetricsFileError
 from benchmarks.storage.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
 
 
@@ -99,31 +104,116 @@ def resolve_config(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
     return cfg, args.out or Path("runs") / cfg.name
 
 
-def check_same_config(run_dir: Path, cfg: BenchmarkConfig) -> None:
-    """Refuse to mix results of different configs in one run folder (where the jobs run, the
-    ``launcher`` section, may change between invocations)."""
-    saved = read_manifest(run_dir).get("config")
-    current = json.loads(json.dumps(cfg.to_dict()))  # as the manifest stores it (tuples become lists)
-    if saved is not None:
-        saved = {k: v for k, v in saved.items() if k != "launcher"}
-        current.pop("launcher")
-    if saved is None or saved == current:
+def parse_methods(spec: str, registered: list[str]) -> list[str]:
+    """The names of ``--methods a,b``: each registered, none empty, none twice."""
+    names = [m.strip() for m in spec.split(",")]
+    if "" in names:
+        fail(f"--methods {spec!r} has an empty method name; give comma-separated names, e.g. --methods purr,cfm "
+             f"(registered methods: {', '.join(registered)})")
+    unknown = [m for m in names if m not in registered]
+    if unknown:
+        fail(f"unknown method {unknown[0]!r}; registered methods: {', '.join(registered)}")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        fail(f"--methods names {twice[0]!r} twice; give each method once")
+    return names
+
+
+def config_changes(saved: dict, current: dict, prefix: str = ""):
+    """(dotted key, value in the run, value now) for every key that differs."""
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def trained_steps(run_dir: Path) -> dict[str, int]:
+    """The newest checkpoint step of every job of the run that has one, by ``method/seed<k>``."""
+    steps: dict[str, int] = {}
+    for ckpt in run_dir.glob("*/seed*/checkpoints/step_*.pt"):
+        job = f"{ckpt.parents[2].name}/{ckpt.parents[1].name}"
+        steps[job] = max(steps.get(job, 0), int(ckpt.stem.split("_")[1]))
+    return steps
+
+
+def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> None:
+    """Refuse to mix results of different configs in one run folder, except for changes that
+    cannot mix them: anything while the folder holds no trained step and no result (a failed
+    start), ``eval.*`` once every job finished training (new cells are new rows of
+    ``metrics.csv``), and a larger ``train.iterations`` (the jobs continue from their newest
+    checkpoint). Where the jobs run (the ``launcher`` section) may always change."""
+    saved = manifest.get("config")
+    if saved is None:
         return
+    current = json.loads(json.dumps(cfg.to_dict()))  # as the manifest stores it (tuples become lists)
+    changes = [c for c in config_changes(saved, current) if not c[0].startswith("launcher.")]
+    if not changes:
+        return
+    from benchmarks.storage.results import read_rows
 
-    def diff(a, b, prefix=""):
-        for key in sorted(set(a) | set(b)):
-            va, vb = a.get(key), b.get(key)
-            if isinstance(va, dict) and isinstance(vb, dict):
-                yield from diff(va, vb, f"{prefix}{key}.")
-            elif va != vb:
-                yield f"{prefix}{key}: {va!r} in the run, {vb!r} now"
+    trained = trained_steps(run_dir)
+    if not trained and not read_rows(run_dir / "metrics.csv")[1]:
+        print(f"note: {run_dir} holds no trained step yet; its config is replaced", file=sys.stderr)
+        return
+    budget = saved.get("train", {}).get("iterations", 0)
+    jobs = [f"{m}/seed{s}" for m in manifest.get("methods", []) for s in manifest.get("seeds", [])]
+    training_done = all(trained.get(job, 0) >= budget for job in jobs)
 
-    fail(f"{run_dir} holds a run with a different config ({'; '.join(list(diff(saved, current))[:5])}); "
-         "use another --out, or --resume to continue it as it was")
+    def allowed(key, old, new) -> bool:
+        if key == "train.iterations":
+            return isinstance(old, int) and new > old
+        return key.startswith("eval.") and training_done
+
+    refused = [f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes if not allowed(key, old, new)]
+    if refused:
+        fail(f"{run_dir} holds a run with a different config ({'; '.join(refused[:5])}); a run may change only "
+             "eval.* settings once its training is done, and raise train.iterations: use another --out, or "
+             "--resume to continue it as it was")
+    for key, old, new in changes:
+        print(f"note: {key} changes from {old!r} to {new!r} in {run_dir}", file=sys.stderr)
+
+
+def check_results_files(run_dir: Path) -> None:
+    """Exit 2 naming the file and line if ``metrics.csv`` or ``traces.csv`` has a damaged line
+    (found now, not after the next checkpoint's training)."""
+    from benchmarks.storage.results import read_rows
+
+    for name in ("metrics.csv", "traces.csv"):
+        try:
+            read_rows(run_dir / name)
+        except MetricsFileError as e:
+            fail(str(e))
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder; exit 2 naming it if it is a file or cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"--out {run_dir} is a file, not a folder: choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        fail(f"--out {run_dir} cannot be written ({e.strerror or e}): choose a writable --out")
+
+
+INPUT_ERRORS = (ConfigError, ImageFileError, MetricsFileError, NotACheckpointError, UnsafeCheckpointError, JobBusyError)
+"""Problems with the user's files or folders found while running: exit status 2 with the message."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished checkpoints and evaluation cells are kept; rerun the same command to "
+              "continue", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     import methods  # noqa: F401  (registers the built-ins)
     from methods import method_names
 
@@ -138,13 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher:
         cfg.launcher.kind = args.launcher
     saved = read_manifest(run_dir) if args.resume else {}
-    if args.methods:
-        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.methods is not None:
+        chosen = parse_methods(args.methods, method_names())
     else:
         chosen = saved.get("methods") or list(cfg.methods) or method_names()
-    unknown = [m for m in chosen if m not in method_names()]
-    if unknown:
-        fail(f"unknown method {unknown[0]!r}; registered methods: {', '.join(method_names())}")
     if args.seeds < 1:
         fail("--seeds must be >= 1")
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]
@@ -166,11 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             fail(str(e))
         return 0
-    check_same_config(run_dir, cfg)
+    if run_dir.is_dir():
+        try:
+            check_config_change(run_dir, cfg, read_manifest(run_dir))
+        except ValueError as e:  # a manifest.json that is not JSON
+            fail(f"{run_dir / 'manifest.json'} cannot be read ({e}): restore it, or use another --out")
+        check_results_files(run_dir)
+    from benchmarks.launching.preflight import check_inputs
+
+    try:
+        check_inputs(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    prepare_run_dir(run_dir)
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, build_report_if_available, launch
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
@@ -181,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                       wait_timeout=args.wait_timeout)
     except JobsDiverged as e:  # the other jobs finished: report them, then fail
         diverged, done = e, True
+    except INPUT_ERRORS as e:
+        fail(str(e))
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

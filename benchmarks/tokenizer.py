@@ -7,8 +7,9 @@
 ``check`` loads the checkpoint (safely, see ``backbones.safe_pickle``), prints the codebook size,
 code dimension, downsampling factor, parameter count and whether codes are L2-normalised; with
 ``--image`` it centre-crops the image to ``--size`` (ADM preprocessing), encodes, decodes,
-writes the reconstruction and prints its PSNR. Exit status 2 for a bad kind or a missing file,
-1 for a checkpoint that does not fit the kind.
+writes the reconstruction and prints its PSNR. Exit status 2 for a bad kind, a missing file, a
+file that is no checkpoint (empty, an HTML page, truncated) or one refused for safety (it
+references code), 1 for a checkpoint that does not fit the kind.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from backbones.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, num_parameters
-from backbones.safe_pickle import UnsafeCheckpointError
+from backbones.safe_pickle import NotACheckpointError, UnsafeCheckpointError
 from benchmarks.storage.atomic import save_with
 from benchmarks.data.images import center_crop_arr, to_model_range, to_uint8
 
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         tok = load_tokenizer(args.kind, args.ckpt, device=args.device)
     except FileNotFoundError as err:
         p.error(str(err))
-    except (CheckpointMismatchError, UnsafeCheckpointError, ValueError) as err:
+    except (NotACheckpointError, UnsafeCheckpointError) as err:  # not a checkpoint, or refused for safety
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointMismatchError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     info = describe(tok)

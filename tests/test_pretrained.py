@@ -228,9 +228,22 @@ def test_llamagen_containers_and_optional_usage_buffer(tmp_path):
     assert torch.equal(tok.quantize.embedding.weight, state["quantize.embedding.weight"])
 
 
-def test_llamagen_kind_refuses_pickled_objects(tmp_path, checkpoints):
-    path, _ = checkpoints["vq-f8"]  # a Lightning pickle with callback classes
-    with pytest.raises(ValueError, match="weights_only=True"):
+def test_user_trained_llamagen_file_with_argparse_namespace_loads_safely(tmp_path):
+    """LlamaGen's training script saves ``{"model": ..., "args": argparse.Namespace(...)}``;
+    ``weights_only=True`` refuses the Namespace. The weights load, the Namespace stays inert."""
+    import argparse
+
+    state = synthetic_state_dict("llamagen-vq8", **small_widths("llamagen-vq8"))
+    path = tmp_path / "user.pt"
+    torch.save({"model": state, "args": argparse.Namespace(lr=1e-4, codebook_size=16)}, path)
+    tok = load_tokenizer("llamagen-vq8", path)
+    assert torch.equal(tok.quantize.embedding.weight, state["quantize.embedding.weight"])
+
+
+def test_html_page_saved_as_llamagen_checkpoint_is_named(tmp_path):
+    path = tmp_path / "vq_ds8_c2i.pt"
+    path.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    with pytest.raises(ValueError, match=r"vq_ds8_c2i\.pt is an HTML page, not a checkpoint"):
         load_tokenizer("llamagen-vq8", path)
 
 

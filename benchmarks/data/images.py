@@ -76,6 +76,10 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+class ImageFileError(ValueError):
+    """An image of an ImageFolder that cannot be decoded; the message names the file."""
+
+
 class ImageFolder(Dataset):
     """Images under ``root/<class>/...``; classes are the sorted subfolder names.
 
@@ -101,8 +105,11 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            img = center_crop_arr(img.convert(self.mode), self.size)
+        try:
+            with Image.open(path) as img:
+                img = center_crop_arr(img.convert(self.mode), self.size)
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, not an image, bad header
+            raise ImageFileError(f"image {path} cannot be read ({err}): replace or delete it") from None
         arr = np.array(img, dtype=np.uint8)  # a writable copy
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr)), label

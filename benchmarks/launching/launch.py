@@ -22,6 +22,8 @@ lock, so concurrent jobs prepare it once.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -33,6 +35,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import submitit
 import torch
@@ -86,22 +89,56 @@ class JobsDiverged(LaunchError):
 def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
     """Run every job in this process. A job that diverges stops (``TrainingDiverged``) and the
     others go on; then ``JobsDiverged`` names the diverged ones."""
-    latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
-    evaluator = make_evaluator(cfg, latents, run_dir, progress)
     diverged = []
-    for method in methods:
-        for seed in seeds:
-            record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
-            try:
-                summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
-            except TrainingDiverged as e:
-                print(f"error: {e}", file=sys.stderr)
-                record_event(run_dir, method, seed, "diverged", step=e.step)
-                diverged.append(f"{method} seed {seed} (step {e.step})")
-                continue
-            record_event(run_dir, method, seed, "done", step=summary["step"])
+    with contextlib.ExitStack() as held:
+        for method in methods:
+            for seed in seeds:
+                held.enter_context(job_lock(run_dir, method, seed))
+        latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
+        evaluator = make_evaluator(cfg, latents, run_dir, progress)
+        for method in methods:
+            for seed in seeds:
+                record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
+                try:
+                    summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator,
+                                      progress=progress)
+                except TrainingDiverged as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    record_event(run_dir, method, seed, "diverged", step=e.step)
+                    diverged.append(f"{method} seed {seed} (step {e.step})")
+                    continue
+                record_event(run_dir, method, seed, "done", step=summary["step"])
     if diverged:
         raise JobsDiverged(f"{len(diverged)} job(s) diverged: {', '.join(diverged)}; the other jobs finished")
+
+
+class JobBusyError(LaunchError):
+    """Another process holds the lock of a job (it is training or evaluating it now)."""
+
+
+@contextlib.contextmanager
+def job_lock(run_dir: str | Path, method: str, seed: int) -> Iterator[None]:
+    """Hold ``<job>/job.lock`` (an exclusive ``flock``, released by the OS when the holder dies)
+    while this process runs the job; raise JobBusyError at once if another process holds it,
+    so two commands on one run folder never train or log one (method, seed) twice."""
+    path = job_dir(Path(run_dir), method, seed) / "job.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise JobBusyError(f"{method}/seed{seed} of {run_dir} is being run by {holder}; wait for it to finish "
+                               "(then rerun to continue), or use another --out") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -137,7 +174,8 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
                 record_event(run_dir, method, seed, "start", job_id=current_job_id(),
                              restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
                              from_step=newest_checkpoint_step(run_dir, method, seed))
-            summary = run_job(cfg, method, seed, run_dir, progress=True)
+            with job_lock(run_dir, method, seed) if main else contextlib.nullcontext():
+                summary = run_job(cfg, method, seed, run_dir, progress=True)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary

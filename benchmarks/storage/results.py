@@ -6,7 +6,9 @@ row. A cell is identified by ``CELL_KEY``; a rerun skips cells whose key is alre
 """
 from __future__ import annotations
 
+import csv
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -27,10 +29,27 @@ TRACE_COLUMNS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", 
 TRACE_KEY = TRACE_COLUMNS[:-1]
 
 
+class MetricsFileError(ValueError):
+    """A results CSV that cannot be read back as written (a hand-edited or damaged line); the
+    message names the file, the line and the fix."""
+
+
 def key_text(value) -> str:
-    """One value of a row identity as text: floats rounded to 6 decimals, whole floats written as
-    integers, so a CSV round trip (where an integer column may come back as floats) compares equal."""
-    if isinstance(value, float) and not math.isnan(value):
+    """One value of a row identity as text: numbers (and numeric text read back from a CSV)
+    rounded to 6 decimals, whole numbers written as integers, missing values as ''. So a value
+    in memory (``np.float64(0.125)``, ``3``) and the same value read back (``'0.125'``, ``'3.0'``)
+    compare equal."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # numpy scalars included
+        value = float(value)
+        if math.isnan(value):
+            return ""
         value = round(value, 6)
         return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
@@ -41,30 +60,80 @@ def cell_key(row: dict, key: list[str] = CELL_KEY) -> tuple:
     return tuple(key_text(row[name]) for name in key)
 
 
-def read_metrics(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
+INTEGER_COLUMNS = ("seed", "step")
+"""Columns every row must hold as a whole number (a check that the file was not damaged)."""
+
+
+def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows as the text of each cell) of a results CSV; ([], []) if it does not exist.
+    Raises MetricsFileError naming the line if a row has the wrong number of fields or a
+    non-integer ``seed``/``step``."""
     path = Path(path)
     if not path.exists():
+        return [], []
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines:
+        return [], []
+    header, rows = lines[0], []
+    for number, fields in enumerate(lines[1:], start=2):
+        if not fields:
+            continue
+        row = dict(zip(header, fields))
+        bad = len(fields) != len(header) or any(
+            name in row and not re.fullmatch(r"-?\d+", row[name]) for name in INTEGER_COLUMNS)
+        if bad:
+            raise MetricsFileError(
+                f"{path} line {number} is not a row of this file ({len(fields)} fields for {len(header)} columns: "
+                f"{','.join(fields)[:80]!r}); delete that line (a missing evaluation cell is recomputed on the "
+                "next run) or restore the file")
+        rows.append(row)
+    return header, rows
+
+
+def read_metrics(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """The results as a DataFrame (checked line by line first, see ``read_rows``)."""
+    path = Path(path)
+    header, _ = read_rows(path)
+    if not header:
         return pd.DataFrame(columns=columns)
     return pd.read_csv(path)
 
 
 def done_cells(path: str | Path, key: list[str] = CELL_KEY) -> set[tuple]:
-    frame = read_metrics(path)
-    return {cell_key(row, key) for row in frame.to_dict("records")}
+    return {cell_key(row, key) for row in read_rows(path)[1]}
+
+
+def cell_text(value) -> str:
+    """A new cell as CSV text: missing values (None, NaN) empty, floats in their shortest exact form."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):  # numpy floats included
+        return repr(float(value))
+    return str(value)
 
 
 def append_rows(path: str | Path, rows: list[dict], columns: list[str] = COLUMNS, key: list[str] = CELL_KEY) -> int:
     """Append rows (dicts over ``columns``; missing columns become empty), skipping any whose
-    ``key`` is already in the file. Returns the number of rows added."""
+    ``key`` is already in the file. Returns the number of rows added.
+
+    Existing rows are copied as text, never re-typed (a ``seed`` column stays ``0``, not
+    ``0.0``); columns missing from an older file's header are added at the end, empty in its rows."""
     path = Path(path)
     with locked(path):
-        frame = read_metrics(path, columns)
-        present = {cell_key(r, key) for r in frame.to_dict("records")}
-        new = [r for r in rows if cell_key(r, key) not in present]
+        header, existing = read_rows(path)
+        present = {cell_key(r, key) for r in existing}
+        new = []
+        for r in rows:
+            identity = cell_key(r, key)
+            if identity not in present:
+                present.add(identity)
+                new.append({c: cell_text(r.get(c)) for c in columns})
         if not new:
             return 0
-        added = pd.DataFrame([{c: r.get(c) for c in columns} for r in new], columns=columns)
-        merged = added if frame.empty else pd.concat([frame.astype(object), added.astype(object)], ignore_index=True)
-        with atomic_path(path) as tmp:
-            merged.to_csv(tmp, index=False)
+        header = header + [c for c in columns if c not in header]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(existing + new)
     return len(new)

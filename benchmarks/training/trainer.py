@@ -34,6 +34,7 @@ import copy
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,10 @@ from benchmarks.training.prefetch import BatchPrefetcher
 from benchmarks.data.latents import LatentSpace
 from methods import get_method
 from methods.base import Method
+
+
+class CorruptCheckpointError(ValueError):
+    """A training checkpoint that cannot be loaded; the message names the file."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,10 +194,17 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        # Read onto the CPU, memory-mapped: load_state_dict copies weights and optimizer moments to
-        # their device, and the RNG states (CPU ByteTensors, a CUDA generator's included) stay where
-        # they must be. Mapping the file to a GPU moved them there, and set_state refused them.
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            # Read onto the CPU, memory-mapped: load_state_dict copies weights and optimizer moments to
+            # their device, and the RNG states (CPU ByteTensors, a CUDA generator's included) stay where
+            # they must be. Mapping the file to a GPU moved them there, and set_state refused them.
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            missing = {"model", "ema", "optimizer", "step", "rng", "method", "seed"} - set(state)
+        except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, UnpicklingError, EOFError, ...)
+            raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: "
+                                         f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
+        if missing:
+            raise CorruptCheckpointError(f"checkpoint {path} is not a training checkpoint (no {', '.join(sorted(missing))})")
         if state["method"] != self.method_name or state["seed"] != self.seed:
             raise ValueError(f"{path} belongs to {state['method']} seed {state['seed']}, "
                              f"not {self.method_name} seed {self.seed}")
@@ -207,6 +219,22 @@ class Trainer:
         self.close_batches()  # batches gathered ahead came from the old generator state
         self.noise_gen.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
+
+    def resume_from_newest(self, checkpoints: list[Path]) -> None:
+        """Load the newest readable checkpoint. An unreadable one (truncated by a full disk, or
+        another file saved under its name) is renamed ``*.corrupt`` with a warning naming it, and
+        the previous one is tried; with none left, training starts from step 0."""
+        for path in reversed(checkpoints):
+            try:
+                self.load_checkpoint(path)
+                return
+            except CorruptCheckpointError as err:
+                if self.dist.is_main:
+                    path.replace(path.with_name(path.name + ".corrupt"))
+                self.dist.barrier()
+                older = [p for p in checkpoints if p < path]
+                then = f"resuming from {older[-1].name}" if older else "training starts again from step 0"
+                warnings.warn(f"{err}; renamed it to {path.name}.corrupt, {then}", stacklevel=2)
 
     # ------------------------------------------------------------------ logging
     @property
@@ -384,11 +412,11 @@ class Trainer:
         if existing and not resume:
             raise FileExistsError(f"{self.dir} already has checkpoints; resume or choose another --out")
         if existing:
-            self.load_checkpoint(existing[-1])
-            self._truncate_log()
-            if on_checkpoint is not None and self.on_schedule(self.step):
-                with PREEMPTION.interruptible():
-                    on_checkpoint(self.event())
+            self.resume_from_newest(existing)
+        self._truncate_log()
+        if self.step and on_checkpoint is not None and self.on_schedule(self.step):
+            with PREEMPTION.interruptible():
+                on_checkpoint(self.event())
         bar = tqdm(total=t.iterations, initial=self.step, desc=f"train {self.method_name} seed {self.seed}",
                    disable=not self.progress, dynamic_ncols=True, unit="step")
         try:
