@@ -16,8 +16,8 @@ Jobs whose last event says they finished are not submitted again, and nothing is
 jobs of an earlier launch of the run are still queued or running (two jobs would train one
 (method, seed) into the same checkpoints).
 
-Each job opens the latent space from the project cache (``$VQFLOW_CACHE``, which must be on a
-filesystem the nodes share; it is exported to the jobs) and prepares it if missing, under a file
+Each job opens the latent space from the project cache (``$VQFLOW_CACHE`` or the XDG default,
+which must be on a filesystem the nodes share; its resolved path is exported to the jobs) and prepares it if missing, under a file
 lock, so concurrent jobs prepare it once.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
+from benchmarks.storage.cache import cache_root
 from benchmarks.storage.manifest import read_manifest, update_manifest
 from benchmarks.training.trainer import job_dir
 
@@ -220,8 +221,7 @@ def job_setup() -> list[str]:
     """Shell lines run before each job: the project importable, the same cache, quiet progress bars."""
     lines = [f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
              f"export TQDM_MININTERVAL={JOB_TQDM_MININTERVAL_S}"]
-    if "VQFLOW_CACHE" in os.environ:
-        lines.append(f"export VQFLOW_CACHE={shlex.quote(str(Path(os.environ['VQFLOW_CACHE']).resolve()))}")
+    lines.append(f"export VQFLOW_CACHE={shlex.quote(str(cache_root().resolve()))}")
     return lines
 
 
