@@ -18,8 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from benchmarks import logs
 from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
-from benchmarks.storage.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
+from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
+                                         read_manifest, update_manifest)
+
+SUMMARY_EXTRA = ("class_accuracy",)
+"""metrics.csv columns the final summary shows besides FID, where the run has them."""
+SUMMARY_NAMES = {"fid": "final FID", "class_accuracy": "class accuracy"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,6 +125,7 @@ def check_same_config(run_dir: Path, cfg: BenchmarkConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logs.configure(progress=not args.no_progress)
     import methods  # noqa: F401  (registers the built-ins)
     from methods import method_names
 
@@ -157,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
-    start = time.perf_counter()
+    start, started = time.perf_counter(), now_iso()
+    cells_before = evaluated_cells(run_dir)
     try:
         done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
                       wait_timeout=args.wait_timeout)
@@ -165,13 +175,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if done:
-        update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
-        build_report_if_available(run_dir)
+        add_timings(run_dir, ("timings",), {"total_s": time.perf_counter() - start}, started=started,
+                    launcher=cfg.launcher.kind, methods=chosen, seeds=seeds)
+        log_new_cells(run_dir, cells_before)
+        with logs.stage("report"):
+            build_report_if_available(run_dir)
+        table = summary_table(run_dir)
+        if table:
+            print("\n" + table)
     print(f"\nrun folder: {run_dir.resolve()}")
-    for name in ("metrics.csv", "report/report.md", "samples"):
+    for name in ("metrics.csv", "manifest.json", "report/report.md", "samples"):
         if (run_dir / name).exists():
             print(f"  {name:<18} {(run_dir / name).resolve()}")
     return 0
+
+
+def evaluated_cells(run_dir: Path) -> int:
+    """Rows of the run's metrics.csv (0 if it has none)."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return 0
+    with open(path) as f:
+        return max(sum(1 for line in f if line.strip()) - 1, 0)
+
+
+def log_new_cells(run_dir: Path, before: int) -> None:
+    after = evaluated_cells(run_dir)
+    if after == before:
+        logs.reused("evaluation", f"all {after} cells were already in metrics.csv; nothing new evaluated")
+    else:
+        logs.get_logger("run").info("evaluation: %d new cells, %d in metrics.csv", after - before, after)
+
+
+def summary_table(run_dir: Path) -> str | None:
+    """Per method: seeds, last checkpoint, final FID (the report's cheap cell there, mean and
+    s.d. over seeds) and, where metrics.csv has the column, class accuracy; None without results."""
+    from reports.curves import convergence, order_variants
+    from reports.load import RunFolderError, load_runs
+
+    try:
+        final = convergence(load_runs([run_dir]))
+    except (RunFolderError, ValueError):
+        return None
+    if final.empty:
+        return None
+    columns = ["fid"] + [c for c in SUMMARY_EXTRA if c in final.columns]
+    rows = []
+    for variant in order_variants(final["variant"]):
+        rows_of = final[final["variant"] == variant]
+        last = rows_of[rows_of["step"] == rows_of["step"].max()]
+        row = {"method": variant, "seeds": last["seed"].nunique(), "step": int(last["step"].iloc[0])}
+        for column in columns:
+            values = last[column].astype(float)
+            spread = f" ± {values.std():.2f}" if len(values) > 1 else ""
+            row[SUMMARY_NAMES.get(column, column)] = f"{values.mean():.2f}{spread}" if values.notna().any() else "-"
+        rows.append(row)
+    return "final results (mean ± s.d. over seeds at the last checkpoint):\n" + pd.DataFrame(rows).to_string(index=False)
 
 
 if __name__ == "__main__":

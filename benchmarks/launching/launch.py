@@ -39,6 +39,7 @@ import torch
 from submitit.core.utils import UncompletedJobError
 from tqdm.auto import tqdm
 
+from benchmarks import logs
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
@@ -85,8 +86,9 @@ def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
 def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
     latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
     evaluator = make_evaluator(cfg, latents, run_dir, progress)
-    for method in methods:
-        for seed in seeds:
+    jobs = [(method, seed) for method in methods for seed in seeds]
+    for k, (method, seed) in enumerate(jobs, 1):
+        with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
             record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
             summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
             record_event(run_dir, method, seed, "done", step=summary["step"])
@@ -116,6 +118,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         if "SLURM_CPUS_PER_TASK" in os.environ:  # without CPU binding torch would use every core of the node
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         cfg = from_dict(cfg_dict)
+        logs.configure()  # the job's stderr is its SLURM / submitit log file: plain stage lines
         sig = preemption_signal()
         if callable(signal.getsignal(sig)):  # submitit's handler: defer it to step boundaries
             PREEMPTION.install(sig)
@@ -125,7 +128,8 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
                 record_event(run_dir, method, seed, "start", job_id=current_job_id(),
                              restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
                              from_step=newest_checkpoint_step(run_dir, method, seed))
-            summary = run_job(cfg, method, seed, run_dir, progress=True)
+            with logs.stage(f"job {method} seed {seed}", part="jobs"):
+                summary = run_job(cfg, method, seed, run_dir, progress=True)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary
@@ -241,9 +245,9 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
         raise LaunchError(f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
                           "(they resume and finish on their own) or cancel them before submitting again")
     todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
-    skipped = len(methods) * len(seeds) - len(todo)
+    skipped = [f"{m}/seed{s}" for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
-        print(f"skipping {skipped} finished job(s)")
+        print(f"skipping {len(skipped)} finished job(s): {', '.join(skipped)}")
     if not todo:
         return []
     executor = make_executor(cfg, run_dir / "submitit")
