@@ -6,7 +6,8 @@ tokenizer's published architecture (or its config for the suite's VQ-VAE).
 
 Cost model: training FLOPs per step = FLOPs of one forward + backward pass of the backbone on
 the global batch (``benchmarks.training.flops.model_flops``); sampling FLOPs per image = forward FLOPs x
-NFE. GPU-hours = FLOPs / (peak x utilisation) / 3600.
+NFE. GPU time = FLOPs / (peak x utilisation), printed in GPU-seconds, -minutes or -hours and
+FLOPs in GFLOP to EFLOP, whichever keeps the largest entry at least 1.
 """
 from __future__ import annotations
 
@@ -17,6 +18,23 @@ import torch
 from benchmarks.config import BenchmarkConfig
 from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
+
+
+FLOP_UNITS = (("GFLOP", 1e9), ("TFLOP", 1e12), ("PFLOP", 1e15), ("EFLOP", 1e18))
+GPU_TIME_UNITS = (("GPU-seconds", 1.0), ("GPU-minutes", 60.0), ("GPU-hours", 3600.0))
+
+
+def unit_for(values: list[float], units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
+    """The largest (name, scale) of ``units`` in which the largest of ``values`` is at least 1
+    (the smallest unit if none), so small configs print GFLOP and GPU-seconds, not 0.0 PFLOP."""
+    largest = max(values, default=0.0)
+    fitting = [unit for unit in units if largest >= unit[1]]
+    return fitting[-1] if fitting else units[0]
+
+
+def number(value: float) -> str:
+    """1234.5 -> '1,234.5'; below 1, two significant digits (0.0012), so no cost prints as 0.0."""
+    return f"{value:,.1f}" if value >= 1 or value == 0 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,7 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
              f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
              f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
              f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU:", ""]
-    header = f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{'train PFLOP':>14}{'eval cells':>12}{'eval PFLOP':>13}{'GPU-hours':>12}"
-    lines += [header, "-" * len(header)]
-    total_hours = 0.0
+    rows = []
     for name in methods:
         io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
         params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
@@ -90,12 +106,20 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
         cells = evaluation_cells(cfg, name, steps)
         eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
         train_flops = step_flops * cfg.train.iterations
-        hours = (train_flops + eval_flops) / (peak_tflops * 1e12 * utilisation) / 3600 * len(seeds)
-        total_hours += hours
-        lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{train_flops / 1e15:>14,.1f}"
-                     f"{len(cells):>12}{eval_flops / 1e15:>13,.1f}{hours:>12,.1f}")
-    lines += ["", f"total: {total_hours:,.0f} GPU-hours for {len(methods) * len(seeds)} jobs "
-              "(per seed and method above: training + evaluation sampling; FID feature extraction not included)"]
+        gpu_s = (train_flops + eval_flops) / (peak_tflops * 1e12 * utilisation) * len(seeds)
+        rows.append((name, params, step_flops, train_flops, len(cells), eval_flops, gpu_s))
+    flop_unit, flop_scale = unit_for([max(r[3], r[5]) for r in rows], FLOP_UNITS)
+    time_unit, time_scale = unit_for([r[6] for r in rows], GPU_TIME_UNITS)
+    header = (f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{f'train {flop_unit}':>14}{'eval cells':>12}"
+              f"{f'eval {flop_unit}':>13}{time_unit:>13}")
+    lines += [header, "-" * len(header)]
+    for name, params, step_flops, train_flops, n_cells, eval_flops, gpu_s in rows:
+        lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{number(train_flops / flop_scale):>14}"
+                     f"{n_cells:>12}{number(eval_flops / flop_scale):>13}{number(gpu_s / time_scale):>13}")
+    total_s = sum(r[6] for r in rows)
+    total_unit, total_scale = unit_for([total_s], GPU_TIME_UNITS)
+    lines += ["", f"total: {number(total_s / total_scale)} {total_unit} for {len(methods) * len(seeds)} jobs "
+              f"(per seed and method above: training + evaluation sampling; FID feature extraction not included)"]
     first = evaluation_cells(cfg, methods[0], steps) if methods else []
     if first:
         lines.append(f"evaluation cells per job ({methods[0]}): "
