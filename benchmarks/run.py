@@ -30,7 +30,7 @@ SUMMARY_EXTRA = ("class_accuracy",)
 SUMMARY_NAMES = {"fid": "final FID", "class_accuracy": "class accuracy"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", help="comma-separated method names (default: the config's methods section)")
@@ -57,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="submitit launchers: follow the submitted jobs until they finish, then build the report")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
                    help="with --wait: give up waiting after this long (the jobs keep running; default 48 h)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
