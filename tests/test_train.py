@@ -83,3 +83,18 @@ def test_label_dropout_rate(toy_latents, tmp_path):
     trainer.train_step()
     null_fraction = (seen["labels"] == toy_latents.num_classes).float().mean().item()
     assert abs(null_fraction - 0.1) < 0.02
+
+
+def test_ema_update_is_the_exponential_moving_average(toy_latents, tmp_path):
+    import copy
+
+    cfg = load_config("smoke", ["train.ema_decay=0.9"])
+    trainer = Trainer(cfg, "cfm", 0, tmp_path, toy_latents)
+    ema_before = copy.deepcopy(trainer.ema.state_dict())
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    trainer.update_ema()
+    params = dict(trainer.model.named_parameters())
+    for name, value in trainer.ema.named_parameters():
+        torch.testing.assert_close(value, 0.9 * ema_before[name] + 0.1 * params[name])
