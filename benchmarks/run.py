@@ -43,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
                    help="continue the run in --out with its saved config (error if there is none)")
     p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
     p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
-    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: only the plain stage lines (for log files)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write losses, grad norms, learning rate, FIDs and sample grids as TensorBoard "
+                        "event files to RUN/tensorboard/ (needs: pip install -e '.[tensorboard]')")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing")
     p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
@@ -163,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             fail(str(e))
         return 0
     check_same_config(run_dir, cfg)
+    if args.tensorboard:
+        from benchmarks.tensorboard_log import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ImportError as e:
+            fail(str(e))
 
     from benchmarks.launching.launch import LaunchError, build_report_if_available, launch
 
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     cells_before = evaluated_cells(run_dir)
     try:
         done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
-                      wait_timeout=args.wait_timeout)
+                      wait_timeout=args.wait_timeout, tensorboard=args.tensorboard)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

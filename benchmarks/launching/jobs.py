@@ -44,8 +44,11 @@ def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, pr
 
 
 def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *,
-            latents: LatentSpace | None = None, evaluator=None, progress: bool = True) -> dict:
-    """Train (resuming from the newest checkpoint if any) and evaluate one job; returns its summary."""
+            latents: LatentSpace | None = None, evaluator=None, progress: bool = True,
+            tensorboard: bool = False) -> dict:
+    """Train (resuming from the newest checkpoint if any) and evaluate one job; returns its summary.
+    ``tensorboard``: also copy the job's logs, FIDs and sample grids into TensorBoard event files
+    after each checkpoint (``benchmarks.tensorboard_log``)."""
     run_dir = Path(run_dir)
     start, started = time.perf_counter(), now_iso()
     dist = DistEnv.from_environment()
@@ -57,21 +60,32 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     peak = process_peak_flops(trainer.device)
     eval_seconds = 0.0
 
-    def evaluate(event) -> None:
-        nonlocal eval_seconds
-        start = time.perf_counter()
-        evaluator(event)
-        eval_seconds += time.perf_counter() - start
-
-    run_evaluator = evaluate if evaluator is not None and dist.is_main else None
     checkpoints = trainer.checkpoints()
     from_step = int(checkpoints[-1].stem.split("_")[1]) if checkpoints else 0
+    board = None
+    if tensorboard and dist.is_main:
+        from benchmarks.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(run_dir, method, seed, cfg.train.lr, from_step=from_step)
+
+    def after_checkpoint(event) -> None:
+        nonlocal eval_seconds
+        if evaluator is not None:
+            start = time.perf_counter()
+            evaluator(event)
+            eval_seconds += time.perf_counter() - start
+        if board is not None:
+            board(event)
+
+    run_evaluator = after_checkpoint if dist.is_main and (evaluator is not None or board is not None) else None
     if from_step >= cfg.train.iterations:
         log.info("%s seed %d: training skipped, already at step %d of %d; evaluating missing cells",
                  method, seed, from_step, cfg.train.iterations)
     elif from_step:
         log.info("%s seed %d: resuming training at step %d of %d", method, seed, from_step, cfg.train.iterations)
     summary = trainer.run(resume=True, on_checkpoint=run_evaluator)
+    if board is not None:
+        board.close()
     per_device_step_flops = summary["flops_per_step"] / dist.world_size
     seconds_per_step = max(summary["train_wall_s"], 1e-9) / max(summary["step"], 1)
     summary.update(world_size=dist.world_size, peak_flops_per_s=peak,

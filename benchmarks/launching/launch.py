@@ -65,15 +65,15 @@ class LaunchError(RuntimeError):
 
 
 def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool = True,
-           wait: bool = False, wait_timeout: float | None = None) -> bool:
+           wait: bool = False, wait_timeout: float | None = None, tensorboard: bool = False) -> bool:
     """Run or submit every (method, seed) job of ``cfg.launcher.kind``. Returns True when all jobs
     have finished (always for ``local``; with ``wait`` for the others), False when submitted jobs
     are still running. Raises LaunchError if a job failed or ``wait_timeout`` seconds (default
-    DEFAULT_WAIT_TIMEOUT_S) passed."""
+    DEFAULT_WAIT_TIMEOUT_S) passed. ``tensorboard``: jobs also write TensorBoard event files."""
     if cfg.launcher.kind == "local":
-        run_local(cfg, methods, seeds, run_dir, progress=progress)
+        run_local(cfg, methods, seeds, run_dir, progress=progress, tensorboard=tensorboard)
         return True
-    jobs = submit(cfg, methods, seeds, run_dir)
+    jobs = submit(cfg, methods, seeds, run_dir, tensorboard=tensorboard)
     if not jobs:
         print("every job of this run has already finished")
         return True
@@ -83,14 +83,16 @@ def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
     return True
 
 
-def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
+def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool,
+              tensorboard: bool = False) -> None:
     latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
     evaluator = make_evaluator(cfg, latents, run_dir, progress)
     jobs = [(method, seed) for method in methods for seed in seeds]
     for k, (method, seed) in enumerate(jobs, 1):
         with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
             record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
-            summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress)
+            summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator, progress=progress,
+                              tensorboard=tensorboard)
             record_event(run_dir, method, seed, "done", step=summary["step"])
 
 
@@ -109,8 +111,9 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     names of the modules that register its methods (imported first, for plugin methods).
     """
 
-    def __init__(self, modules: tuple[str, ...] = ()):
+    def __init__(self, modules: tuple[str, ...] = (), tensorboard: bool = False):
         self.modules = tuple(modules)
+        self.tensorboard = tensorboard
 
     def __call__(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> dict:
         for module in self.modules:
@@ -129,7 +132,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
                              restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
                              from_step=newest_checkpoint_step(run_dir, method, seed))
             with logs.stage(f"job {method} seed {seed}", part="jobs"):
-                summary = run_job(cfg, method, seed, run_dir, progress=True)
+                summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary
@@ -237,7 +240,8 @@ def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
     return executor
 
 
-def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> list[tuple[str, submitit.Job]]:
+def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *,
+           tensorboard: bool = False) -> list[tuple[str, submitit.Job]]:
     """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
     run_dir = Path(run_dir).resolve()
     busy = active_jobs(run_dir)
@@ -251,7 +255,7 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
     if not todo:
         return []
     executor = make_executor(cfg, run_dir / "submitit")
-    job = BenchmarkJob(plugin_modules(methods))
+    job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard)
     n = len(todo)
     submitted = executor.map_array(job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n)
     keys = [f"{m}/seed{s}" for m, s in todo]
