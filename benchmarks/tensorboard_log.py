@@ -4,9 +4,10 @@ After each evaluated checkpoint, the job's new rows are copied into a TensorBoar
 ``<run>/tensorboard/<method>-seed<k>/``: from ``train_log.csv`` every logged interval's loss terms
 and gradient norm (``train/<column>``) and the learning rate (``train/lr``, constant in the shared
 recipe); from ``metrics.csv`` the FID of every cell evaluated at that checkpoint
-(``fid/steps<N>_tau<τ>_cfg<w>_n<samples>``, the grid's name); and the cells' sample grids (``samples/<grid file name>``). The
-CSV files stay the record; the event files are a view for ``tensorboard --logdir <run>/tensorboard``.
-It needs the ``tensorboard`` package: ``pip install -e '.[tensorboard]'``.
+(``fid/steps<N>_tau<τ>_cfg<w>_n<samples>``); and the cells' sample grids
+(``samples/<the same cell name>``). The CSV files stay the record; the event files are a view for
+``tensorboard --logdir <run>/tensorboard``. Needs the ``tensorboard`` package:
+``pip install -e '.[tensorboard]'``.
 """
 from __future__ import annotations
 
