@@ -245,7 +245,8 @@ def summary_table(run_dir: Path) -> str | None:
             spread = f" ± {values.std():.2f}" if len(values) > 1 else ""
             row[SUMMARY_NAMES.get(column, column)] = f"{values.mean():.2f}{spread}" if values.notna().any() else "-"
         rows.append(row)
-    return "final results (mean ± s.d. over seeds at the last checkpoint):\n" + pd.DataFrame(rows).to_string(index=False)
+    table = pd.DataFrame(rows).to_string(index=False)
+    return f"final results (mean ± s.d. over seeds at the last checkpoint):\n{table}"
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ jobs of an earlier launch of the run are still queued or running (two jobs would
 (method, seed) into the same checkpoints).
 
 Each job opens the latent space from the project cache (``$VQFLOW_CACHE`` or the XDG default,
-which must be on a filesystem the nodes share; its resolved path is exported to the jobs) and prepares it if missing, under a file
-lock, so concurrent jobs prepare it once.
+which must be on a filesystem the nodes share; its resolved path is exported to the jobs) and
+prepares it if missing, under a file lock, so concurrent jobs prepare it once.
 """
 from __future__ import annotations
 
