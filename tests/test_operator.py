@@ -124,8 +124,10 @@ def test_tensorboard_holds_losses_lr_fids_and_sample_grids(two_runs):
         assert {"train/grad_norm", "train/lr"} <= set(tags["scalars"])
         assert all(e.value == pytest.approx(1e-3) for e in events.Scalars("train/lr"))
         rows = metrics[metrics["method"] == method]
-        fids = [(e.step, e.value) for tag in tags["scalars"] if tag.startswith("fid/") for e in events.Scalars(tag)]
-        assert sorted(fids) == pytest.approx(sorted(zip(rows["step"], rows["fid"])), rel=1e-6)
+        fids = sorted((e.step, e.value) for tag in tags["scalars"] if tag.startswith("fid/") for e in events.Scalars(tag))
+        expected = sorted(zip(rows["step"], rows["fid"]))
+        assert [step for step, _ in fids] == [step for step, _ in expected]
+        assert [fid for _, fid in fids] == pytest.approx([fid for _, fid in expected], rel=1e-6)
         assert len([e for tag in tags["images"] for e in events.Images(tag)]) == len(rows)
 
 
