@@ -7,6 +7,10 @@
     storage/     atomic writes and locks, the cache, results rows, run manifests
     config.py    the typed config (YAML files in configs/)
 
-CLIs (``python -m benchmarks.<name>``): ``run`` (train and evaluate), ``encode`` (images to code
-shards), ``tokenizer`` (inspect a pretrained tokenizer).
+    logs.py      stage lines; tensorboard_log.py: optional TensorBoard event files
+
+CLIs (``python -m benchmarks.<name>``): ``run`` (train and evaluate), ``sample`` (a checkpoint's
+samples as an ADM ``.npz`` or PNGs), ``score`` (metrics of any samples against a run's reference),
+``encode`` (images to code shards), ``tokenizer`` (inspect a pretrained tokenizer), ``gpu_check``
+(the one-GPU readiness check).
 """

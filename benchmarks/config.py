@@ -51,7 +51,7 @@ class TokenizerConfig:
 
 @dataclass
 class TrainConfig:
-    """The shared training budget (SPEC.md: identical for every method)."""
+    """The shared training budget, identical for every method (docs/methods.md, "One budget for every method")."""
 
     iterations: int = 1000
     batch_size: int = 64

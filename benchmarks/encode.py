@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="shard folder to write (or resume)")
     p.add_argument("--flip", action="store_true", help="also encode horizontal flips (extra shards)")
     p.add_argument("--size", type=int, default=256, help="centre-crop size in pixels (default 256)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch and rank (default 32)")
     p.add_argument("--shard-size", type=int, default=50_000, help="images per shard (default 50000)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes decoding images (default 4)")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")

@@ -19,15 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from backbones.safe_pickle import NotACheckpointError, UnsafeCheckpointError
+from benchmarks import logs
 from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
 from benchmarks.storage.results import MetricsFileError
-from benchmarks.storage.manifest import git_commit, machine_info, package_versions, read_manifest, update_manifest
+from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
+                                         read_manifest, update_manifest)
+
+SUMMARY_EXTRA = ("class_accuracy",)
+"""metrics.csv columns the final summary shows besides FID, where the run has them."""
+SUMMARY_NAMES = {"fid": "final FID", "class_accuracy": "class accuracy"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", help="comma-separated method names (default: the config's methods section)")
@@ -40,7 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue the run in --out with its saved config (error if there is none)")
     p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
     p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
-    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: only the plain stage lines (for log files)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write losses, grad norms, learning rate, FIDs and sample grids as TensorBoard "
+                        "event files to RUN/tensorboard/ (needs: pip install -e '.[tensorboard]')")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing")
     p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
@@ -61,7 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="submitit launchers: follow the submitted jobs until they finish, then build the report")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
                    help="with --wait: give up waiting after this long (the jobs keep running; default 48 h)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
@@ -205,6 +221,7 @@ INPUT_ERRORS = (ConfigError, ImageFileError, MetricsFileError, NotACheckpointErr
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logs.configure(progress=not args.no_progress)
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -260,6 +277,13 @@ def run(args: argparse.Namespace) -> int:
             fail(f"{run_dir / 'manifest.json'} cannot be read ({e}): restore it, or use another --out")
         check_results_files(run_dir)
     from benchmarks.launching.preflight import check_inputs
+    if args.tensorboard:
+        from benchmarks.tensorboard_log import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ImportError as e:
+            fail(str(e))
 
     try:
         check_inputs(cfg)
@@ -272,11 +296,12 @@ def run(args: argparse.Namespace) -> int:
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
-    start = time.perf_counter()
+    start, started = time.perf_counter(), now_iso()
+    cells_before = evaluated_cells(run_dir)
     diverged = None
     try:
         done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
-                      wait_timeout=args.wait_timeout)
+                      wait_timeout=args.wait_timeout, tensorboard=args.tensorboard)
     except JobsDiverged as e:  # the other jobs finished: report them, then fail
         diverged, done = e, True
     except INPUT_ERRORS as e:
@@ -285,16 +310,66 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if done:
-        update_manifest(run_dir, {"timings": {"total_s": round(time.perf_counter() - start, 2)}})
-        build_report_if_available(run_dir)
+        add_timings(run_dir, ("timings",), {"total_s": time.perf_counter() - start}, started=started,
+                    launcher=cfg.launcher.kind, methods=chosen, seeds=seeds)
+        log_new_cells(run_dir, cells_before)
+        with logs.stage("report"):
+            build_report_if_available(run_dir)
+        table = summary_table(run_dir)
+        if table:
+            print("\n" + table)
     print(f"\nrun folder: {run_dir.resolve()}")
-    for name in ("metrics.csv", "report/report.md", "samples"):
+    for name in ("metrics.csv", "manifest.json", "report/report.md", "samples"):
         if (run_dir / name).exists():
             print(f"  {name:<18} {(run_dir / name).resolve()}")
     if diverged:
         print(f"error: {diverged}", file=sys.stderr)
         return 1
     return 0
+
+
+def evaluated_cells(run_dir: Path) -> int:
+    """Rows of the run's metrics.csv (0 if it has none)."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return 0
+    with open(path) as f:
+        return max(sum(1 for line in f if line.strip()) - 1, 0)
+
+
+def log_new_cells(run_dir: Path, before: int) -> None:
+    after = evaluated_cells(run_dir)
+    if after == before:
+        logs.reused("evaluation", f"all {after} cells were already in metrics.csv; nothing new evaluated")
+    else:
+        logs.get_logger("run").info("evaluation: %d new cells, %d in metrics.csv", after - before, after)
+
+
+def summary_table(run_dir: Path) -> str | None:
+    """Per method: seeds, last checkpoint, final FID (the report's cheap cell there, mean and
+    s.d. over seeds) and, where metrics.csv has the column, class accuracy; None without results."""
+    from reports.curves import convergence, order_variants
+    from reports.load import RunFolderError, load_runs
+
+    try:
+        final = convergence(load_runs([run_dir]))
+    except (RunFolderError, ValueError):
+        return None
+    if final.empty:
+        return None
+    columns = ["fid"] + [c for c in SUMMARY_EXTRA if c in final.columns]
+    rows = []
+    for variant in order_variants(final["variant"]):
+        rows_of = final[final["variant"] == variant]
+        last = rows_of[rows_of["step"] == rows_of["step"].max()]
+        row = {"method": variant, "seeds": last["seed"].nunique(), "step": int(last["step"].iloc[0])}
+        for column in columns:
+            values = last[column].astype(float)
+            spread = f" ± {values.std():.2f}" if len(values) > 1 else ""
+            row[SUMMARY_NAMES.get(column, column)] = f"{values.mean():.2f}{spread}" if values.notna().any() else "-"
+        rows.append(row)
+    table = pd.DataFrame(rows).to_string(index=False)
+    return f"final results (mean ± s.d. over seeds at the last checkpoint):\n{table}"
 
 
 if __name__ == "__main__":

@@ -51,12 +51,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the tokenizer kinds, their files and where to get them")
     check = sub.add_parser("check", help="load a checkpoint, print its numbers, optionally reconstruct an image")
-    check.add_argument("--kind", required=True, choices=list(KINDS))
+    check.add_argument("--kind", required=True, choices=list(KINDS), help="the tokenizer kind (see: list)")
     check.add_argument("--ckpt", required=True, type=Path, help="the checkpoint file (or a folder holding it)")
     check.add_argument("--image", type=Path, help="an image to reconstruct")
     check.add_argument("--out", type=Path, help="where to write the reconstruction (PNG); needs --image")
     check.add_argument("--size", type=int, default=256, help="centre-crop size in pixels (default 256)")
-    check.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    check.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="where to run the tokenizer (default: cuda if available, else cpu)")
     return p
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from backbones.dit import BackboneIO  # noqa: F401  (re-exported: part of the plugin contract)
 
 T_EPS = 1e-3
-"""Training times are drawn from U[T_EPS, 1) (SPEC.md)."""
+"""Training times are drawn from U[T_EPS, 1) (docs/methods.md)."""
 
 
 class Denoiser(Protocol):

@@ -17,7 +17,7 @@ from reports.build import build_report
 from reports.load import MergeWarning, RunFolderError
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reports", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders written by benchmarks.run")
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: each method's last checkpoint with a temperature sweep)")
     p.add_argument("--plugins", default="",
                    help="comma-separated modules registering extra methods (for their temperature definitions)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     for module in filter(None, (m.strip() for m in args.plugins.split(","))):
         try:
             importlib.import_module(module)

@@ -48,3 +48,27 @@ def test_shared_budget_key_in_a_method_section_is_an_error():
 def test_overrides_are_typed():
     cfg = load_config("smoke", ["train.lr=1e-3", "train.betas=[0.8, 0.9]", "eval.temperatures=[0.5]"])
     assert cfg.train.lr == 1e-3 and cfg.train.betas == (0.8, 0.9) and cfg.eval.temperatures == [0.5]
+
+
+def _all_options(parser):
+    """(parser prog, option) for every argument of a parser and its sub-commands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_options(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            yield parser.prog, action
+
+
+def test_every_cli_option_has_help_text():
+    import benchmarks.encode
+    import benchmarks.run
+    import benchmarks.tokenizer
+    import reports.__main__
+
+    missing = [f"{prog} {'/'.join(action.option_strings) or action.dest}"
+               for module in (benchmarks.run, benchmarks.encode, benchmarks.tokenizer, reports.__main__)
+               for prog, action in _all_options(module.parser()) if not action.help]
+    assert not missing, f"options without help text: {missing}"

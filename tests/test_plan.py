@@ -106,3 +106,14 @@ def test_plan_prints_evaluation_cost_apart_from_training():
     assert float(row[-1]) == pytest.approx(17.4, abs=0.5) and float(row[-2]) == pytest.approx(24.8, abs=0.5)  # EFLOP
     train, evaluation = re.search(r"training ([\d,.]+) GPU-hours, evaluation ([\d,.]+) GPU-hours", text).groups()
     assert float(train.replace(",", "")) == pytest.approx(298, abs=1) and float(evaluation) == pytest.approx(17.4, abs=0.5)
+
+
+def test_small_plans_print_gflop_and_gpu_seconds_not_zeros():
+    text = dry_run(load_config("smoke"), ["purr", "cfm"], [0], peak_tflops=989, utilisation=0.4)
+    assert "train GFLOP " in text and "eval GFLOP" in text and "GPU-seconds" in text
+    assert "PFLOP" not in text and "GPU-hours" not in text
+    for method in ("purr", "cfm"):
+        row = re.search(rf"^{method}\s+(.*)$", text, flags=re.M).group(1).split()
+        train, train_s, eval_, eval_s = (float(row[i].replace(",", "")) for i in (2, 3, 5, 6))
+        assert train > 1 and eval_ > 1 and train_s > 0 and eval_s > 0, row  # 58 GFLOP, 48 GFLOP, GPU-seconds
+    assert all(s > 0 for s in totals_seconds(text))

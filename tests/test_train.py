@@ -116,3 +116,18 @@ def test_prefetched_batches_are_the_serial_ones_and_resume_where_training_stoppe
         assert batch.codes.dtype == torch.int64 and torch.equal(batch.codes, codes)
         assert torch.equal(batch.labels, labels) and torch.equal(batch.data_state, state)
     prefetcher.close()
+
+
+def test_ema_update_is_the_exponential_moving_average(toy_latents, tmp_path):
+    import copy
+
+    cfg = load_config("smoke", ["train.ema_decay=0.9"])
+    trainer = Trainer(cfg, "cfm", 0, tmp_path, toy_latents)
+    ema_before = copy.deepcopy(trainer.ema.state_dict())
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    trainer.update_ema()
+    params = dict(trainer.model.named_parameters())
+    for name, value in trainer.ema.named_parameters():
+        torch.testing.assert_close(value, 0.9 * ema_before[name] + 0.1 * params[name])

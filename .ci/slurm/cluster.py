@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--dir", required=True, type=Path, help="cluster directory")
         if name in ("up", "down"):
-            p.add_argument("--timeout", type=float, default=120.0 if name == "up" else 60.0)
+            p.add_argument("--timeout", type=float, default=120.0 if name == "up" else 60.0,
+                           help="seconds to wait for the daemons (default: 120 up, 60 down)")
         if name == "up":
             p.add_argument("--install", action="store_true", help="install missing packages first (root)")
             p.add_argument("--cpus", type=int, default=None, help="CPUs of the node (default min(2, nproc))")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from backbones.tokenizer import Tokenizer
 from backbones.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
 from benchmarks.storage.atomic import locked, save_json, save_torch
+from benchmarks import logs
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
 from benchmarks.data.shards import CodeShards, read_meta, write_meta, write_shard
@@ -110,8 +111,11 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
                      "data": {"dataset": dataset, "id": data_id, "image_size": image_size,
                               "path": str(path) if path else None},
                      "quality": quality}
-            encode_to_shards(tokenizer, reference, shard_dir, grid=tokenizer.latent_grid(image_size),
-                             num_classes=num_classes, extra=extra, device=device, progress=progress)
+            with logs.stage(f"tokenizer: encode {len(reference)} images to codes", part="data"):
+                encode_to_shards(tokenizer, reference, shard_dir, grid=tokenizer.latent_grid(image_size),
+                                 num_classes=num_classes, extra=extra, device=device, progress=progress)
+        else:
+            logs.reused("tokenizer: encode images to codes", f"codes in the cache ({shard_dir})", part="data")
     shards = CodeShards(shard_dir)
     tokenizer.cpu().eval().requires_grad_(False)
     info = {**_info_from_meta(shards), "from_cache": from_cache, "tokenizer_from_cache": tok_from_cache}
@@ -301,8 +305,10 @@ def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.n
     with locked(weights):
         if weights.is_file() and info_path.is_file():
             model, info, from_cache = VQVAE.load(weights), json.loads(info_path.read_text()), True
+            logs.reused("tokenizer: train VQ-VAE", f"trained VQ-VAE in the cache ({folder})", part="data")
         else:
-            model, info = train_vqvae(cfg, images() if callable(images) else images, progress=progress)
+            with logs.stage(f"tokenizer: train VQ-VAE ({cfg.train_steps} steps)", part="data"):
+                model, info = train_vqvae(cfg, images() if callable(images) else images, progress=progress)
             info = {**info, "key": key, "data_id": data_id}
             save_torch(model.state(), weights)
             save_json(info, info_path)

@@ -50,6 +50,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from benchmarks import logs
 from benchmarks.evaluation import mnist_cnn
 from benchmarks.storage.atomic import locked, save_with
 from benchmarks.storage.cache import cache_dir, content_hash
@@ -262,9 +263,13 @@ def reference_from_images(images, extractor: ExtractorSpec, name_hint: str = "re
     rid = f"{_check_name(name_hint)}-{images_fingerprint(images)}"
     path = cache_dir("refstats") / f"{rid}-{extractor.name}-{extractor.key}.npz"
     with locked(path):
-        if not path.exists():
-            feats = extract_features(images, extractor, layers=extractor.reference_layers, device=device,
-                                     progress=progress, batch_size=batch_size)
+        what = f"reference statistics: {rid} ({len(images)} images, {extractor.name})"
+        if path.exists():
+            logs.reused(what, f"statistics in the cache ({path.name})", part="eval")
+        else:
+            with logs.stage(what, part="eval"):
+                feats = extract_features(images, extractor, layers=extractor.reference_layers, device=device,
+                                         progress=progress, batch_size=batch_size)
             stats = fid_features_to_statistics(feats[extractor.layer("fid")])
             arrays = {f"features/{k}": v.numpy() for k, v in feats.items()} | {f"fid/{k}": v for k, v in stats.items()}
             save_with(lambda tmp: _savez(tmp, arrays), path)

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from tqdm.auto import tqdm
 
+from benchmarks import logs
 from benchmarks.storage.atomic import locked, save_json, save_torch
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import load_mnist5k
@@ -142,10 +144,11 @@ def accuracy(model: MnistCNN, images: Tensor, labels: Tensor, batch_size: int = 
 
 
 @one_thread()
-def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> tuple[MnistCNN, dict]:
+def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig,
+                     progress: bool = True) -> tuple[MnistCNN, dict]:
     """Train on uint8 images (N, 1, 32, 32) / int labels (N,) minus the hold-out split; cross-entropy,
-    AdamW, one-cycle learning rate. Returns the model (eval mode) and
-    ``{"holdout_accuracy", "train_accuracy", "train_seconds", "num_train", "num_holdout"}``."""
+    AdamW, one-cycle learning rate, with a progress bar over the steps. Returns the model (eval
+    mode) and ``{"holdout_accuracy", "train_accuracy", "train_seconds", "num_train", "num_holdout"}``."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -157,6 +160,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
     model.train()
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"train {NAME} feature extractor", unit="step",
+               disable=not progress, dynamic_ncols=True)
     for _ in range(config.epochs):
         order = torch.randperm(len(train_idx), generator=generator)
         for i in range(0, len(order), config.batch_size):
@@ -166,6 +171,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig
             loss.backward()
             opt.step()
             sched.step()
+            bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
     info = {
         "holdout_accuracy": accuracy(model, x_all[held_idx], y_all[held_idx]) if len(held_idx) else float("nan"),
@@ -195,8 +203,13 @@ def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
     folder = cache_dir("extractors", f"{NAME}-{key}")
     path = folder / "weights.pt"
     with locked(path):
-        if not path.exists():
-            model, info = train_classifier(images, labels, config)
+        if path.exists():
+            logs.reused(f"feature extractor: train {NAME}", f"trained weights in the cache ({folder})", part="eval")
+        else:
+            with logs.stage(f"feature extractor: train {NAME} ({config.epochs} epochs)", part="eval"):
+                model, info = train_classifier(images, labels, config, progress=logs.show_progress())
+            logs.get_logger("eval").info("feature extractor: %s hold-out accuracy %.1f%%", NAME,
+                                         100 * info["holdout_accuracy"])
             save_json({"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info},
                       folder / "info.json")
             save_torch({"arch": model.arch, "state_dict": model.state_dict()}, path)

@@ -16,9 +16,9 @@ Jobs whose last event says they finished are not submitted again, and nothing is
 jobs of an earlier launch of the run are still queued or running (two jobs would train one
 (method, seed) into the same checkpoints).
 
-Each job opens the latent space from the project cache (``$VQFLOW_CACHE``, which must be on a
-filesystem the nodes share; it is exported to the jobs) and prepares it if missing, under a file
-lock, so concurrent jobs prepare it once.
+Each job opens the latent space from the project cache (``$VQFLOW_CACHE`` or the XDG default,
+which must be on a filesystem the nodes share; its resolved path is exported to the jobs) and
+prepares it if missing, under a file lock, so concurrent jobs prepare it once.
 """
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ import torch
 from submitit.core.utils import UncompletedJobError
 from tqdm.auto import tqdm
 
+from benchmarks import logs
 from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
 from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
+from benchmarks.storage.cache import cache_root
 from benchmarks.storage.manifest import read_manifest, update_manifest
 from benchmarks.training.trainer import TrainingDiverged, job_dir
 
@@ -64,15 +66,15 @@ class LaunchError(RuntimeError):
 
 
 def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool = True,
-           wait: bool = False, wait_timeout: float | None = None) -> bool:
+           wait: bool = False, wait_timeout: float | None = None, tensorboard: bool = False) -> bool:
     """Run or submit every (method, seed) job of ``cfg.launcher.kind``. Returns True when all jobs
     have finished (always for ``local``; with ``wait`` for the others), False when submitted jobs
     are still running. Raises LaunchError if a job failed or ``wait_timeout`` seconds (default
-    DEFAULT_WAIT_TIMEOUT_S) passed."""
+    DEFAULT_WAIT_TIMEOUT_S) passed. ``tensorboard``: jobs also write TensorBoard event files."""
     if cfg.launcher.kind == "local":
-        run_local(cfg, methods, seeds, run_dir, progress=progress)
+        run_local(cfg, methods, seeds, run_dir, progress=progress, tensorboard=tensorboard)
         return True
-    jobs = submit(cfg, methods, seeds, run_dir)
+    jobs = submit(cfg, methods, seeds, run_dir, tensorboard=tensorboard)
     if not jobs:
         print("every job of this run has already finished")
         return True
@@ -86,7 +88,8 @@ class JobsDiverged(LaunchError):
     """Some jobs of a local run diverged (the others finished); the message names them."""
 
 
-def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool) -> None:
+def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool,
+              tensorboard: bool = False) -> None:
     """Run every job in this process. A job that diverges stops (``TrainingDiverged``) and the
     others go on; then ``JobsDiverged`` names the diverged ones."""
     diverged = []
@@ -96,12 +99,13 @@ def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_di
                 held.enter_context(job_lock(run_dir, method, seed))
         latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
         evaluator = make_evaluator(cfg, latents, run_dir, progress)
-        for method in methods:
-            for seed in seeds:
+        jobs = [(method, seed) for method in methods for seed in seeds]
+        for k, (method, seed) in enumerate(jobs, 1):
+            with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
                 record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
                 try:
                     summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator,
-                                      progress=progress)
+                                      progress=progress, tensorboard=tensorboard)
                 except TrainingDiverged as e:
                     print(f"error: {e}", file=sys.stderr)
                     record_event(run_dir, method, seed, "diverged", step=e.step)
@@ -156,8 +160,9 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     names of the modules that register its methods (imported first, for plugin methods).
     """
 
-    def __init__(self, modules: tuple[str, ...] = ()):
+    def __init__(self, modules: tuple[str, ...] = (), tensorboard: bool = False):
         self.modules = tuple(modules)
+        self.tensorboard = tensorboard
 
     def __call__(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> dict:
         for module in self.modules:
@@ -165,6 +170,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         if "SLURM_CPUS_PER_TASK" in os.environ:  # without CPU binding torch would use every core of the node
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         cfg = from_dict(cfg_dict)
+        logs.configure()  # the job's stderr is its SLURM / submitit log file: plain stage lines
         sig = preemption_signal()
         if callable(signal.getsignal(sig)):  # submitit's handler: defer it to step boundaries
             PREEMPTION.install(sig)
@@ -175,7 +181,8 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
                              restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
                              from_step=newest_checkpoint_step(run_dir, method, seed))
             with job_lock(run_dir, method, seed) if main else contextlib.nullcontext():
-                summary = run_job(cfg, method, seed, run_dir, progress=True)
+                with logs.stage(f"job {method} seed {seed}", part="jobs"):
+                    summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary
@@ -271,8 +278,7 @@ def job_setup() -> list[str]:
     """Shell lines run before each job: the project importable, the same cache, quiet progress bars."""
     lines = [f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
              f"export TQDM_MININTERVAL={JOB_TQDM_MININTERVAL_S}"]
-    if "VQFLOW_CACHE" in os.environ:
-        lines.append(f"export VQFLOW_CACHE={shlex.quote(str(Path(os.environ['VQFLOW_CACHE']).resolve()))}")
+    lines.append(f"export VQFLOW_CACHE={shlex.quote(str(cache_root().resolve()))}")
     return lines
 
 
@@ -284,7 +290,8 @@ def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
     return executor
 
 
-def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> list[tuple[str, submitit.Job]]:
+def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *,
+           tensorboard: bool = False) -> list[tuple[str, submitit.Job]]:
     """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
     run_dir = Path(run_dir).resolve()
     busy = active_jobs(run_dir)
@@ -292,13 +299,13 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
         raise LaunchError(f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
                           "(they resume and finish on their own) or cancel them before submitting again")
     todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
-    skipped = len(methods) * len(seeds) - len(todo)
+    skipped = [f"{m}/seed{s}" for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
-        print(f"skipping {skipped} finished job(s)")
+        print(f"skipping {len(skipped)} finished job(s): {', '.join(skipped)}")
     if not todo:
         return []
     executor = make_executor(cfg, run_dir / "submitit")
-    job = BenchmarkJob(plugin_modules(methods))
+    job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard)
     n = len(todo)
     submitted = executor.map_array(job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n)
     keys = [f"{m}/seed{s}" for m, s in todo]

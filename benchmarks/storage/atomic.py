@@ -1,18 +1,20 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
 A reader (or a rerun after a crash) never sees a half-written checkpoint, CSV or JSON file.
+Files are created as ordinary files are (mode 0666 less the process umask), so with a group
+umask such as 002 colleagues on a shared filesystem can read a run and reuse the cache.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from filelock import FileLock
 
 
 @contextlib.contextmanager
@@ -20,8 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
@@ -30,6 +31,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, uniquely named ``.<name>.<random>.tmp`` next to ``path``. Unlike
+    ``tempfile.mkstemp`` (always mode 0600) it asks for 0666 and lets the umask decide."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 def save_torch(obj, path: str | os.PathLike) -> None:
@@ -59,12 +72,10 @@ def save_with(writer: Callable[[Path], None], path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock on ``path + '.lock'`` (for read-modify-write of shared files)."""
+    """An exclusive lock on ``path + '.lock'`` across processes (for read-modify-write of shared
+    files), held until the block ends. ``filelock`` takes an OS lock on the file (``flock`` on
+    Unix), creates it with the umask's mode and removes it on release."""
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(lock):
+        yield

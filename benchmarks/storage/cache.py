@@ -1,8 +1,9 @@
 """The project cache: one folder for everything derived (MNIST arrays, tokenizers, code shards,
 feature extractors, reference statistics).
 
-Location: ``$VQFLOW_CACHE`` if set, else ``~/.cache/vqflow``. Entries are keyed by content
-hashes of their inputs, so a changed dataset or config never reuses a stale entry.
+Location: ``$VQFLOW_CACHE`` if set, else ``$XDG_CACHE_HOME/vqflow``, else ``~/.cache/vqflow``.
+Entries are keyed by content hashes of their inputs, so a changed dataset or config never
+reuses a stale entry.
 """
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from pathlib import Path
 
 def cache_dir(*parts: str) -> Path:
     """The cache root (or a sub-folder of it), created on first use."""
-    root = Path(os.environ.get("VQFLOW_CACHE", Path.home() / ".cache" / "vqflow")).expanduser()
-    path = root.joinpath(*parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_root() -> Path:
+    """``$VQFLOW_CACHE``, else ``$XDG_CACHE_HOME/vqflow`` (the XDG base-directory rule: set and
+    absolute), else ``~/.cache/vqflow``."""
+    if os.environ.get("VQFLOW_CACHE"):
+        return Path(os.environ["VQFLOW_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "vqflow"
 
 
 def content_hash(*items, length: int = 16) -> str:

@@ -1,9 +1,14 @@
 """The run manifest (``<run>/manifest.json``): resolved config, package versions, machine,
 latent-space info, per-job summaries and timings. Several jobs of one run (e.g. a SLURM job
 array) update it concurrently, so every update is a locked read-merge-write, written atomically.
+
+Timings survive reruns: each invocation appends its own entry to an ``invocations`` list
+(``timings.invocations``, ``timings.latents.invocations``, ``jobs.<method>/seed<k>.invocations``)
+and the totals beside it (``timings.total_s``, ``jobs.<...>.eval_s``, ...) are sums over them.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -62,6 +67,32 @@ def _merge(base: dict, patch: dict) -> dict:
 def read_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def now_iso() -> str:
+    """The current UTC time to the second (when an invocation started)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def add_timings(run_dir: str | Path, where: tuple[str, ...], seconds: dict[str, float], **info) -> dict:
+    """Record one invocation's ``seconds`` (e.g. ``{"total_s": 41.2}``) at the manifest node
+    ``where`` (e.g. ``("timings",)`` or ``("jobs", "purr/seed0")``): append ``{**info, **seconds}``
+    to the node's ``invocations`` and set each key of ``seconds`` on the node to its sum over them.
+    A total recorded before invocations were kept becomes the first entry, so it is not lost."""
+    path = Path(run_dir) / "manifest.json"
+    with locked(path):
+        manifest = read_manifest(run_dir)
+        node = manifest
+        for key in where:
+            node = node.setdefault(key, {})
+        if "invocations" not in node:
+            earlier = {key: node[key] for key in seconds if key in node}
+            node["invocations"] = [{"earlier_totals": True, **earlier}] if earlier else []
+        node["invocations"].append({**info, **{key: round(value, 2) for key, value in seconds.items()}})
+        for key in seconds:
+            node[key] = round(sum(entry.get(key, 0.0) for entry in node["invocations"]), 2)
+        save_json(manifest, path)
+    return manifest
 
 
 def update_manifest(run_dir: str | Path, patch: dict) -> dict:

@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from backbones.dit import build_dit
@@ -329,10 +330,10 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema <- decay * ema + (1 - decay) * params."""
-        decay = self.cfg.train.ema_decay
-        ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+        """ema <- decay * ema + (1 - decay) * params (``torch.optim.swa_utils``' EMA update: one
+        fused lerp over all parameters)."""
+        ema_update = get_ema_multi_avg_fn(self.cfg.train.ema_decay)
+        ema_update(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], self.step)
 
     def event(self) -> CheckpointEvent:
         t = self.cfg.train

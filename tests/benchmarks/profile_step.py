@@ -75,10 +75,10 @@ def measure(variants: list[tuple[str, str]], workload, steps: int, device: str) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", help="e.g. cfm purr-fused purr-dense")
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="default")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="default", help="model and data sizes")
     parser.add_argument("--batch", type=int, default=None, help="override the workload's batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant after one warm-up")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.threads:

@@ -1,0 +1,79 @@
+"""Optional TensorBoard logging of a job (``python -m benchmarks.run --tensorboard``; off by default).
+
+After each evaluated checkpoint, the job's new rows are copied into a TensorBoard event file in
+``<run>/tensorboard/<method>-seed<k>/``: from ``train_log.csv`` every logged interval's loss terms
+and gradient norm (``train/<column>``) and the learning rate (``train/lr``, constant in the shared
+recipe); from ``metrics.csv`` the FID of every cell evaluated at that checkpoint
+(``fid/steps<N>_tau<τ>_cfg<w>_n<samples>``); and the cells' sample grids
+(``samples/<the same cell name>``). The CSV files stay the record; the event files are a view for
+``tensorboard --logdir <run>/tensorboard``. Needs the ``tensorboard`` package:
+``pip install -e '.[tensorboard]'``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from benchmarks.training.trainer import CheckpointEvent
+
+NOT_LOGGED = {"step", "images_seen", "train_wall_s"}
+"""train_log.csv columns that are positions on the x axis, not curves."""
+
+
+def require_tensorboard() -> None:
+    """Raise ImportError with the install command if ``torch.utils.tensorboard`` cannot load."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"--tensorboard needs the tensorboard package ({e}); "
+                          "install it with: pip install -e '.[tensorboard]'") from None
+
+
+class TensorBoardLog:
+    """Copies one job's new training-log rows, FIDs and sample grids into TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, method: str, seed: int, lr: float, *, from_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir, self.method, self.seed, self.lr = Path(run_dir), method, seed, lr
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / f"{method}-seed{seed}"))
+        self.logged_step = from_step
+        """Training-log rows up to this step are already in the event files (an earlier invocation)."""
+
+    def __call__(self, event: CheckpointEvent) -> None:
+        self.log_training(event.job_dir / "train_log.csv", event.step)
+        self.log_evaluation(event.step)
+        self.writer.flush()
+
+    def log_training(self, path: Path, up_to: int) -> None:
+        if not path.exists():
+            return
+        log = pd.read_csv(path)
+        new = log[(log["step"] > self.logged_step) & (log["step"] <= up_to)]
+        for row in new.to_dict("records"):
+            step = int(row["step"])
+            for column, value in row.items():
+                if column not in NOT_LOGGED and pd.notna(value):
+                    self.writer.add_scalar(f"train/{column}", float(value), step)
+            self.writer.add_scalar("train/lr", self.lr, step)
+        self.logged_step = max(self.logged_step, up_to)
+
+    def log_evaluation(self, step: int) -> None:
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        metrics = pd.read_csv(path)
+        cells = metrics[(metrics["method"] == self.method) & (metrics["seed"] == self.seed) & (metrics["step"] == step)]
+        for row in cells.to_dict("records"):
+            tag = f"steps{row['steps']}_tau{row['temperature']:g}_cfg{row['cfg_scale']:g}_n{row['n_samples']}"
+            self.writer.add_scalar(f"fid/{tag}", float(row["fid"]), step)
+        grids = self.run_dir / "samples" / self.method / f"seed{self.seed}"
+        for grid in sorted(grids.glob(f"step{step:09d}_*.png")):
+            image = np.asarray(Image.open(grid).convert("RGB"))
+            self.writer.add_image(f"samples/{grid.stem.split('_', 1)[1]}", image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
