@@ -24,6 +24,7 @@ for another.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,9 +63,8 @@ def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path
     return checkpoints[-1] if step is None else checkpoints[steps.index(step)]
 
 
-def load_model(path: Path, cfg: BenchmarkConfig, latents, device: torch.device):
-    """The method and its EMA model of a checkpoint (weights only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_model(state: dict, cfg: BenchmarkConfig, latents, device: torch.device):
+    """The method and its EMA model of a checkpoint's state (loaded with ``weights_only=True``)."""
     method = build_method(cfg, state["method"], latents).to(device)
     model = build_dit(cfg.backbone, method.backbone_io(), latents.shards.grid, latents.num_classes)
     model.load_state_dict(state["ema"])
@@ -114,12 +114,14 @@ def export(args: argparse.Namespace) -> Path | None:
     if args.out.exists():
         raise UsageError(f"--out {args.out} already exists; delete it or choose another path")
     checkpoint = find_checkpoint(args.run, args.method, args.seed, args.step)
-    cfg = from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = from_dict(state["config"])
     device = torch.device(args.device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))
     latents = latents_for(cfg, progress=args.progress and dist.is_main)
-    method, model, step = load_model(checkpoint, cfg, latents, device)
-    steps = args.steps or cfg.eval.cells[0].steps
-    temperature = args.temperature or cfg.eval.method_temperature.get(args.method, 1.0)
+    method, model, step = load_model(state, cfg, latents, device)
+    del state  # the optimizer state is not needed
+    steps = cfg.eval.cells[0].steps if args.steps is None else args.steps
+    temperature = cfg.eval.method_temperature.get(args.method, 1.0) if args.temperature is None else args.temperature
     cell = Cell(steps, temperature, args.cfg_scale, args.num_samples)
     labels = resolve_labels(args.labels, args.num_samples, latents.num_classes)
     parts_dir = args.out.with_name(args.out.name + ".parts")
@@ -173,11 +175,7 @@ def assemble(parts_dir: Path, count: int, out: Path) -> Path | None:
                 images.append(part["images"])
                 labels.append(part["labels"])
         write_output(np.concatenate(images), np.concatenate(labels), out)
-        for path in paths:
-            path.unlink()
-    (parts_dir / "plan.json").unlink()
-    (parts_dir / "plan.json.lock").unlink(missing_ok=True)
-    parts_dir.rmdir()
+    shutil.rmtree(parts_dir)  # parts, plan, lock and any temporary file of a killed writer
     return out
 
 

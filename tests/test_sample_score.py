@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,27 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
     for metric in METRICS:
         assert float(scores[metric]) == pytest.approx(row[metric], rel=1e-4, abs=1e-6), metric
     assert len(pd.read_csv(tmp_path / "scores.csv")) == 1
+
+    # resumable: kill an export after its first part, mark that part, rerun: the part is kept
+    resumed = tmp_path / "resumed.npz"
+    part = tmp_path / "resumed.npz.parts" / "part-00000.npz"
+    env = {**os.environ, "VQFLOW_CACHE": str(shared_cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sample", *sample, "--out", str(resumed)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not part.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert part.exists() and not resumed.exists()
+    with np.load(part) as data:
+        kept = {"images": 255 - data["images"], "labels": data["labels"]}
+    with open(part, "wb") as f:
+        np.savez(f, **kept)
+    cli("benchmarks.sample", *sample, "--out", str(resumed), cache=shared_cache)
+    with np.load(resumed) as got, np.load(npz) as want:
+        assert np.array_equal(got["arr_0"][:40], 255 - want["arr_0"][:40])  # the kept part, not resampled
+        assert np.array_equal(got["arr_0"][40:], want["arr_0"][40:]) and np.array_equal(got["arr_1"], want["arr_1"])
 
     folder = tmp_path / "pngs"
     cli("benchmarks.sample", *sample, "--out", str(folder), cache=shared_cache)

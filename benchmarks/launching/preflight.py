@@ -29,12 +29,7 @@ def check_data(cfg: BenchmarkConfig) -> None:
         raise ConfigError(f"data.path is required for data.dataset={data.dataset!r} ({example}): "
                           f"add --set data.path=...")
     if data.dataset == "imagefolder":
-        from benchmarks.data.images import ImageFolder
-
-        try:
-            ImageFolder(data.path, data.image_size)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"data.path: {err}") from None
+        check_image_folder(Path(data.path))
     else:
         from benchmarks.data.shards import read_meta
 
@@ -48,6 +43,20 @@ def check_data(cfg: BenchmarkConfig) -> None:
             what = f"{len(missing)} shard file(s) are missing, e.g. {missing[0]}" if missing else "the encoding did not finish"
             raise ConfigError(f"data.path: the code shards at {data.path} are incomplete ({what}); rerun "
                               "python -m benchmarks.encode for them (it continues where it stopped)")
+
+
+def check_image_folder(root: Path) -> None:
+    """ROOT/<class>/<image>: the folder exists, has class subfolders and at least one image (the
+    listing stops at the first, so an ImageNet-sized folder costs no full walk here)."""
+    from benchmarks.data.images import IMAGE_SUFFIXES
+
+    if not root.is_dir():
+        raise ConfigError(f"data.path: image folder {root} does not exist")
+    classes = [p for p in root.iterdir() if p.is_dir()]
+    if not classes:
+        raise ConfigError(f"data.path: image folder {root} has no class subfolders (expected ROOT/<class>/<image>)")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for folder in classes for p in folder.rglob("*")):
+        raise ConfigError(f"data.path: image folder {root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 def check_tokenizer(cfg: BenchmarkConfig) -> None:
