@@ -102,9 +102,10 @@ class Evaluator:
             return {}
         start = time.perf_counter()
         n = min(self.cfg.eval.num_samples, len(self.latents.images))
-        subset = torch.utils.data.Subset(self.latents.images, np.linspace(0, len(self.latents.images) - 1, n).astype(int))
+        indices = np.linspace(0, len(self.latents.images) - 1, n).astype(int)
+        subset = torch.utils.data.Subset(self.latents.images, indices)
         metrics = fidelity.reconstruction_metrics(self.latents.tokenizer, subset, self.reference(), self.extractor(),
-                                                  progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
+                                                  labels=image_labels(self.latents.images)[indices], progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
         floor = {**metrics, "n_samples": n, "tokenizer": self.latents.info.get("tokenizer"),
                  "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                  "eval_wall_s": round(time.perf_counter() - start, 2)}
@@ -170,10 +171,12 @@ class Evaluator:
             images, nfe, trace = self.generate(event, cell)
             self.save_grid(images, event, cell)
             metrics = fidelity.compute_metrics(images, self.reference(), self.extractor(), device=event.device,
+                                               labels=balanced_labels(cell.num_samples, self.latents.num_classes),
                                                progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
             entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
             row.update(nfe=nfe, entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
-                       **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc")})
+                       **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc",
+                                                                      "class_accuracy")})
             if trace.get("entropy"):
                 append_rows(self.run_dir / "traces.csv",
                             [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
@@ -182,6 +185,14 @@ class Evaluator:
             append_rows(self.metrics_path, [row])
             if self.progress:
                 tqdm.write(f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}")
+
+
+def image_labels(images) -> np.ndarray:
+    """The labels (N,) of a reference image set: an ``ArrayImages`` (``.labels``) or an
+    ``ImageFolder`` (``.samples``), without reading any image."""
+    if hasattr(images, "labels"):
+        return np.asarray(images.labels)
+    return np.asarray([label for _, label in images.samples])
 
 
 def mean_trace(traces: list[tuple[int, dict[str, list[float]]]]) -> dict[str, list[float]]:
