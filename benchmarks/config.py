@@ -48,6 +48,9 @@ class TokenizerConfig:
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class TrainConfig:
     """The shared training budget (SPEC.md: identical for every method)."""
@@ -56,6 +59,11 @@ class TrainConfig:
     batch_size: int = 64
     """Global batch; with data parallelism each rank takes batch_size / world_size."""
     lr: float = 1e-4
+    """Peak learning rate; see ``lr_schedule`` and ``warmup``."""
+    lr_schedule: str = "constant"
+    """After warmup: ``constant``, or ``cosine`` / ``linear`` decay from ``lr`` to 0 at ``iterations``."""
+    warmup: int = 0
+    """Steps of linear warmup from lr / warmup to ``lr``."""
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -299,6 +307,9 @@ def validate(cfg: BenchmarkConfig) -> None:
     checks = [(t.iterations >= 1, "train.iterations must be >= 1"),
               (t.batch_size >= 1, "train.batch_size must be >= 1"),
               (t.lr > 0, "train.lr must be > 0"),
+              (t.lr_schedule in LR_SCHEDULES,
+               f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}"),
+              (0 <= t.warmup < t.iterations, "train.warmup must be in [0, train.iterations)"),
               (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
               (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
               (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
