@@ -49,6 +49,9 @@ class TokenizerConfig:
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class TrainConfig:
     """The shared training budget, identical for every method (docs/methods.md, "One budget for every method")."""
@@ -57,6 +60,11 @@ class TrainConfig:
     batch_size: int = 64
     """Global batch; with data parallelism each rank takes batch_size / world_size."""
     lr: float = 1e-4
+    """Peak learning rate; see ``lr_schedule`` and ``warmup``."""
+    lr_schedule: str = "constant"
+    """After warmup: ``constant``, or ``cosine`` / ``linear`` decay from ``lr`` to 0 at ``iterations``."""
+    warmup: int = 0
+    """Steps of linear warmup from lr / warmup to ``lr``."""
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -377,6 +385,9 @@ def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
             (t.batch_size % ranks == 0, f"train.batch_size={t.batch_size} must be divisible by "
                                         f"launcher.gpus_per_job={ranks} (one equal share per rank)"),
             (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a finite number > 0, got {t.lr}"),
+            (t.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}"),
+            (0 <= t.warmup < t.iterations, "train.warmup must be in [0, train.iterations)"),
             (all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}"),
             (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
             (t.grad_clip > 0, "train.grad_clip must be > 0"),

@@ -159,7 +159,8 @@ def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> 
     cannot mix them: anything while the folder holds no trained step and no result (a failed
     start), ``eval.*`` once every job finished training (new cells are new rows of
     ``metrics.csv``), and a larger ``train.iterations`` (the jobs continue from their newest
-    checkpoint). Where the jobs run (the ``launcher`` section) may always change."""
+    checkpoint; only with ``train.lr_schedule: constant``, since a decaying schedule is a
+    function of the budget). Where the jobs run (the ``launcher`` section) may always change."""
     saved = manifest.get("config")
     if saved is None:
         return
@@ -177,12 +178,17 @@ def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> 
     jobs = [f"{m}/seed{s}" for m in manifest.get("methods", []) for s in manifest.get("seeds", [])]
     training_done = all(trained.get(job, 0) >= budget for job in jobs)
 
+    schedule = saved.get("train", {}).get("lr_schedule", "constant")
+
     def allowed(key, old, new) -> bool:
-        if key == "train.iterations":
-            return isinstance(old, int) and new > old
+        if key == "train.iterations":  # a decaying learning rate is a function of the budget: no extension
+            return isinstance(old, int) and new > old and schedule == "constant"
         return key.startswith("eval.") and training_done
 
     refused = [f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes if not allowed(key, old, new)]
+    if schedule != "constant" and any(key == "train.iterations" for key, _, _ in changes):
+        refused.append(f"train.lr_schedule={schedule} decays over train.iterations, so a longer budget would "
+                       "change the learning rate of steps already trained")
     if refused:
         fail(f"{run_dir} holds a run with a different config ({'; '.join(refused[:5])}); a run may change only "
              "eval.* settings once its training is done, and raise train.iterations: use another --out, or "

@@ -20,7 +20,6 @@ batch ``.npz`` or an image folder) name them.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -118,13 +117,10 @@ def named_extractor_and_reference(name: str, reference: Path, weights: str | Non
 
 def score(images: torch.Tensor, labels: torch.Tensor | None, extractor, reference, *, kid_subsets: int,
           device: torch.device, progress: bool) -> dict[str, float]:
-    """The suite's metrics of ``images`` (and class accuracy when labels are given and the shared
-    metric function takes them)."""
+    """The suite's metrics of ``images``, with class accuracy when ``labels`` (N,) are given and the
+    extractor has class logits (``fidelity.metrics_from_features``)."""
     features = fidelity.extract_features(images, extractor, device=device, progress=progress)
-    options = {"kid_subsets": kid_subsets}
-    if labels is not None and "labels" in inspect.signature(fidelity.metrics_from_features).parameters:
-        options["labels"] = labels  # class accuracy (from the extractor's logits) where fidelity computes it
-    return fidelity.metrics_from_features(features, reference, extractor, **options)
+    return fidelity.metrics_from_features(features, reference, extractor, labels=labels, kid_subsets=kid_subsets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -93,6 +93,11 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
                  "FID against the number of Euler sampler steps at each method's last checkpoint, with its "
                  "default-temperature cell (mean over seeds, band ± 1 s.d. when there are several seeds); "
                  "dashed: the tokenizer's reconstruction FID.")
+    if "class_accuracy" in conv and conv["class_accuracy"].notna().any():
+        keep("class_accuracy_vs_iterations", F.plot_class_accuracy(conv, results.floors, fig_dir),
+             "Class accuracy vs training iterations",
+             "Fraction of the cheap cell's samples that the evaluation classifier assigns to the label they were "
+             "generated for (mean over seeds, band ± 1 s.d.); dashed: the tokenizer reconstructions' (the ceiling).")
     if not sweep_rows.empty:
         keep("fid_vs_temperature", F.plot_temperature(sweep_rows, results.floors, meanings, fig_dir),
              "FID vs sampling temperature", "FID of the temperature sweep per method (★ = best); the legend says "

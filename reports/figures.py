@@ -182,6 +182,36 @@ def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: st
     return curve
 
 
+def plot_class_accuracy(conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path,
+                        name: str = "class_accuracy_vs_iterations") -> pd.DataFrame:
+    """Class accuracy of the cheap cell's samples against training iterations (mean over seeds,
+    band ± 1 s.d.), one curve per variant, one panel per backbone; the tokenizer reconstructions'
+    class accuracy (the ceiling) as a dashed line. Returns the plotted means (``mean_curve``)."""
+    curve = mean_curve(conv.dropna(subset=["class_accuracy"]), value="class_accuracy")
+    backbones = sorted(curve["backbone"].unique())
+    look = styles(curve["variant"])
+    fig, axes = _grid(1, len(backbones))
+    for ax, backbone in zip(axes[0], backbones):
+        here = curve[curve["backbone"] == backbone]
+        for variant in order_variants(here["variant"]):
+            c = here[here["variant"] == variant]
+            _band(ax, c["step"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], variant)
+        ceilings = floors[floors["backbones"].str.split(", ").apply(lambda bs: backbone in bs)] if not floors.empty else floors
+        for _, floor in ceilings.iterrows():
+            if pd.notna(floor.get("class_accuracy")):
+                ax.axhline(float(floor["class_accuracy"]), color="black", linestyle="--", linewidth=1,
+                           label="tokenizer reconstructions (ceiling)")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(X_COLUMNS["step"])
+        ax.set_ylabel("class accuracy of samples")
+        several = here["n_seeds"].max() > 1
+        ax.set_title(f"{backbone}: class accuracy vs training iterations" + (f"\n({BAND_NOTE})" if several else ""))
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    save(fig, out_dir, name)
+    return curve
+
+
 def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: dict[str, str],
                      out_dir: Path, name: str = "fid_vs_temperature") -> pd.DataFrame:
     """FID against sampling temperature at the sweep checkpoint, one curve per variant (its

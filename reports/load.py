@@ -36,7 +36,7 @@ from benchmarks.storage.results import CELL_KEY, TRACE_KEY, key_text
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
 REQUIRED_TRAIN_LOG = ["step", "loss"]
-FLOOR_IDENTITY = ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "psnr", "n_samples",
+FLOOR_IDENTITY = ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "psnr", "n_samples",
                   "tokenizer", "feature_extractor", "ref_stats"]
 
 # Config keys (flattened, dotted) that never define a variant.

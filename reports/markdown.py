@@ -78,6 +78,10 @@ Final FID: the cheap cell (the sampler setting evaluated at every checkpoint) at
 checkpoint every seed has, mean ± s.d. over seeds (sample s.d.). Best τ: the temperature with the
 lowest mean FID in the temperature sweep (its checkpoint and sampler steps in brackets); its FID
 as mean ± s.d. over seeds. Train wall s: training time to the final checkpoint, mean ± s.d.
+Final class acc.: the fraction of the cheap cell's samples that the evaluation classifier assigns
+to the label they were generated for (the floor's is the reconstructions': the ceiling). It is `-`
+where the feature extractor's logits are not the dataset's classes: `inception-v3-compat`'s 1008
+logits follow TensorFlow's 2015 ImageNet label map, not the dataset's class indices.
 """
 
 

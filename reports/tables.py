@@ -4,7 +4,10 @@
   (mean ± s.d. over seeds at the last checkpoint every seed has), parameters, training FLOPs
   per step, training wall-clock seconds to that checkpoint (mean over seeds), and the best
   temperature of the sweep with its FID.
-- ``floor_table``: the distinct tokenizer reconstruction floors.
+  The final class accuracy (fraction of samples the evaluation classifier assigns to their
+  label; mean ± s.d. over seeds at the same checkpoint) sits beside the final FID.
+- ``floor_table``: the distinct tokenizer reconstruction floors (with the reconstructions' class
+  accuracy: the ceiling for samples).
 - ``speedup_table``: every Purrception variant against every other variant of the same backbone
   and recipe (see ``reports.speedup`` for the definitions), at the targets a baseline reaches with
   1/4, 1/2 and all of its budget, in iterations and in training FLOPs, for given curves (each
@@ -86,7 +89,8 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
                      "cell (τ, steps, CFG, samples)": f"{cell['temperature']:g}, {int(cell['steps'])}, "
                                                       f"{cell['cfg_scale']:g}, {int(cell['n_samples'])}"
                      if "n_samples" in cell else f"{cell['temperature']:g}, {int(cell['steps'])}, {cell['cfg_scale']:g}",
-                     "final FID": mean_sd(fid[:, -1]), "params": human(params),
+                     "final FID": mean_sd(fid[:, -1]), "final class acc.": final_class_accuracy(at_final),
+                     "params": human(params),
                      "FLOPs/step": human(flops_per_step),
                      "train wall s": mean_sd(at_final["train_wall_s"], 1) if "train_wall_s" in at_final else "-",
                      "best τ": best_tau, "FID at best τ": best_fid})
@@ -98,6 +102,14 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
                              kind="stable").reset_index(drop=True)
 
 
+def final_class_accuracy(at_final: pd.DataFrame) -> str:
+    """Mean ± s.d. over seeds of the cheap cell's class accuracy at the final checkpoint; '-' when
+    not measured (an extractor without class logits, or results from before the metric existed)."""
+    if "class_accuracy" not in at_final:
+        return "-"
+    return mean_sd(at_final.drop_duplicates("seed")["class_accuracy"], 3)
+
+
 def floor_table(results: Results) -> pd.DataFrame:
     rows = []
     for _, f in results.floors.iterrows():
@@ -105,7 +117,8 @@ def floor_table(results: Results) -> pd.DataFrame:
             v = f.get(key)
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
         rows.append({"tokenizer": str(f["tokenizer"]), "FID": num("fid", 2), "KID": num("kid_mean", 4),
-                     "precision": num("precision"), "recall": num("recall"), "PSNR (dB)": num("psnr", 2),
+                     "precision": num("precision"), "recall": num("recall"),
+                     "class acc.": num("class_accuracy"), "PSNR (dB)": num("psnr", 2),
                      "samples": "-" if pd.isna(f["n_samples"]) else str(int(f["n_samples"])),
                      "feature extractor": str(f["feature_extractor"]), "reference": str(f["ref_stats"]),
                      "runs": f["runs"]})
@@ -213,7 +226,8 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
                      "samples": str(int(setting["n_samples"])) if "n_samples" in setting else "-",
                      "seeds": group["seed"].nunique(), "FID": mean_sd(group["fid"]),
                      **{label: (f"{group[c].mean():.3f}" if c in group and group[c].notna().any() else "-")
-                        for label, c in (("precision", "precision"), ("recall", "recall"), ("IS", "isc"))}})
+                        for label, c in (("precision", "precision"), ("recall", "recall"), ("IS", "isc"),
+                                         ("class acc.", "class_accuracy"))}})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

@@ -36,7 +36,8 @@ def env(tmp_path_factory):
         perm = np.random.default_rng(0).permutation(len(images))
         a, b = torch.from_numpy(images[perm[:N]]), torch.from_numpy(images[perm[N:2 * N]])
         ref = fidelity.reference_from_images(a, spec, "setA", progress=False)
-        yield {"spec": spec, "a": a, "b": b, "labels_a": labels[perm[:N]], "ref": ref}
+        yield {"spec": spec, "a": a, "b": b, "labels_a": labels[perm[:N]], "labels_b": labels[perm[N:2 * N]],
+               "ref": ref}
 
 
 def metrics(images, env, **kw):
@@ -240,6 +241,43 @@ def test_reconstruction_metrics(env):
     blocky = fidelity.reconstruction_metrics(LevelTokenizer(256, f=4), a, ref, spec, **kw)
     real = metrics(env["b"], env)
     assert blocky["fid"] > 3 * real["fid"] and blocky["psnr"] < three_levels["psnr"]
+
+
+def test_class_accuracy_of_real_and_mislabelled_images(env):
+    """Real digits of known classes score the classifier's own accuracy on them (computed here
+    directly from its logits) and about its held-out accuracy; shuffled labels score about chance
+    (1/10; the standard error at N=400 is 0.015)."""
+    spec, b, labels = env["spec"], env["b"], env["labels_b"]
+    with torch.no_grad():
+        direct = (mnist_cnn.load_classifier(spec.weights_path)(mnist_cnn.to_input(b)).argmax(1).numpy() == labels).mean()
+    real = metrics(b, env, labels=labels)["class_accuracy"]
+    assert real == pytest.approx(direct, abs=1e-9)
+    holdout = json.loads((Path(spec.weights_path).parent / "info.json").read_text())["holdout_accuracy"]
+    assert real >= holdout - 0.05
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert abs(metrics(b, env, labels=shuffled)["class_accuracy"] - 0.1) < 0.06
+    assert math.isnan(metrics(b, env)["class_accuracy"])  # no labels: not defined
+
+
+def test_class_accuracy_needs_class_logits_and_valid_labels(env):
+    feats = fidelity.extract_features(env["b"], env["spec"], progress=False)
+    no_classes = fidelity.ExtractorSpec("dummy-no-class-head", "", "0")
+    assert no_classes.class_layer is None and "logits" in env["spec"].layers
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\)"):
+        fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=np.full(N, 10), kid_subsets=2)
+    with pytest.raises(ValueError, match="3 labels for 400 images"):
+        fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=[0, 1, 2], kid_subsets=2)
+    assert fidelity.CLASS_LAYERS.get(fidelity.INCEPTION) is None and fidelity.INCEPTION in fidelity.CLASS_ACCURACY_NOTE
+
+
+def test_reconstruction_class_accuracy_is_the_images(env):
+    """A lossless tokenizer's floor has the real images' class accuracy; a coarse one loses some."""
+    spec, ref, a, labels = env["spec"], env["ref"], env["a"], env["labels_a"]
+    kw = dict(progress=False, kid_subsets=20, labels=labels)
+    exact = fidelity.reconstruction_metrics(LevelTokenizer(256), a, ref, spec, **kw)
+    assert exact["class_accuracy"] == metrics(a, env, labels=labels)["class_accuracy"] > 0.9
+    blocky = fidelity.reconstruction_metrics(LevelTokenizer(256, f=8), a, ref, spec, **kw)
+    assert blocky["class_accuracy"] < exact["class_accuracy"] - 0.1
 
 
 def test_bad_inputs_are_named(env):

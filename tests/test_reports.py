@@ -30,6 +30,7 @@ TAU_GAIN = {"purr": 1.1, "cfm": 0.5}  # an ``at: every`` cell at τ = 0.8 (``eve
 FLOPS_PER_STEP = {"purr": 3.0e9, "cfm": 2.0e9}
 SCALE = {"purr": 100.0, "cfm": 240.0}  # FID = scale / step * (1 + 0.1 * seed): power laws
 FLOOR = {"fid": 1.5, "kid_mean": 0.001, "kid_std": 0.0005, "precision": 0.9, "recall": 0.8, "isc": 2.0,
+         "class_accuracy": 0.97,
          "psnr": 25.0, "n_samples": 100, "tokenizer": "vqvae", "feature_extractor": "mnist-cnn-abc",
          "ref_stats": "mnist5k-123", "eval_wall_s": 1.0}
 
@@ -37,6 +38,10 @@ FLOOR = {"fid": 1.5, "kid_mean": 0.001, "kid_std": 0.0005, "precision": 0.9, "re
 def fid_of(method: str, seed: int, step: int, tau: float | None = None) -> float:
     base = SCALE[method] / step * (1 + 0.1 * seed)
     return base if tau is None else base * (1 + (tau - 0.9) ** 2)
+
+
+def class_accuracy_of(method: str, seed: int, step: int) -> float:
+    return step / (50.0 if method == "purr" else 80.0) - 0.01 * seed
 
 
 def config(seed: int, z_loss: float = 1e-5, methods=("purr", "cfm"), lr: float = 1e-3, every_taus=()) -> dict:
@@ -74,7 +79,8 @@ def metric_row(method, seed, step, tau, fid, run="run") -> dict:
             "backbone": "tiny/1", "params": 1000 if method == "purr" else 900, "tokenizer": "vqvae",
             "sampler": "euler", "steps": 8, "nfe": 8, "temperature": tau, "cfg_scale": 1.0, "n_samples": 100,
             "feature_extractor": "mnist-cnn-abc", "ref_stats": "mnist5k-123", "fid": fid, "kid_mean": 0.01,
-            "kid_std": 0.001, "precision": 0.5, "recall": 0.5, "isc": 2.0, "entropy": float("nan"),
+            "kid_std": 0.001, "precision": 0.5, "recall": 0.5, "isc": 2.0,
+            "class_accuracy": class_accuracy_of(method, seed, step), "entropy": float("nan"),
             "eval_wall_s": 1.0, "git_commit": "abc"}
 
 
@@ -180,8 +186,8 @@ def mean_over_seeds(method, steps, tau=None):
 
 # ----------------------------------------------------------------------------- end to end
 
-FIGURES = ["fid_vs_iterations", "fid_vs_flops", "fid_vs_wall_clock", "fid_vs_steps", "fid_vs_temperature",
-           "samples_purr", "samples_cfm", "train_loss", "entropy_vs_t"]
+FIGURES = ["fid_vs_iterations", "fid_vs_flops", "fid_vs_wall_clock", "fid_vs_steps", "class_accuracy_vs_iterations",
+           "fid_vs_temperature", "samples_purr", "samples_cfm", "train_loss", "entropy_vs_t"]
 
 
 def test_build_report_writes_every_figure_and_table(built):
@@ -229,6 +235,37 @@ def test_convergence_figures_plot_the_seed_means(built):
                                                     for st in STEPS])
         floor = [y for k, (_, y) in lines.items() if k.startswith("tokenizer")]
         assert floor and floor[0][0] == FLOOR["fid"]
+
+
+def test_class_accuracy_figure_and_tables(built):
+    """The class-accuracy curve is the seed mean of the cheap cell's column, with the floor's as the
+    ceiling line; the results table shows its final value and the floor table the ceiling."""
+    _, out, figs = built
+    lines = lines_by_label(figs["class_accuracy_vs_iterations"].axes[0])
+    for method in ("purr", "cfm"):
+        xs, ys = lines[method]
+        np.testing.assert_allclose(xs, STEPS)
+        np.testing.assert_allclose(ys, [np.mean([class_accuracy_of(method, s, st) for s in (0, 1)]) for st in STEPS])
+    assert lines["tokenizer reconstructions (ceiling)"][1][0] == FLOOR["class_accuracy"]
+    text = (out / "report.md").read_text()
+    finals = [class_accuracy_of("purr", s, 40) for s in (0, 1)]
+    purr_row = next(line for line in text.splitlines() if line.startswith("| tiny/1 | purr |"))
+    assert f"| {np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f} |" in purr_row
+    assert "| 0.970 |" in text.split("## Tokenizer floor")[1].split("##")[0]
+
+
+def test_runs_without_class_accuracy_report_a_dash_and_no_figure(tmp_path, captured):
+    """Results from before the metric (or from an extractor without class logits) still report."""
+    run = make_run(tmp_path, floor={k: v for k, v in FLOOR.items() if k != "class_accuracy"})
+    frame = pd.read_csv(run / "metrics.csv")
+    frame.drop(columns="class_accuracy").to_csv(run / "metrics.csv", index=False)
+    text = (reports.build_report([run]) / "report.md").read_text()
+    assert "class_accuracy_vs_iterations" not in captured
+    header = next(line for line in text.splitlines() if line.startswith("| backbone | variant | seeds"))
+    purr_row = next(line for line in text.splitlines() if line.startswith("| tiny/1 | purr |"))
+    column = [c.strip() for c in header.split("|")].index("final class acc.")
+    assert [c.strip() for c in purr_row.split("|")][column] == "-"
+    assert "TensorFlow's 2015 ImageNet label map" in text
 
 
 def test_temperature_figure_and_legend(built):

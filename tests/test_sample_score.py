@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ["fid", "kid_mean", "precision", "recall", "isc"]
+METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "class_accuracy"]
 
 
 def cli(module: str, *args: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:

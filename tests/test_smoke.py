@@ -36,7 +36,9 @@ def test_smoke_run_writes_complete_results(run_cli, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["jobs"]) == {f"{m}/seed0" for m in ALL.split(",")}
     assert {"config", "versions", "machine", "timings", "latents"} <= set(manifest)
-    assert (out / "tokenizer_floor.json").exists()
+    assert metrics["class_accuracy"].between(0, 1).all()  # mnist-cnn: every cell has one
+    floor = json.loads((out / "tokenizer_floor.json").read_text())
+    assert 0.5 < floor["class_accuracy"] <= 1  # the reconstructions' accuracy: the ceiling
     grids = list((out / "samples").rglob("*.png"))
     assert len(grids) == len(metrics)
     for method in ALL.split(","):

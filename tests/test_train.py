@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.config import load_config
-from benchmarks.training.trainer import Trainer
+from benchmarks.config import ConfigError, load_config
+from benchmarks.training.trainer import Trainer, learning_rate
 
 
 def tiny_config(**train):
@@ -131,3 +131,33 @@ def test_ema_update_is_the_exponential_moving_average(toy_latents, tmp_path):
     params = dict(trainer.model.named_parameters())
     for name, value in trainer.ema.named_parameters():
         torch.testing.assert_close(value, 0.9 * ema_before[name] + 0.1 * params[name])
+
+
+def test_learning_rate_schedules_known_values():
+    """Linear warmup to the peak, then constant, cosine or linear decay to 0 at the last step."""
+    def lrs(schedule, warmup):
+        train = tiny_config(iterations=10, warmup=warmup, lr_schedule=schedule).train
+        return [learning_rate(train, step) for step in range(10)]
+    assert lrs("constant", 0) == [1e-3] * 10
+    assert lrs("constant", 4)[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert lrs("linear", 4)[4:] == pytest.approx([1e-3 * (1 - k / 6) for k in range(6)])
+    cosine = lrs("cosine", 2)
+    assert cosine[2] == pytest.approx(1e-3) and cosine[6] == pytest.approx(5e-4)  # half way: s = 4/8
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:])) and cosine[-1] > 0
+
+
+def test_optimizer_steps_with_the_scheduled_learning_rate(toy_latents, tmp_path):
+    trainer = Trainer(tiny_config(warmup=2, lr_schedule="linear"), "cfm", 0, tmp_path, toy_latents, progress=False)
+    used = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (used.append(trainer.optimizer.param_groups[0]["lr"]), step())[1]
+    trainer.run()
+    assert used == pytest.approx([learning_rate(trainer.cfg.train, k) for k in range(6)])
+    assert used == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+@pytest.mark.parametrize("override, message", [("train.lr_schedule=step", "train.lr_schedule must be one of"),
+                                               ("train.warmup=6", "train.warmup must be in")])
+def test_bad_schedule_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**dict([override.removeprefix("train.").split("=")]))

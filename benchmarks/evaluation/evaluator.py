@@ -107,9 +107,10 @@ class Evaluator:
             return {}
         start = time.perf_counter()
         n = min(self.cfg.eval.num_samples, len(self.latents.images))
-        subset = torch.utils.data.Subset(self.latents.images, np.linspace(0, len(self.latents.images) - 1, n).astype(int))
+        indices = np.linspace(0, len(self.latents.images) - 1, n).astype(int)
+        subset = torch.utils.data.Subset(self.latents.images, indices)
         metrics = fidelity.reconstruction_metrics(self.latents.tokenizer, subset, self.reference(), self.extractor(),
-                                                  progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
+                                                  labels=image_labels(self.latents.images)[indices], progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
         floor = {**metrics, "n_samples": n, "tokenizer": self.latents.info.get("tokenizer"),
                  "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                  "eval_wall_s": round(time.perf_counter() - start, 2)}
@@ -189,13 +190,15 @@ class Evaluator:
         features = {k: torch.cat([s["features"][k] for s in shards if s["features"]])
                     for k in next(s["features"] for s in shards if s["features"])}
         self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
-        metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(),
+        labels = balanced_labels(cell.num_samples, self.latents.num_classes)  # rank blocks are in order
+        metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(), labels=labels,
                                                  kid_subsets=self.cfg.eval.kid_subsets)
         trace = mean_trace([t for s in shards for t in s["traces"]])
         entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
         row = self.row(event, cell, nfe=max(s["nfe"] for s in shards))
         row.update(entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
-                   **{k: metrics.get(k, float("nan")) for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc")})
+                   **{k: metrics.get(k, float("nan"))
+                      for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy")})
         if trace.get("entropy"):
             append_rows(self.run_dir / "traces.csv",
                         [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
@@ -203,7 +206,18 @@ class Evaluator:
                          for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
         append_rows(self.metrics_path, [row])
         line = f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}"
+        if np.isfinite(row["class_accuracy"]):
+            line += f", class accuracy {row['class_accuracy']:.3f}"
         if self.progress:
             tqdm.write(line)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def image_labels(images) -> np.ndarray:
+    """The labels (N,) of a reference image set: an ``ArrayImages`` (``.labels``) or an
+    ``ImageFolder`` (``.samples``), without reading any image."""
+    if hasattr(images, "labels"):
+        return np.asarray(images.labels)
+    return np.asarray([label for _, label in images.samples])
+

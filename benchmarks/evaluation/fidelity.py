@@ -21,6 +21,8 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
   precision = fraction of generated features inside the union of real k-NN balls (k = 3);
   recall    = fraction of real features inside the union of generated k-NN balls
   IS   = exp E_x KL(p(y|x) || p(y)), mean/std over 10 splits of the generated set
+  class accuracy = (1/N) sum_i [argmax_c logits_c(x_i) == y_i] for images x_i generated for label
+                   y_i, when the extractor's logits are the dataset's classes (``CLASS_LAYERS``)
 
   The numbers equal ``torch_fidelity.calculate_metrics(input1=generated, input2=reference images,
   fid=kid=prc=isc=True)`` with the same extractor (tested); doing the two steps here lets one
@@ -59,7 +61,16 @@ from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
 INCEPTION_ENV = "VQFLOW_INCEPTION_WEIGHTS"
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std")
+METRIC_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std", "class_accuracy")
+# Extractors whose logit columns are the dataset's classes, and the layer that holds them: mnist-cnn's
+# 10 logits are the MNIST digits 0-9 (the labels of MNIST-5k). inception-v3-compat has none: its 1008
+# logits follow TensorFlow's 2015 label map (a background class, the 1000 ImageNet synsets in that
+# map's own order, 7 unused), which does not match the class indices of an image folder or code
+# shards (sorted folder names), so its class accuracy is NaN (CLASS_ACCURACY_NOTE).
+CLASS_LAYERS = {mnist_cnn.NAME: "logits"}
+CLASS_ACCURACY_NOTE = (f"class accuracy needs an extractor whose logits are the dataset's classes ({', '.join(CLASS_LAYERS)}); "
+                       f"{INCEPTION}'s 1008 logits follow TensorFlow's 2015 ImageNet label map, not the "
+                       "dataset's class indices")
 MIN_IMAGES = 10  # IS uses 10 splits; KID and the k-NN balls of precision/recall need a few samples
 STATS_ONLY_NOTE = ("stats-only reference (mu, sigma): FID and IS are computed; KID and precision/recall "
                    "need reference images and are NaN")
@@ -95,8 +106,13 @@ class ExtractorSpec:
         return sorted({self.layer(m) for m in ("fid", "kid", "prc")})
 
     @property
+    def class_layer(self) -> str | None:
+        """The layer whose columns are the dataset's classes (``CLASS_LAYERS``), or None."""
+        return CLASS_LAYERS.get(self.name)
+
+    @property
     def layers(self) -> list[str]:
-        return sorted({*self.reference_layers, self.layer("isc")})
+        return sorted({*self.reference_layers, self.layer("isc")} | ({self.class_layer} if self.class_layer else set()))
 
 
 def _spec(name: str, weights_path: str | Path, channels: int | None = None) -> ExtractorSpec:
@@ -335,15 +351,29 @@ def save_reference_npz(reference: Reference, path: str | os.PathLike) -> None:
 # Metrics
 
 
+def class_accuracy(logits: Tensor, labels) -> float:
+    """Fraction of images whose arg-max logit is their label: logits (N, C), labels (N,) in [0, C)."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(labels)} labels for {len(logits)} images")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
+        raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) of the extractor's logits, "
+                         f"got [{int(labels.min())}, {int(labels.max())}]")
+    return (logits.argmax(dim=1) == labels.to(logits.device)).double().mean().item()
+
+
 def metrics_from_features(features: dict[str, Tensor], reference: Reference, extractor: ExtractorSpec, *,
-                          kid_subset_size: int | None = None,
+                          labels=None, kid_subset_size: int | None = None,
                           kid_subsets: int = DEFAULTS["kid_subsets"]) -> dict[str, float]:
     """Metrics of generated-set features (from ``extract_features``) against ``reference``.
 
-    Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std"}; KID and
-    precision/recall are NaN for a stats-only reference. KID averages ``kid_subsets`` (100) random
-    subsets of ``kid_subset_size`` (default min(1000, N_generated, N_reference)) from each side;
-    if the subsets are both whole sets they are all the same set, and one is computed.
+    Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std",
+    "class_accuracy"}; KID and precision/recall are NaN for a stats-only reference. KID averages
+    ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default min(1000, N_generated,
+    N_reference)) from each side; if the subsets are both whole sets they are all the same set, and
+    one is computed. ``labels`` (N,): the class each image was generated for; class accuracy is
+    computed from the same features (the extractor's class logits, ``ExtractorSpec.class_layer``) and
+    is NaN without labels or for an extractor without class logits (``CLASS_ACCURACY_NOTE``).
     """
     reference.check_extractor(extractor)
     fid_layer = extractor.layer("fid")
@@ -359,6 +389,9 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
     isc = isc_features_to_metric(features[extractor.layer("isc")], DEFAULTS["isc_splits"],
                                  DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"])
     out["isc"], out["isc_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
+    class_layer = extractor.class_layer
+    out["class_accuracy"] = (class_accuracy(features[class_layer], labels)
+                             if labels is not None and class_layer is not None else math.nan)
     if reference.features is None:
         out.update(kid_mean=math.nan, kid_std=math.nan, precision=math.nan, recall=math.nan)
         return {k: float(out[k]) for k in METRIC_KEYS}
@@ -382,18 +415,19 @@ def _same_dtype(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dic
             {k: b[k].astype(t, copy=False) for k, t in cast.items()})
 
 
-def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *,
+def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *, labels=None,
                     kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
                     device: str | torch.device = "cpu", progress: bool = True,
                     batch_size: int = 64) -> dict[str, float]:
     """FID, KID, precision/recall and IS of uint8 generated images (a (N, C, H, W) tensor or a
-    Dataset of (C, H, W)) against ``reference``; see ``metrics_from_features``. ``device`` "cuda"
+    Dataset of (C, H, W)) against ``reference``, and the class accuracy of images generated for
+    ``labels`` (N,); see ``metrics_from_features``. ``device`` "cuda"
     runs the extractor on the GPU; ``progress`` shows torch-fidelity's progress bars."""
     reference.check_extractor(extractor)
     if reference.features is None:
         warnings.warn(f"reference {reference.id}: {reference.note}", stacklevel=2)
     features = extract_features(generated, extractor, device=device, progress=progress, batch_size=batch_size)
-    return metrics_from_features(features, reference, extractor, kid_subset_size=kid_subset_size,
+    return metrics_from_features(features, reference, extractor, labels=labels, kid_subset_size=kid_subset_size,
                                  kid_subsets=kid_subsets)
 
 
@@ -415,15 +449,16 @@ def reconstruct(tokenizer, images, *, batch_size: int = 64,
     return torch.cat(out), sq_err / count
 
 
-def reconstruction_metrics(tokenizer, images, reference: Reference, extractor: ExtractorSpec, *,
+def reconstruction_metrics(tokenizer, images, reference: Reference, extractor: ExtractorSpec, *, labels=None,
                            batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
                            kid_subset_size: int | None = None,
                            kid_subsets: int = DEFAULTS["kid_subsets"]) -> dict[str, float]:
     """The tokenizer floor: metrics of the reconstructions decode(encode(x)) of the reference images
     against ``reference`` (a generator over the tokenizer's codes cannot be expected to beat it), plus
-    ``psnr`` = 10 log10(255^2 / MSE) over all pixels of the uint8 reconstructions."""
+    ``psnr`` = 10 log10(255^2 / MSE) over all pixels of the uint8 reconstructions. With the images'
+    ``labels``, ``class_accuracy`` is the reconstructions' (the ceiling for generated images)."""
     recon, mse = reconstruct(tokenizer, images, batch_size=batch_size, device=device)
-    out = compute_metrics(recon, reference, extractor, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+    out = compute_metrics(recon, reference, extractor, labels=labels, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                           device=device, progress=progress, batch_size=batch_size)
     out["psnr"] = 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf
     return out

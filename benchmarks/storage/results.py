@@ -18,7 +18,7 @@ from benchmarks.storage.atomic import atomic_path, locked
 COLUMNS = [
     "run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",
     "tokenizer", "sampler", "steps", "nfe", "temperature", "cfg_scale", "n_samples", "feature_extractor",
-    "ref_stats", "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "entropy", "eval_wall_s",
+    "ref_stats", "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "entropy", "eval_wall_s",
     "git_commit",
 ]
 CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
