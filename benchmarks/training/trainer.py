@@ -6,8 +6,9 @@ whole global batch, keeps this rank's rows, and takes an AdamW step with gradien
 an EMA update. Nothing here knows which method it trains.
 
 Checkpoints (model, EMA, optimizer, step, RNG states, timings, resolved config) are written
-atomically every ``checkpoint_every`` steps and at the end; ``on_checkpoint`` (the evaluator)
-runs after each one, so an interrupted evaluation is redone from the checkpoint on resume.
+atomically at the scheduled steps (``train.checkpoint_steps()``: every ``checkpoint_every``
+steps, or log-spaced, and the last); ``on_checkpoint`` (the evaluator, on every rank) runs after
+each one, so an interrupted evaluation is redone from the checkpoint on resume.
 Because the data order and all noise come from generators saved in the checkpoint, a resumed
 run continues with exactly the losses of an uninterrupted one (on CPU).
 
