@@ -96,7 +96,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     if dist.is_main:
         key = f"{method}/seed{seed}"
         update_manifest(run_dir, {"jobs": {key: summary}})
-        manifest = add_timings(run_dir, ("jobs", key), {"eval_s": eval_seconds, "wall_s": time.perf_counter() - start},
-                               started=started, from_step=from_step, to_step=summary["step"])
-        summary.update(eval_s=manifest["jobs"][key]["eval_s"])
+        add_timings(run_dir, ("jobs", key), {"eval_s": eval_seconds, "wall_s": time.perf_counter() - start},
+                    started=started, from_step=from_step, to_step=summary["step"])
+    summary.update(eval_s=round(eval_seconds, 2))  # this invocation, this rank (the manifest keeps the sums)
     return summary
