@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.storage.results import CELL_KEY, TRACE_KEY, key_text
+from benchmarks.storage.results import CELL_KEY, TRACE_KEY, MetricsFileError, key_text, read_rows
 
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
@@ -119,7 +119,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=required)
     try:
+        read_rows(path)  # a damaged line is named (file and line number) and never re-typed
         frame = pd.read_csv(path)
+    except MetricsFileError as e:
+        raise RunFolderError(str(e)) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path}: not a readable CSV file ({e})") from None
     except pd.errors.EmptyDataError:

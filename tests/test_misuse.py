@@ -220,6 +220,26 @@ def test_out_in_a_read_only_folder(capsys, tmp_path):
     assert code == 2 and "cannot be written" in err, err
 
 
+def test_a_read_only_cache_serves_the_entries_it_holds(cache, finished, tmp_path):
+    """A colleague's cache on a shared filesystem, readable but not writable: a run whose tokenizer,
+    codes, feature extractor and reference statistics are all in it takes no lock and writes
+    nothing there. Before, it failed creating a lock file. ``chattr +i`` makes the copy immutable
+    even for root."""
+    frozen = tmp_path / "cache"
+    shutil.copytree(cache, frozen, ignore=shutil.ignore_patterns("*.lock"))
+    if subprocess.run(["chattr", "-R", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (it needs root and a filesystem with immutable files)")
+    try:
+        with pytest.raises(PermissionError):
+            (frozen / "probe").write_text("x")
+        code, err = finish(start(frozen, tmp_path / "run"))
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(frozen)], check=True)
+    assert code == 0, err
+    assert_no_traceback(err)
+    assert_complete_once(tmp_path / "run")
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty (0 bytes"),
     (os.urandom(4096).replace(b"<", b"!").replace(b"PK", b"QK").lstrip(b"\x80") or b"x", "is not a PyTorch checkpoint"),
@@ -316,6 +336,10 @@ def test_garbage_line_in_metrics_of_a_run_exits_2(capsys, finished, tmp_path, ca
     code, err = cli(capsys, *BASE, "eval.temperatures=[0.7]", "--out", str(out))
     assert code == 2 and f"{out / 'metrics.csv'} line 4 is not a row of this file" in err, err
     assert (out / "metrics.csv").read_text() == before
+    report = subprocess.run([sys.executable, "-m", "reports", str(out)], cwd=ROOT, env=env(cache),
+                            capture_output=True, text=True, timeout=300)  # before: a pandas ParserError
+    assert report.returncode == 2 and f"{out / 'metrics.csv'} line 4 is not a row of this file" in report.stderr
+    assert_no_traceback(report.stderr)
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(finished, tmp_path, cache):

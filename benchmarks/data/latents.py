@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from backbones.tokenizer import Tokenizer
 from backbones.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
-from benchmarks.storage.atomic import locked, save_json, save_torch
+from benchmarks.storage.atomic import built_once, save_json, save_torch
 from benchmarks import logs
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
@@ -99,9 +99,7 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
         quality = None
 
     shard_dir = cache_dir("shards", content_hash(data_id, tok_key))
-    with locked(shard_dir / "meta.json"):
-        meta = _read_partial_meta(shard_dir)
-        from_cache = bool(meta and meta.get("complete"))
+    with built_once(shard_dir / "meta.json", lambda: _complete(shard_dir)) as from_cache:
         if not from_cache:
             if quality is None:
                 quality = {"recon_mse": _recon_mse(tokenizer, reference, device), "recon_mse_images":
@@ -268,6 +266,10 @@ def _read_partial_meta(shard_dir: Path) -> dict | None:
     return read_meta(shard_dir) if (Path(shard_dir) / "meta.json").is_file() else None
 
 
+def _complete(shard_dir: Path) -> bool:
+    return bool((_read_partial_meta(shard_dir) or {}).get("complete"))
+
+
 def _tokenizer_meta(tokenizer: Tokenizer) -> dict:
     return {"codebook_size": tokenizer.codebook_size, "code_dim": tokenizer.code_dim,
             "downsample": tokenizer.downsample, "in_channels": tokenizer.in_channels,
@@ -302,8 +304,8 @@ def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.n
     key = vqvae_cache_key(cfg, data_id)
     folder = cache_dir("tokenizers", key)
     weights, info_path = folder / WEIGHTS_FILE, folder / INFO_FILE
-    with locked(weights):
-        if weights.is_file() and info_path.is_file():
+    with built_once(weights, lambda: weights.is_file() and info_path.is_file()) as from_cache:
+        if from_cache:
             model, info, from_cache = VQVAE.load(weights), json.loads(info_path.read_text()), True
             logs.reused("tokenizer: train VQ-VAE", f"trained VQ-VAE in the cache ({folder})", part="data")
         else:

@@ -54,7 +54,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from benchmarks import logs
 from benchmarks.evaluation import mnist_cnn
-from benchmarks.storage.atomic import locked, save_with
+from benchmarks.storage.atomic import built_once, save_with
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_uint8
 
@@ -278,9 +278,9 @@ def reference_from_images(images, extractor: ExtractorSpec, name_hint: str = "re
     fresh computation."""
     rid = f"{_check_name(name_hint)}-{images_fingerprint(images)}"
     path = cache_dir("refstats") / f"{rid}-{extractor.name}-{extractor.key}.npz"
-    with locked(path):
+    with built_once(path, path.exists) as from_cache:
         what = f"reference statistics: {rid} ({len(images)} images, {extractor.name})"
-        if path.exists():
+        if from_cache:
             logs.reused(what, f"statistics in the cache ({path.name})", part="eval")
         else:
             with logs.stage(what, part="eval"):

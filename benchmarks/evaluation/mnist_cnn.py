@@ -32,7 +32,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm.auto import tqdm
 
 from benchmarks import logs
-from benchmarks.storage.atomic import locked, save_json, save_torch
+from benchmarks.storage.atomic import built_once, save_json, save_torch
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import load_mnist5k
 
@@ -202,8 +202,8 @@ def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
     key = weights_key(images, labels, config)
     folder = cache_dir("extractors", f"{NAME}-{key}")
     path = folder / "weights.pt"
-    with locked(path):
-        if path.exists():
+    with built_once(path, path.exists) as from_cache:
+        if from_cache:
             logs.reused(f"feature extractor: train {NAME}", f"trained weights in the cache ({folder})", part="eval")
         else:
             with logs.stage(f"feature extractor: train {NAME} ({config.epochs} epochs)", part="eval"):

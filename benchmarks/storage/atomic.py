@@ -79,3 +79,17 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):
         yield
+
+
+@contextlib.contextmanager
+def built_once(path: str | os.PathLike, complete: Callable[[], bool]) -> Iterator[bool]:
+    """For a cache entry at ``path`` that one process builds and many read: yields whether the
+    entry is ``complete()``. A complete entry is read without taking the lock, so a cache that is
+    read-only (a colleague's, on a shared filesystem) serves every entry it holds; otherwise the
+    block runs under ``locked(path)`` and yields ``complete()`` as found once the lock is held, so
+    concurrent callers build the entry once."""
+    if complete():
+        yield True
+        return
+    with locked(path):
+        yield complete()
