@@ -56,3 +56,28 @@ def test_license_and_citation():
         assert citation[key], key
     paper = citation["references"][0]
     assert "2510.01478" in paper["url"] and paper["year"] == 2026 and paper["authors"]
+
+
+LAYERS = {"backbones": set(), "methods": {"backbones"}, "benchmarks": {"backbones", "methods", "reports"},
+          "reports": {"benchmarks", "methods"}}
+"""Which of the project's packages each package may import: networks know nothing of methods or of
+the pipeline; methods know only the networks (the plugin contract)."""
+
+
+def project_imports(path: Path) -> set[str]:
+    """Top-level project packages that a module imports (anywhere in it, lazy imports included)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        found |= {name.split(".")[0] for name in names} & set(LAYERS)
+    return found
+
+
+def test_packages_import_only_the_layers_below_them():
+    wrong = [f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+             for package, allowed in LAYERS.items() for path in sorted((ROOT / package).rglob("*.py"))
+             if (bad := project_imports(path) - allowed - {package})]
+    assert not wrong, wrong
