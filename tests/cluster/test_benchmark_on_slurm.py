@@ -32,7 +32,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("purr", "cfm", "dfm")
-ITERATIONS, CHECKPOINT_EVERY = 60, 30
+ITERATIONS, CHECKPOINT_EVERY = 400, 200  # a wide window after the first evaluation: the preemption must land in training
 OVERRIDES = [f"train.iterations={ITERATIONS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "eval.temperatures=[]"]
 RUN_TIMEOUT_S = 420.0
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "SIGNALING"}
