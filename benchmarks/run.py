@@ -26,6 +26,7 @@ from benchmarks import logs
 from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
+from benchmarks.training.trainer import checkpoint_step
 from benchmarks.storage.results import MetricsFileError
 from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
                                          read_manifest, update_manifest)
@@ -150,7 +151,7 @@ def trained_steps(run_dir: Path) -> dict[str, int]:
     steps: dict[str, int] = {}
     for ckpt in run_dir.glob("*/seed*/checkpoints/step_*.pt"):
         job = f"{ckpt.parents[2].name}/{ckpt.parents[1].name}"
-        steps[job] = max(steps.get(job, 0), int(ckpt.stem.split("_")[1]))
+        steps[job] = max(steps.get(job, 0), checkpoint_step(ckpt))
     return steps
 
 

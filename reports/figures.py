@@ -64,6 +64,15 @@ def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 3.6) -> 
     return fig, axes
 
 
+def _backbone_panels(curve: pd.DataFrame, width: float = 5.2) -> tuple[Figure, list, dict[str, dict]]:
+    """One panel per backbone of ``curve`` (rows with ``backbone`` and ``variant``): the figure,
+    (axes, backbone, that backbone's rows) per panel, and each variant's line style."""
+    backbones = sorted(curve["backbone"].unique())
+    fig, axes = _grid(1, len(backbones), width=width)
+    panels = [(ax, b, curve[curve["backbone"] == b]) for ax, b in zip(axes[0], backbones)]
+    return fig, panels, styles(curve["variant"])
+
+
 def _band(ax, x, mean, std, style: dict, label) -> None:
     ax.plot(x, mean, marker="o", markersize=3, label=label, **style)
     if np.any(np.asarray(std) > 0):
@@ -126,12 +135,9 @@ def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: 
     curve = mean_curve(conv, x=x)
     cells = conv.groupby(["backbone", "variant"]).first().apply(_cell_text, axis=1).rename("cell").reset_index()
     curve = curve.merge(cells, on=["backbone", "variant"], how="left")
-    backbones = sorted(curve["backbone"].unique())
-    look = styles(curve["variant"])
-    fig, axes = _grid(1, len(backbones))
+    fig, panels, look = _backbone_panels(curve)
     several = curve["n_seeds"].max() > 1
-    for ax, backbone in zip(axes[0], backbones):
-        here = curve[curve["backbone"] == backbone]
+    for ax, backbone, here in panels:
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]
             seeds = int(c["n_seeds"].max())
@@ -155,11 +161,8 @@ def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: st
     curve = (rows.groupby(CURVE_KEY + ["step", "temperature", "steps"], sort=True)
              .agg(mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique")).reset_index())
     curve["std"] = curve["std"].fillna(0.0)
-    backbones = sorted(curve["backbone"].unique())
-    look = styles(curve["variant"])
-    fig, axes = _grid(1, len(backbones))
-    for ax, backbone in zip(axes[0], backbones):
-        here = curve[curve["backbone"] == backbone]
+    fig, panels, look = _backbone_panels(curve)
+    for ax, backbone, here in panels:
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]
             seeds = int(c["n_seeds"].max())
@@ -188,11 +191,8 @@ def plot_class_accuracy(conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path,
     band ± 1 s.d.), one curve per variant, one panel per backbone; the tokenizer reconstructions'
     class accuracy (the ceiling) as a dashed line. Returns the plotted means (``mean_curve``)."""
     curve = mean_curve(conv.dropna(subset=["class_accuracy"]), value="class_accuracy")
-    backbones = sorted(curve["backbone"].unique())
-    look = styles(curve["variant"])
-    fig, axes = _grid(1, len(backbones))
-    for ax, backbone in zip(axes[0], backbones):
-        here = curve[curve["backbone"] == backbone]
+    fig, panels, look = _backbone_panels(curve)
+    for ax, backbone, here in panels:
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]
             _band(ax, c["step"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], variant)
@@ -219,11 +219,8 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
     from reports.curves import sweep_curve
 
     curve = sweep_curve(sweep_rows)
-    backbones = sorted(curve["backbone"].unique())
-    look = styles(curve["variant"])
-    fig, axes = _grid(1, len(backbones), width=6.5)
-    for ax, backbone in zip(axes[0], backbones):
-        here = curve[curve["backbone"] == backbone]
+    fig, panels, look = _backbone_panels(curve, width=6.5)
+    for ax, backbone, here in panels:
         steps_at = sorted(here["sweep_step"].unique())
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]

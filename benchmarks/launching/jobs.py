@@ -13,7 +13,7 @@ from benchmarks.launching.distributed import DistEnv
 from benchmarks.data.latents import LatentSpace, prepare_latents
 from benchmarks import logs
 from benchmarks.storage.manifest import add_timings, now_iso, update_manifest
-from benchmarks.training.trainer import Trainer
+from benchmarks.training.trainer import Trainer, checkpoint_step
 from benchmarks.training.utilisation import mfu, process_peak_flops
 
 log = logs.get_logger("jobs")
@@ -62,7 +62,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     eval_seconds = 0.0
 
     checkpoints = trainer.checkpoints()
-    from_step = int(checkpoints[-1].stem.split("_")[1]) if checkpoints else 0
+    from_step = checkpoint_step(checkpoints[-1]) if checkpoints else 0
     board = None
     if tensorboard and dist.is_main:
         from benchmarks.tensorboard_log import TensorBoardLog

@@ -48,7 +48,7 @@ from benchmarks.launching.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
 from benchmarks.storage.cache import cache_root
 from benchmarks.storage.manifest import read_manifest, update_manifest
-from benchmarks.training.trainer import TrainingDiverged, job_dir
+from benchmarks.training.trainer import TrainingDiverged, checkpoint_step, job_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
@@ -243,7 +243,7 @@ def read_events(run_dir: str | Path, method: str, seed: int) -> list[dict]:
 def newest_checkpoint_step(run_dir: str | Path, method: str, seed: int) -> int:
     """Step of the newest checkpoint of a job (0 if it has none)."""
     names = sorted((job_dir(Path(run_dir), method, seed) / "checkpoints").glob("step_*.pt"))
-    return int(names[-1].stem.split("_")[1]) if names else 0
+    return checkpoint_step(names[-1]) if names else 0
 
 
 def finished(run_dir: str | Path, method: str, seed: int, iterations: int) -> bool:

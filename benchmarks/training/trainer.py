@@ -89,6 +89,11 @@ def learning_rate(train: TrainConfig, step: int) -> float:
     return train.lr
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step of a checkpoint file ``step_<step:09d>.pt``."""
+    return int(Path(path).stem.split("_")[1])
+
+
 def job_dir(run_dir: Path, method: str, seed: int) -> Path:
     return Path(run_dir) / method / f"seed{seed}"
 
