@@ -49,8 +49,12 @@ def env(cache: Path) -> dict:
 
 
 def start(cache: Path, out: Path, *extra: str, module: str = "benchmarks.run") -> subprocess.Popen:
+    """The CLI as a user starts it from a terminal: with Ctrl-C's default action even when the test
+    session itself runs in the background (``cmd &`` starts its children with SIGINT ignored, and
+    Python then never raises KeyboardInterrupt)."""
     return subprocess.Popen([sys.executable, "-m", module, *BASE, *extra, "--out", str(out)], cwd=ROOT, env=env(cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
