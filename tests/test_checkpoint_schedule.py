@@ -21,7 +21,7 @@ def test_every_schedule_is_unchanged():
 def test_convergence_config_has_log_spaced_checkpoints():
     cfg = load_config("convergence")
     steps = cfg.train.checkpoint_steps()
-    assert steps == [160, 230, 320, 450, 640, 910, 1280, 1810, 2560, 3620, 5120]
+    assert steps == [320, 450, 640, 910, 1280, 1810, 2560, 3620, 5120, 7240, 10240]
     assert checkpoint_steps(cfg) == steps  # --dry-run's plan uses the same schedule
     assert len(steps) >= 10 and all(s % cfg.train.log_every == 0 for s in steps)
     gaps = np.diff(np.log(steps))
