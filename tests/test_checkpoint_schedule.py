@@ -34,6 +34,21 @@ def test_convergence_config_has_log_spaced_checkpoints():
     assert len(cfg.eval.temperatures) >= 4
 
 
+RECIPE = ("batch_size", "lr", "warmup", "lr_schedule", "ema_decay", "betas", "weight_decay", "grad_clip",
+          "label_dropout")
+
+
+@pytest.mark.parametrize("name", ["convergence", "zloss"])
+def test_reference_configs_share_the_default_recipe(name):
+    """convergence.yaml and zloss.yaml copy default.yaml's data, tokenizer, backbone and training
+    recipe (their comments say to keep them in step); a re-tuned default must be copied to them."""
+    default, other = load_config("default"), load_config(name)
+    assert (other.data, other.tokenizer, other.backbone) == (default.data, default.tokenizer, default.backbone)
+    assert {k: getattr(other.train, k) for k in RECIPE} == {k: getattr(default.train, k) for k in RECIPE}
+    if name == "zloss":  # the default run's purr is the z-loss arm: the whole budget and evaluation match
+        assert other.train == default.train and other.eval == default.eval
+
+
 @pytest.mark.parametrize("overrides,needle", [
     (["train.checkpoint_schedule=cosine"], "train.checkpoint_schedule must be every or log, got 'cosine'"),
     (["train.checkpoint_schedule=log", "train.num_checkpoints=1"], "train.num_checkpoints must be >= 2"),
