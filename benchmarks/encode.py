@@ -41,8 +41,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from backbones.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, resolve_checkpoint
-from backbones.safe_pickle import UnsafeCheckpointError
+from backbones.tokenizers.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, resolve_checkpoint
+from backbones.tokenizers.safe_pickle import UnsafeCheckpointError
 from benchmarks.storage.atomic import locked, save_json
 from benchmarks.storage.cache import content_hash
 from benchmarks.data.images import ImageFolder, to_model_range

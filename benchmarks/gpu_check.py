@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbones.pretrained import build_tokenizer, load_tokenizer
-from backbones.tokenizer import nearest_codes
-from benchmarks.config import load_config
+from backbones.tokenizers.pretrained import build_tokenizer, load_tokenizer
+from backbones.tokenizers.base import nearest_codes
+from benchmarks.core.config import load_config
 from benchmarks.data.latents import LatentSpace
 from benchmarks.data.shards import CodeShards, write_meta, write_shard
 from benchmarks.launching.plan import checkpoint_steps, evaluation_cells
-from benchmarks.training.trainer import Trainer, device_autocast
+from benchmarks.core.device import device_autocast
+from benchmarks.training.trainer import Trainer
 from benchmarks.training.utilisation import measure_peak_flops
 
 CONFIG = "imagenet-dit-xl2-vqf8"

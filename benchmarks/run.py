@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from backbones.safe_pickle import NotACheckpointError, UnsafeCheckpointError
-from benchmarks import logs
-from benchmarks.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
+from backbones.tokenizers.safe_pickle import NotACheckpointError, UnsafeCheckpointError
+from benchmarks.core import logs
+from benchmarks.core.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
 from benchmarks.training.trainer import checkpoint_step
-from benchmarks.storage.results import MetricsFileError
+from benchmarks.storage.results import MetricsFileError, final_rows, read_metrics
 from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
                                          read_manifest, update_manifest)
 
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         check_results_files(run_dir)
     from benchmarks.launching.preflight import check_inputs
     if args.tensorboard:
-        from benchmarks.tensorboard_log import require_tensorboard
+        from benchmarks.launching.tensorboard_log import require_tensorboard
 
         try:
             require_tensorboard()
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         fail(str(e))
     prepare_run_dir(run_dir)
 
-    from benchmarks.launching.launch import JobsDiverged, LaunchError, build_report_if_available, launch
+    from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
 
     update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
@@ -352,24 +352,34 @@ def log_new_cells(run_dir: Path, before: int) -> None:
         logs.get_logger("run").info("evaluation: %d new cells, %d in metrics.csv", after - before, after)
 
 
-def summary_table(run_dir: Path) -> str | None:
-    """Per method: seeds, last checkpoint, final FID (the report's cheap cell there, mean and
-    s.d. over seeds) and, where metrics.csv has the column, class accuracy; None without results."""
-    from reports.curves import convergence, order_variants
-    from reports.load import RunFolderError, load_runs
+def build_report_if_available(run_dir: Path) -> Path | None:
+    """Build the run's report (``reports.build_report``); returns its folder. A failure is
+    reported, not raised: the results are complete, and ``python -m reports RUN_DIR`` rebuilds
+    the report from them."""
+    from reports import build_report
 
     try:
-        final = convergence(load_runs([run_dir]))
-    except (RunFolderError, ValueError):
+        return build_report([run_dir])
+    except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
+        print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
+              file=sys.stderr)
+        return None
+
+
+def summary_table(run_dir: Path) -> str | None:
+    """Per method: seeds, last checkpoint, final FID (the first ``at: every`` cell of the run's
+    config at the last checkpoint, mean and s.d. over seeds) and, where metrics.csv has the
+    column, class accuracy; None without results."""
+    try:
+        final = final_rows(read_metrics(run_dir / "metrics.csv"), read_manifest(run_dir).get("config") or {})
+    except (MetricsFileError, ValueError):
         return None
     if final.empty:
         return None
     columns = ["fid"] + [c for c in SUMMARY_EXTRA if c in final.columns]
     rows = []
-    for variant in order_variants(final["variant"]):
-        rows_of = final[final["variant"] == variant]
-        last = rows_of[rows_of["step"] == rows_of["step"].max()]
-        row = {"method": variant, "seeds": last["seed"].nunique(), "step": int(last["step"].iloc[0])}
+    for method, last in final.groupby("method", sort=False):
+        row = {"method": method, "seeds": last["seed"].nunique(), "step": int(last["step"].iloc[0])}
         for column in columns:
             values = last[column].astype(float)
             spread = f" ± {values.std():.2f}" if len(values) > 1 else ""

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from backbones.dit import build_dit
-from benchmarks.config import BenchmarkConfig, from_dict
+from benchmarks.core.config import BenchmarkConfig, from_dict
 from benchmarks.evaluation.evaluator import Cell, cell_seed
 from benchmarks.evaluation.sampling import balanced_labels, sample_images, sample_seeds
-from benchmarks.launching.distributed import DistEnv
+from benchmarks.core.distributed import DistEnv
 from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
 from benchmarks.training.trainer import build_method, job_dir

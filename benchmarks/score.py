@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.config import from_dict
+from benchmarks.core.config import from_dict
 from benchmarks.evaluation import fidelity
 from benchmarks.storage.manifest import read_manifest
 from benchmarks.storage.results import append_rows

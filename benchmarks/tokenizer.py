@@ -4,7 +4,7 @@
     python -m benchmarks.tokenizer check --kind vq-f8 --ckpt ~/ckpts/vq-f8.ckpt
     python -m benchmarks.tokenizer check --kind vq-f8 --ckpt ~/ckpts/vq-f8.ckpt --image in.png --out recon.png
 
-``check`` loads the checkpoint (safely, see ``backbones.safe_pickle``), prints the codebook size,
+``check`` loads the checkpoint (safely, see ``backbones.tokenizers.safe_pickle``), prints the codebook size,
 code dimension, downsampling factor, parameter count and whether codes are L2-normalised; with
 ``--image`` it centre-crops the image to ``--size`` (ADM preprocessing), encodes, decodes,
 writes the reconstruction and prints its PSNR. Exit status 2 for a bad kind, a missing file, a
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backbones.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, num_parameters
-from backbones.safe_pickle import NotACheckpointError, UnsafeCheckpointError
+from backbones.tokenizers.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, num_parameters
+from backbones.tokenizers.safe_pickle import NotACheckpointError, UnsafeCheckpointError
 from benchmarks.storage.atomic import save_with
 from benchmarks.data.images import center_crop_arr, to_model_range, to_uint8
 

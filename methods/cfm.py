@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from backbones.tokenizer import nearest_codes
+from backbones.tokenizers.base import nearest_codes
 from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
                           gaussian_path_draws, guided, interpolate, passes_per_step, sample_noise, time_grid)
 from methods.registry import register

@@ -23,7 +23,7 @@ def isolated_cache(tmp_path, monkeypatch):
 def toy_latents(tmp_path):
     """A LatentSpace over random 8x8 code grids (K = 16, 10 classes) with an untrained VQ-VAE
     as the tokenizer: enough to train and sample, with no tokenizer training."""
-    from backbones.vqvae import VQVAE, VQVAEConfig
+    from backbones.tokenizers.vqvae import VQVAE, VQVAEConfig
     from benchmarks.data.latents import LatentSpace
     from benchmarks.data.shards import CodeShards, write_meta, write_shard
 

@@ -58,26 +58,83 @@ def test_license_and_citation():
     assert "2510.01478" in paper["url"] and paper["year"] == 2026 and paper["authors"]
 
 
-LAYERS = {"backbones": set(), "methods": {"backbones"}, "benchmarks": {"backbones", "methods", "reports"},
-          "reports": {"benchmarks", "methods"}}
-"""Which of the project's packages each package may import: networks know nothing of methods or of
-the pipeline; methods know only the networks (the plugin contract)."""
+PACKAGES = ["backbones", "methods", "benchmarks", "reports"]
+"""The project's packages, lowest first: networks know nothing of methods or of the pipeline;
+methods know only the networks (the plugin contract); the pipeline's library knows both; reports
+read what the pipeline's storage wrote."""
+FLOORS = ["core", "storage", "data", "training", "evaluation", "launching"]
+"""The floors of ``benchmarks``' library, lowest first: each imports only the floors below it."""
+ROOF = "roof"
+"""The command-line modules directly in ``benchmarks/`` (``python -m benchmarks.<name>``): they may
+import every floor, and they alone may import ``reports`` (to build the end-of-run report)."""
+
+
+def layer(path: Path) -> tuple[str, int]:
+    """(package, rank) of a project module: the rank orders the floors of ``benchmarks``
+    (``FLOORS``, then the command-line roof above ``reports``); other packages rank by
+    ``PACKAGES``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = parts[0]
+    if package != "benchmarks":
+        return package, PACKAGES.index(package) * 100
+    floor = parts[1] if len(parts) > 2 else ROOF if parts[1] != "__init__" else "core"
+    rank = 1000 if floor == ROOF else 200 + FLOORS.index(floor) if floor in FLOORS else None
+    assert rank is not None, f"{path}: benchmarks/{floor} is not one of the floors {FLOORS}"
+    return f"benchmarks.{floor}", rank
+
+
+def module_layer(name: str) -> tuple[str, int] | None:
+    """The layer of an imported module name (``benchmarks.data.latents``), None if not the project's."""
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    path = ROOT.joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if not path.exists() and len(parts) > 1:  # ``from benchmarks.core import logs`` names a module in a package
+        return module_layer(".".join(parts[:-1]))
+    return layer(path)
 
 
 def project_imports(path: Path) -> set[str]:
-    """Top-level project packages that a module imports (anywhere in it, lazy imports included)."""
+    """Project modules that a module imports (anywhere in it, lazy imports included), as
+    ``package.module`` names (``from a.b import c`` gives ``a.b.c`` when ``c`` is a module)."""
     import ast
 
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
-        found |= {name.split(".")[0] for name in names} & set(LAYERS)
-    return found
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def library_modules() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def upward_imports() -> list[str]:
+    """Every import of a module by a module on a lower layer (``benchmarks``' floors and roof
+    included); imports within one floor are level and allowed."""
+    wrong = []
+    for path in library_modules():
+        here, rank = layer(path)
+        for name in sorted(project_imports(path)):
+            target = module_layer(name)
+            if target is not None and target[1] > rank:
+                wrong.append(f"{path.relative_to(ROOT)} ({here}) imports {name} ({target[0]})")
+    return wrong
 
 
 def test_packages_import_only_the_layers_below_them():
-    wrong = [f"{path.relative_to(ROOT)} imports {sorted(bad)}"
-             for package, allowed in LAYERS.items() for path in sorted((ROOT / package).rglob("*.py"))
-             if (bad := project_imports(path) - allowed - {package})]
-    assert not wrong, wrong
+    assert not upward_imports()
+
+
+def test_an_upward_import_is_caught(tmp_path, monkeypatch):
+    """The check itself: a storage module importing the trainer is an upward import."""
+    planted = ROOT / "benchmarks" / "storage" / "_planted_upward.py"
+    planted.write_text("from benchmarks.training.trainer import Trainer\n")
+    try:
+        assert any("_planted_upward.py" in line for line in upward_imports())
+    finally:
+        planted.unlink()

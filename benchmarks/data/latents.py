@@ -29,10 +29,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from backbones.tokenizer import Tokenizer
-from backbones.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
+from backbones.tokenizers.base import Tokenizer
+from backbones.tokenizers.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
 from benchmarks.storage.atomic import built_once, save_json, save_torch
-from benchmarks import logs
+from benchmarks.core import logs
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
 from benchmarks.data.shards import CodeShards, read_meta, write_meta, write_shard
@@ -72,7 +72,7 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
     dataset: ``"mnist5k"`` (offline MNIST digits, 32x32), ``"imagefolder"`` (``path`` = ROOT/<class>/<image>,
     centre-cropped to ``image_size``) or ``"shards"`` (``path`` = a folder written by
     ``python -m benchmarks.encode``). tokenizer_kind: ``"vqvae"`` (trained here with ``vqvae``) or a
-    pretrained kind read from ``ckpt`` by ``backbones.pretrained.load_tokenizer``. Encoding runs on
+    pretrained kind read from ``ckpt`` by ``backbones.tokenizers.pretrained.load_tokenizer``. Encoding runs on
     ``device`` (default: CUDA if available, else CPU).
     """
     if dataset not in DATASETS:
@@ -222,7 +222,7 @@ def _image_source(dataset: str, path: str | None, image_size: int,
 
 def _load_pretrained(kind: str, ckpt: str) -> tuple[Tokenizer, str]:
     """(frozen tokenizer, cache key from the kind and the checkpoint file's path, size and mtime)."""
-    from backbones.pretrained import load_tokenizer, resolve_checkpoint
+    from backbones.tokenizers.pretrained import load_tokenizer, resolve_checkpoint
 
     tokenizer = load_tokenizer(kind, ckpt).eval().requires_grad_(False)
     file = resolve_checkpoint(kind, ckpt).resolve()

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from benchmarks.evaluation import fidelity
 from benchmarks.evaluation.sampling import (Samples, balanced_labels, mean_trace, sample_images, sample_seeds,
                                             shard_range)
-from benchmarks.launching.distributed import DistEnv
+from benchmarks.core.distributed import DistEnv
 from benchmarks.storage.atomic import save_json, save_with
-from benchmarks.config import BenchmarkConfig
+from benchmarks.core.config import BenchmarkConfig
 from benchmarks.data.latents import LatentSpace
 from benchmarks.storage.manifest import git_commit
 from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells

@@ -52,7 +52,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from benchmarks import logs
+from benchmarks.core import logs
 from benchmarks.evaluation import mnist_cnn
 from benchmarks.storage.atomic import built_once, save_with
 from benchmarks.storage.cache import cache_dir, content_hash

@@ -31,7 +31,7 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm.auto import tqdm
 
-from benchmarks import logs
+from benchmarks.core import logs
 from benchmarks.storage.atomic import built_once, save_json, save_torch
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import load_mnist5k

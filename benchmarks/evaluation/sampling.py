@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.data.images import to_uint8
-from benchmarks.training.trainer import device_autocast
+from benchmarks.core.device import device_autocast
 from methods.base import Method, SampleNoise
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.config import BenchmarkConfig
-from benchmarks.launching.distributed import DistEnv
+from benchmarks.core.config import BenchmarkConfig
+from benchmarks.core.distributed import DistEnv
 from benchmarks.data.latents import LatentSpace, prepare_latents
-from benchmarks import logs
+from benchmarks.core import logs
 from benchmarks.storage.manifest import add_timings, now_iso, update_manifest
 from benchmarks.training.trainer import Trainer, checkpoint_step
 from benchmarks.training.utilisation import mfu, process_peak_flops
@@ -49,7 +49,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
             tensorboard: bool = False) -> dict:
     """Train (resuming from the newest checkpoint if any) and evaluate one job; returns its summary.
     ``tensorboard``: also copy the job's logs, FIDs and sample grids into TensorBoard event files
-    after each checkpoint (``benchmarks.tensorboard_log``)."""
+    after each checkpoint (``benchmarks.launching.tensorboard_log``)."""
     run_dir = Path(run_dir)
     start, started = time.perf_counter(), now_iso()
     dist = DistEnv.from_environment()
@@ -65,7 +65,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     from_step = checkpoint_step(checkpoints[-1]) if checkpoints else 0
     board = None
     if tensorboard and dist.is_main:
-        from benchmarks.tensorboard_log import TensorBoardLog
+        from benchmarks.launching.tensorboard_log import TensorBoardLog
 
         board = TensorBoardLog(run_dir, method, seed, cfg.train.lr, from_step=from_step)
 

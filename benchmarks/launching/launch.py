@@ -42,15 +42,15 @@ import torch
 from submitit.core.utils import UncompletedJobError
 from tqdm.auto import tqdm
 
-from benchmarks import logs
-from benchmarks.config import BenchmarkConfig, LauncherConfig, from_dict
-from benchmarks.launching.distributed import PREEMPTION, DistEnv
+from benchmarks.core import logs
+from benchmarks.core.config import BenchmarkConfig, LauncherConfig, from_dict
+from benchmarks.core.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
 from benchmarks.storage.cache import cache_root
 from benchmarks.storage.manifest import read_manifest, update_manifest
 from benchmarks.training.trainer import TrainingDiverged, checkpoint_step, job_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
 POLL_S = 5.0
 """How often --wait looks for the jobs' result files."""
@@ -154,7 +154,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     Called as ``job(cfg_dict, method, seed, run_dir)``. It trains and evaluates through
     ``benchmarks.launching.jobs.run_job`` (which resumes from the newest checkpoint and skips evaluation
     cells already in ``metrics.csv``). On the preemption / time-limit signal, the trainer saves a
-    checkpoint at the end of its current step (``benchmarks.launching.distributed.PREEMPTION`` defers
+    checkpoint at the end of its current step (``benchmarks.core.distributed.PREEMPTION`` defers
     submitit's handler to that point), then submitit calls ``checkpoint()``, which resubmits the
     same call: the requeued job resumes from that checkpoint. The object pickles with only the
     names of the modules that register its methods (imported first, for plugin methods).
@@ -407,20 +407,3 @@ def job_problem(job: submitit.Job) -> str | None:
     except UncompletedJobError as e:
         return f"ended without a result ({e})"[-3000:]
     return None if error is None else str(error)[-3000:]
-
-
-# ----------------------------------------------------------------------------- after the run
-
-
-def build_report_if_available(run_dir: Path) -> Path | None:
-    """Build the run's report (``reports.build_report``); returns its folder. A failure is
-    reported, not raised: the results are complete, and ``python -m reports RUN_DIR`` rebuilds
-    the report from them."""
-    from reports import build_report
-
-    try:
-        return build_report([run_dir])
-    except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
-        print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
-              file=sys.stderr)
-        return None

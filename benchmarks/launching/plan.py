@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.config import BenchmarkConfig
+from benchmarks.core.config import BenchmarkConfig
 from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
 
@@ -108,7 +108,7 @@ def latent_shape(cfg: BenchmarkConfig) -> LatentShape:
     if tok.kind == "vqvae":
         k, d, f = tok.vqvae.codebook_size, tok.vqvae.code_dim, tok.vqvae.downsample
     else:
-        from backbones.pretrained import get_spec
+        from backbones.tokenizers.pretrained import get_spec
 
         spec = get_spec(tok.kind)
         k, d, f = spec.codebook_size, spec.code_dim, spec.downsample

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from benchmarks.config import BenchmarkConfig, ConfigError
+from benchmarks.core.config import BenchmarkConfig, ConfigError
 
 
 def check_inputs(cfg: BenchmarkConfig) -> None:
@@ -68,7 +68,7 @@ def check_tokenizer(cfg: BenchmarkConfig) -> None:
                           "(python -m benchmarks.tokenizer list says where to get it)")
     path = Path(tok.ckpt).expanduser()
     if tok.kind != "vqvae":
-        from backbones.pretrained import resolve_checkpoint
+        from backbones.tokenizers.pretrained import resolve_checkpoint
 
         try:
             path = resolve_checkpoint(tok.kind, path)
@@ -76,7 +76,7 @@ def check_tokenizer(cfg: BenchmarkConfig) -> None:
             raise ConfigError(f"tokenizer.ckpt: {err}") from None
     elif not path.is_file():
         raise ConfigError(f"tokenizer.ckpt: {path} does not exist (a vqvae.pt saved by the suite)")
-    from backbones.safe_pickle import describe_non_checkpoint
+    from backbones.tokenizers.safe_pickle import describe_non_checkpoint
 
     problem = describe_non_checkpoint(path)
     if problem:

@@ -137,3 +137,28 @@ def append_rows(path: str | Path, rows: list[dict], columns: list[str] = COLUMNS
             writer.writeheader()
             writer.writerows(existing + new)
     return len(new)
+
+
+def final_rows(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The rows a run's end-of-run summary shows: per method, its rows at its last checkpoint of
+    the first ``at: every`` cell of ``config`` (the resolved config as the manifest stores it; a
+    cell without a temperature takes ``eval.method_temperature`` of the method, else 1.0), or of
+    every cell there if the config lists none."""
+    if metrics.empty:
+        return metrics
+    ev = config.get("eval") or {}
+    every = [c for c in ev.get("cells") or [] if c.get("at", "every") == "every"]
+    found = []
+    for method, rows in metrics.groupby("method", sort=False):
+        if every:
+            cell = every[0]
+            tau = cell.get("temperature")
+            tau = (ev.get("method_temperature") or {}).get(method, 1.0) if tau is None else tau
+            n = cell.get("num_samples") or ev.get("num_samples")
+            keep = ((rows["steps"] == cell.get("steps")) & ((rows["temperature"] - tau).abs() < 1e-9)
+                    & ((rows["cfg_scale"] - cell.get("cfg_scale", 1.0)).abs() < 1e-9))
+            if n is not None and "n_samples" in rows:
+                keep &= rows["n_samples"] == n
+            rows = rows[keep] if keep.any() else rows
+        found.append(rows[rows["step"] == rows["step"].max()])
+    return pd.concat(found, ignore_index=True)

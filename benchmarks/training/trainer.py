@@ -12,7 +12,7 @@ each one, so an interrupted evaluation is redone from the checkpoint on resume.
 Because the data order and all noise come from generators saved in the checkpoint, a resumed
 run continues with exactly the losses of an uninterrupted one (on CPU).
 
-Preemption: a notice received during a step (``benchmarks.launching.distributed.PREEMPTION``, installed by
+Preemption: a notice received during a step (``benchmarks.core.distributed.PREEMPTION``, installed by
 cluster jobs) makes the trainer save a checkpoint at the end of that step, with the partial log
 interval, and hand over to the job's preemption handler (which requeues the job). Such an
 off-schedule checkpoint is resumed from but never evaluated. With several ranks, agreeing on a
@@ -30,7 +30,6 @@ model; the last good checkpoint stays on disk.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import math
@@ -47,8 +46,9 @@ from tqdm.auto import tqdm
 
 from backbones.dit import build_dit
 from benchmarks.storage.atomic import atomic_path, save_torch
-from benchmarks.config import BenchmarkConfig, TrainConfig, method_options
-from benchmarks.launching.distributed import PREEMPTION, DistEnv
+from benchmarks.core.config import BenchmarkConfig, TrainConfig, method_options
+from benchmarks.core.device import device_autocast, resolve_device
+from benchmarks.core.distributed import PREEMPTION, DistEnv
 from benchmarks.training.flops import model_flops, parameter_count
 from benchmarks.training.prefetch import BatchPrefetcher
 from benchmarks.data.latents import LatentSpace
@@ -58,21 +58,6 @@ from methods.base import Method
 
 class CorruptCheckpointError(ValueError):
     """A training checkpoint that cannot be loaded; the message names the file."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def device_autocast(device: torch.device):
-    """The compute precision of training and sampling: bf16 autocast on CUDA, float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def learning_rate(train: TrainConfig, step: int) -> float:

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import submitit
 
-from benchmarks.config import load_config
-from benchmarks.launching.distributed import rendezvous_port
+from benchmarks.core.config import load_config
+from benchmarks.core.distributed import rendezvous_port
 from benchmarks.launching.jobs import latents_for, make_evaluator
 from benchmarks.launching.launch import read_events
 from benchmarks.storage.manifest import read_manifest
@@ -161,7 +161,7 @@ def _all_reduce_ranks() -> tuple[int, int, float, str]:
     import torch
     import torch.distributed as torch_dist
 
-    from benchmarks.launching.distributed import DistEnv
+    from benchmarks.core.distributed import DistEnv
 
     dist = DistEnv.from_environment()
     dist.init_process_group(torch.device("cpu"))
