@@ -138,3 +138,23 @@ def test_an_upward_import_is_caught(tmp_path, monkeypatch):
         assert any("_planted_upward.py" in line for line in upward_imports())
     finally:
         planted.unlink()
+
+
+TEST_NAME_MAX = 60
+"""A test's name says the behaviour it checks, in a line a reader takes in at once."""
+
+
+def test_test_names_are_at_most_60_characters():
+    import ast
+
+    long = [f"{path.relative_to(ROOT)}: {node.name}" for path in sorted((ROOT / "tests").rglob("test_*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and len(node.name) > TEST_NAME_MAX]
+    assert not long, long
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    command = lines[lines.index(next(line for line in lines if "verbatim" in line)) + 1]
+    assert "pytest" in command and "ruff check" in command
+    assert command in (ROOT / "README.md").read_text()

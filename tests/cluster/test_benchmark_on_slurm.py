@@ -173,7 +173,7 @@ def _all_reduce_ranks() -> tuple[int, int, float, str]:
         torch_dist.destroy_process_group()
 
 
-def test_two_task_job_forms_a_gloo_group_from_the_slurm_environment(slurm_cluster, tmp_path):
+def test_two_task_job_forms_gloo_group_from_slurm_env(slurm_cluster, tmp_path):
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(slurm_partition=slurm_cluster.partition, timeout_min=60, nodes=1, tasks_per_node=2,
                                cpus_per_task=1, mem_gb=2, slurm_setup=[f"export PYTHONPATH={ROOT}"])

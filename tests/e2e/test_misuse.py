@@ -163,7 +163,7 @@ def test_empty_image_folder_is_refused_before_the_manifest(capsys, tmp_path):
     assert not out.exists()
 
 
-def test_a_folder_without_a_trained_step_takes_a_corrected_config(capsys, tmp_path):
+def test_folder_without_trained_step_takes_new_config(capsys, tmp_path):
     """A folder stranded by a failed start of an older version (manifest, no checkpoint, no
     result) accepts the corrected config; the manifest then records it."""
     from benchmarks.core.config import load_config
@@ -360,7 +360,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(finished, tmp_path,
     assert_complete_once(out)
 
 
-def test_finished_run_takes_new_eval_settings_and_a_larger_budget_only(finished, tmp_path, cache, capsys,
+def test_finished_run_takes_only_eval_changes_and_more_steps(finished, tmp_path, cache, capsys,
                                                                       monkeypatch):
     """eval.* may change once training is done (new cells at the last checkpoint); a larger
     train.iterations extends the run (issue 13 item 4: the jobs continue from their newest

@@ -81,7 +81,7 @@ def test_step_times_come_from_a_previous_runs_manifest():
         step_time_from_run(results, load_config("smoke"))
 
 
-def test_the_plan_checks_the_checkpoint_write_against_the_preemption_warning():
+def test_plan_checks_checkpoint_write_against_signal_delay():
     cfg = load_config("imagenet-dit-xl2-vqf8", ["launcher.signal_delay_s=60"])
     text = dry_run(cfg, ["dfm"], [0], peak_tflops=989, utilisation=0.25)
     assert "checkpoint: 12.4 GB" in text

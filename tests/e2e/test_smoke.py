@@ -91,7 +91,7 @@ def test_plugin_registered_outside_methods_runs_through_smoke(run_cli, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_diverged_job_stops_without_results_and_the_others_finish(run_cli, tmp_path):
+def test_diverged_job_stops_and_the_others_finish(run_cli, tmp_path):
     """purr-diverging's loss is infinite from step 25 (the smoke run checkpoints at 20 and 40): it
     stops with an error naming method, seed and step, keeps its step-20 checkpoint, writes no
     metrics after it; cfm in the same command finishes; the command exits with status 1."""

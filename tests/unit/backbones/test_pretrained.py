@@ -228,7 +228,7 @@ def test_llamagen_containers_and_optional_usage_buffer(tmp_path):
     assert torch.equal(tok.quantize.embedding.weight, state["quantize.embedding.weight"])
 
 
-def test_user_trained_llamagen_file_with_argparse_namespace_loads_safely(tmp_path):
+def test_llamagen_file_with_argparse_namespace_loads_safely(tmp_path):
     """LlamaGen's training script saves ``{"model": ..., "args": argparse.Namespace(...)}``;
     ``weights_only=True`` refuses the Namespace. The weights load, the Namespace stays inert."""
     import argparse

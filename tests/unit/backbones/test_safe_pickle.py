@@ -53,7 +53,7 @@ def test_code_running_globals_are_refused(tmp_path, func, args):
     assert not (tmp_path / "somefile.txt").exists()
 
 
-def test_unknown_classes_become_inert_placeholders_without_import(tmp_path, monkeypatch):
+def test_unknown_classes_become_inert_placeholders(tmp_path, monkeypatch):
     """A global from an importable module with import-time and call-time side effects:
     the module is not imported, the callable not called, its arguments kept as data."""
     marker = tmp_path / "imported"

@@ -32,7 +32,7 @@ def trained():
     return model, info, images
 
 
-def test_straight_through_gradient_is_identity_and_forward_is_the_code():
+def test_straight_through_gradient_is_identity():
     q = EMAQuantizer(codebook_size=5, code_dim=3, decay=0.99)
     z = torch.randn(2, 3, 4, 4, requires_grad=True)
     zq, codes, _ = q(z)
@@ -65,7 +65,7 @@ def test_commitment_gradient_pulls_encoder_output_to_its_code():
     assert torch.allclose(z.grad, 2 * (z.detach() - e) / z.numel(), atol=1e-7)
 
 
-def test_ema_update_matches_the_formula_and_moves_codes_toward_their_vectors():
+def test_ema_update_matches_the_formula():
     decay = 0.9
     q = EMAQuantizer(codebook_size=3, code_dim=2, decay=decay)
     q.embedding.copy_(torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]]))
@@ -86,7 +86,7 @@ def test_ema_update_matches_the_formula_and_moves_codes_toward_their_vectors():
     assert torch.allclose(q.embedding[2], before[2])  # unused code: N and m decay together
 
 
-def test_dead_code_restart_revives_an_unused_code_where_the_data_are_poorly_covered():
+def test_dead_code_restart_revives_unused_codes():
     q = EMAQuantizer(codebook_size=3, code_dim=2, decay=0.99, dead_threshold=1.0)
     q.embedding.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [100.0, 100.0]]))
     q.embed_sum.copy_(q.embedding)
@@ -104,7 +104,7 @@ def test_dead_code_restart_revives_an_unused_code_where_the_data_are_poorly_cove
     assert (codes == 2).all()
 
 
-def test_training_uses_most_codes_and_reconstructs_better_than_the_mean_image(trained):
+def test_training_uses_most_codes_and_beats_the_mean_image(trained):
     model, info, images = trained
     x = torch.from_numpy(images).float() / 127.5 - 1
     baseline = float((x - x.mean(0)).square().mean())

@@ -79,7 +79,7 @@ def sbatch_script(tmp_path, *overrides: str) -> str:
     return executor._executor._make_submission_file_text("python -m job", "uid")
 
 
-def test_a_gpu_job_runs_one_ddp_rank_per_gpu_with_the_configured_resources(tmp_path, monkeypatch):
+def test_gpu_job_runs_one_ddp_rank_per_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "shared cache"))
     script = sbatch_script(tmp_path, "launcher.gpus_per_job=4", "launcher.partition=gpu", "launcher.account=acc",
                            "launcher.qos=high", "launcher.constraint=a100", "launcher.mem_gb=64",

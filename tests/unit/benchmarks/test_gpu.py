@@ -51,7 +51,7 @@ def test_cuda_path_trains_in_bf16_autocast(method, toy_latents, tmp_path):
 # ----------------------------------------------------------------------------- CPU stand-ins for the GPU path
 
 
-def test_a_checkpoint_loads_while_the_trainer_is_on_another_device(toy_latents, tmp_path):
+def test_checkpoint_loads_onto_another_device(toy_latents, tmp_path):
     """On a GPU the old ``torch.load(map_location=cuda)`` moved the saved CPU RNG states to the GPU
     and ``set_state`` refused them. The ``meta`` device stands in for the GPU: loading while the
     trainer's device is ``meta`` must restore the weights, the optimizer and every RNG state."""

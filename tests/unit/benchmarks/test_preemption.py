@@ -87,7 +87,7 @@ def assert_same_state(a: Trainer, b: Trainer) -> None:
             torch.testing.assert_close(value, want[index][name], rtol=0, atol=0, msg=f"optimizer {index}.{name}")
 
 
-def test_signal_mid_step_checkpoints_at_the_step_end_and_resumes_to_the_same_weights(stand_in, toy_latents, tmp_path):
+def test_signal_mid_step_checkpoints_at_step_end_and_resumes(stand_in, toy_latents, tmp_path):
     cfg, method = tiny_config(), "purr"
     reference = Trainer(cfg, method, 0, tmp_path / "reference", toy_latents, progress=False)
     reference.run()
@@ -109,7 +109,7 @@ def test_signal_mid_step_checkpoints_at_the_step_end_and_resumes_to_the_same_wei
     pd.testing.assert_series_equal(got["loss"], want["loss"], rtol=1e-6, atol=0)  # row 6 spans the preemption
 
 
-def test_signal_during_evaluation_requeues_at_once_and_the_evaluation_is_redone(stand_in, toy_latents, tmp_path):
+def test_signal_during_evaluation_requeues_and_redoes_it(stand_in, toy_latents, tmp_path):
     cfg = tiny_config()
     evaluated: list[tuple[int, str]] = []
 
@@ -146,7 +146,7 @@ def _metric_keys(path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_submitit_job_preempted_mid_training_requeues_and_matches_an_uninterrupted_run(shared_cache, tmp_path,
+def test_preempted_submitit_job_requeues_to_uninterrupted_result(shared_cache, tmp_path,
                                                                                         monkeypatch):
     """The smoke benchmark's purr job through submitit's local executor: SIGUSR2 to the job's
     process after the first evaluation, submitit's real handler checkpoints and requeues

@@ -96,7 +96,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(toy_latents, tmp_pat
     trainer.close_batches()
 
 
-def test_prefetched_batches_are_the_serial_ones_and_resume_where_training_stopped(toy_latents):
+def test_prefetched_batches_equal_serial_ones_across_resume(toy_latents):
     """The prefetcher draws indices and label drops in step order on the calling thread, so its
     batches are those of a serial loader; each carries the generator state after its draws."""
     from benchmarks.training.prefetch import BatchPrefetcher

@@ -75,7 +75,7 @@ def test_draw_is_batch_first_and_reproducible(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_loss_is_a_deterministic_finite_scalar_that_trains_every_parameter(name):
+def test_loss_is_deterministic_finite_and_trains_every_param(name):
     method, model = build(name)
     codes, labels = batch()
     draws = method.draw(codes, torch.Generator().manual_seed(1))

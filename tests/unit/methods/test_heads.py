@@ -111,7 +111,7 @@ def test_fused_loss_without_bias_and_without_grad():
         assert_rel_close(fused_categorical_loss(hidden, head, targets, 2, 0.1)["loss"], ref["loss"], 1e-10)
 
 
-def test_fused_loss_under_bf16_autocast_matches_the_dense_head_at_bf16_precision():
+def test_fused_loss_under_bf16_matches_dense_head():
     model, hidden, targets, _ = case(2, dtype=torch.float32)
     hidden.requires_grad_(True)
     params = [hidden, model.head.weight, model.head.bias]
@@ -169,7 +169,7 @@ def test_fused_draws_follow_the_posterior():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_inverse_cdf_draws_match_the_probabilities_and_skip_zeros(dtype):
+def test_inverse_cdf_draws_match_probs_and_skip_zeros(dtype):
     """Rows with exact zeros (first, middle, last) and an unnormalised float32 row: frequencies match
     pi / sum(pi) in total variation, and a zero-probability category is never drawn."""
     pi = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0], [0.1, 0.1, 0.1, 0.1, 0.1, 0.5000001]], dtype=dtype)
@@ -318,7 +318,7 @@ def padded_and_plain(name: str, codes_k: int, patch: int):
 
 
 @pytest.mark.parametrize("name, patch", [("dfm", 2), ("purr", 1)])
-def test_a_padded_head_leaves_losses_gradients_and_samples_unchanged(name, patch):
+def test_padded_head_leaves_losses_and_samples_unchanged(name, patch):
     """dfm at K = 16384 has 4 x 16385 = 65540 head outputs, which misaligns its bf16 matmuls: the head
     is padded to a multiple of 64 and the padding logits are masked. Here K = 1025 (4 x 1026 -> 4160)."""
     method, padded, plain = padded_and_plain(name, 1025, patch)

@@ -78,7 +78,7 @@ def categorical_by_hand(logits, codes, z_weight, mask=None):
     return mean(ce) + z_weight * mean(lse ** 2), mean(ce), mean(lse)
 
 
-def test_gaussian_path_draws_are_batch_first_and_distributed_as_specified():
+def test_gaussian_path_draws_are_batch_first_and_as_specified():
     method, _, codes, _, _, _ = setup("purr")
     many = torch.zeros(4000, 2, 2, dtype=torch.long)
     draws = method.draw(many, torch.Generator().manual_seed(3))
@@ -90,7 +90,7 @@ def test_gaussian_path_draws_are_batch_first_and_distributed_as_specified():
     assert all(torch.equal(draws[k], again[k]) for k in draws)
 
 
-def test_purr_loss_is_cross_entropy_plus_z_loss_on_the_gaussian_path():
+def test_purr_loss_is_cross_entropy_plus_z_loss():
     method, codebook, codes, labels, draws, model = setup("purr", z_loss=0.1)
     out = method.loss(model, codes, labels, draws)
     z_t, t, y = model.inputs[0]
@@ -163,7 +163,7 @@ def test_uniform_dfm_loss_is_cross_entropy_on_the_uniform_path():
 
 @pytest.mark.parametrize("name, clean_share", [("dfm", lambda t: t), ("dfm-uniform", lambda t: t + (1 - t) / K)],
                          ids=["dfm", "dfm-uniform"])
-def test_discrete_paths_show_the_clean_code_with_probability_kappa_t(name, clean_share):
+def test_discrete_paths_show_clean_code_with_prob_kappa_t(name, clean_share):
     """P(x_t = c | t) is kappa(t) = t (mask source) or t + (1 - t)/K (uniform source), independently of
     how ``draw`` encodes its randomness: checked per sample over a 16 x 16 grid."""
     method = methods.get_method(name)(torch.randn(K, D))

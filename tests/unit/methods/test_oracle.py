@@ -58,7 +58,7 @@ def assert_reproduces_mixture(mixture, out, labels):
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_sampler_reproduces_class_conditional_pattern_frequencies(name):
+def test_sampler_reproduces_class_pattern_frequencies(name):
     out, labels = sample_per_class(name, MIXTURE, steps=STEPS[name])
     assert_reproduces_mixture(MIXTURE, out, labels)
 
@@ -143,7 +143,7 @@ def test_cfg_batches_conditional_and_null_passes(name):
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_cfg_favours_patterns_the_class_prefers_over_the_marginal(name):
+def test_cfg_favours_patterns_the_class_prefers(name):
     """p_{m|0} / p_m is largest for m0 (0.45 vs 0.275) and smallest for m3 (0.10 vs 0.275): guidance
     w = 3 must raise m0's share above p_{m0|0} and lower m3's."""
     out, labels = sample_per_class(name, MIXTURE, steps=STEPS[name] // 2, n=1000, classes=[0], cfg_scale=3.0)
@@ -167,7 +167,7 @@ class ScriptedModel:
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_sampler_evaluates_the_model_at_the_left_end_of_each_step(name):
+def test_sampler_evaluates_model_at_left_end_of_step(name):
     method = methods.get_method(name)(MIXTURE.codebook)
     model = ScriptedModel(method.backbone_io().out_channels)
     steps = 6

@@ -361,7 +361,7 @@ def test_speedup_known_answer_and_bounds():
     assert flops.ratio == pytest.approx(4.0 / 1.5)
 
 
-def test_bootstrap_interval_contains_estimate_and_is_deterministic():
+def test_bootstrap_interval_holds_estimate_deterministically():
     steps = np.array([5.0, 10.0, 20.0, 40.0])
     rng = np.random.default_rng(1)
     purr = 100.0 / steps * rng.uniform(0.8, 1.2, size=(4, 1))
@@ -430,7 +430,7 @@ def test_value_at_and_speedup_at_a_budget_fraction():
     assert s.ratio == pytest.approx(4.0)
 
 
-def test_bootstrap_matches_scipy_percentile_interval_on_uncensored_curves():
+def test_bootstrap_matches_scipy_percentile_interval():
     """scipy.stats.bootstrap (percentile, unpaired) resamples the same way; it differs only by
     Monte-Carlo error and by interpolating between resamples (why ours is kept: reports.speedup)."""
     stats = pytest.importorskip("scipy.stats")
@@ -512,7 +512,7 @@ def test_zloss_runs_become_labelled_variants(tmp_path, captured):
     assert "| tiny/1 | purr (z_loss=0) |" in text and "No Purrception variant and baseline share" in text
 
 
-def test_runs_with_different_recipes_are_compared_only_within_their_recipe(tmp_path):
+def test_different_recipes_are_compared_only_within_recipe(tmp_path):
     fast = make_run(tmp_path, "fast", lr=1e-3)
     slow = make_run(tmp_path, "slow", lr=1e-4, fid=lambda m, s, st, tau=None: 3 * fid_of(m, s, st, tau))
     zoff = make_run(tmp_path, "zoff", methods=("purr",), z_loss=0.0, lr=1e-3)
