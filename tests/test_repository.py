@@ -36,14 +36,35 @@ def test_nothing_refers_to_files_outside_the_repository():
     assert not hits, hits
 
 
-def test_markdown_links_resolve():
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", "")).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_markdown_links_and_anchors_resolve():
+    """Every relative link of the README, CONTRIBUTING.md and docs/ names a file that exists and,
+    with ``#anchor``, a heading of that file."""
     broken = []
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
-            if "://" not in target and not (doc.parent / target).exists():
+    for doc in [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (doc.parent / target) if target else doc
+            if not path.exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+            elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path.read_text()):
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}#{anchor}")
     assert not broken, broken
     assert "docs/methods.md" in (ROOT / "README.md").read_text()
+
+
+def test_readme_is_a_front_door_of_at_most_12_kb():
+    assert len((ROOT / "README.md").read_bytes()) <= 12_000
 
 
 def test_license_and_citation():
