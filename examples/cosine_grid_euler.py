@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from methods.base import Method, time_grid
-from methods.sampling import Euler, register_sampler
+from methods.base import Method
+from methods.sampling import Euler, register_sampler, time_grid
 
 
 @register_sampler
