@@ -41,7 +41,8 @@ class SampleOutput:
     """What a sampler returns.
 
     codes: (B, h, w) int64 code indices in [0, K).
-    nfe: network evaluations per sample (steps x passes; CFG with w != 1 costs two passes).
+    nfe: network passes per sample (the sampler's evaluations x passes_per_step(w): CFG with w != 1
+        costs two passes per evaluation).
     trace: per-step scalars averaged over the batch, e.g. ``{"entropy": [H_0, ..., H_{N-1}]}``,
         with ``trace["t"]`` the time at which each entry was measured.
     """
