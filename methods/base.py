@@ -9,9 +9,12 @@ and knows three things:
   randomness (noise, times, masks), then the loss. Splitting the two lets the trainer draw the
   randomness of a whole global batch once and hand each data-parallel rank its slice, so a run's
   numbers do not depend on how many GPUs it used. Every tensor in ``draws`` is batch-first.
-* ``sample(model, labels, grid, ...)``: an Euler sampler that returns code grids. It draws all
-  its randomness through ``sample_noise(generator, B, device)`` (a ``SampleNoise``), so that with
-  per-sample seeds a sample's noise does not depend on the batch or rank it is drawn in.
+* ``sample(model, labels, grid, ..., sampler="euler")``: code grids from a registered sampler
+  (``methods.sampling``), which runs the method's sampler hooks: ``initial_state`` (the state at
+  t = 0 from the noise), ``euler_step`` (one Euler step from t to t') and ``final_codes`` (the
+  state at t = 1 -> codes), plus whatever other hooks the samplers in ``samplers`` need. All
+  randomness comes from one ``SampleNoise``, so that with per-sample seeds a sample's noise does
+  not depend on the batch or rank it is drawn in.
 
 Methods never see data loading, optimizers, devices, distributed setup or metrics; the trainer
 and evaluator never branch on a method's name.
@@ -25,14 +28,22 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable, ClassVar, Literal, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from backbones.dit import BackboneIO  # noqa: F401  (re-exported: part of the plugin contract)
+from methods.sampling import (  # noqa: F401  (re-exported: used by methods and tests)
+    SampleContext,
+    SampleNoise,
+    SampleOutput,
+    get_sampler,
+    passes_per_step,
+    sample_noise,
+    sampler_names,
+    time_grid,
+)
 
 T_EPS = 1e-3
 """Training times are drawn from U[T_EPS, 1) (docs/methods.md)."""
@@ -44,24 +55,9 @@ class Denoiser(Protocol):
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor: ...
 
 
-@dataclass
-class SampleOutput:
-    """What a sampler returns.
-
-    codes: (B, h, w) int64 code indices in [0, K).
-    nfe: network evaluations per sample (steps x passes; CFG with w != 1 costs two passes).
-    trace: per-step scalars averaged over the batch, e.g. ``{"entropy": [H_0, ..., H_{N-1}]}``,
-        with ``trace["t"]`` the time at which each entry was measured.
-    """
-
-    codes: Tensor
-    nfe: int
-    trace: dict[str, list[float]] = field(default_factory=dict)
-
-
 class Method(nn.Module, ABC):
     """Base class of the method plugins. Subclasses set the class attributes and implement
-    ``backbone_io``, ``draw``, ``loss`` and ``sample``. Method-specific options are keyword-only
+    ``backbone_io``, ``draw``, ``loss`` and the sampler hooks. Method-specific options are keyword-only
     constructor arguments with defaults; configs are checked against them (``option_names``).
     """
 
@@ -104,63 +100,45 @@ class Method(nn.Module, ABC):
     def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training loss. Returns ``{"loss": scalar, ...diagnostics (detached scalars)}``."""
 
-    @abstractmethod
+    # ------------------------------------------------------------------------- sampling
+
+    samplers: ClassVar[tuple[str, ...]] = ("euler",)
+    """Names of the samplers this method supports. Every method has an Euler step; one that also
+    provides the hooks of another sampler (e.g. a Gaussian path's ``predict`` for a second-order
+    solver) adds that sampler's name."""
+
+    @classmethod
+    def supported_samplers(cls) -> list[str]:
+        """The registered samplers that run this method."""
+        return [name for name in sampler_names() if get_sampler(name).supports(cls)]
+
+    @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: "torch.Generator | SampleNoise | None" = None) -> SampleOutput:
-        """Euler sampler with ``steps`` steps on the uniform grid 0 = t_0 < ... < t_N = 1. Every
-        random number comes from ``sample_noise(generator, B, device)``, drawn for all B samples
-        at once (so each sample consumes the same sequence of draws)."""
+               generator: torch.Generator | SampleNoise | None = None, sampler: str = "euler") -> SampleOutput:
+        """B = ``len(labels)`` code grids (B, h, w) from ``sampler`` in ``steps`` steps (NFE and trace
+        in the ``SampleOutput``). Every random number comes from ``sample_noise(generator, B, device)``,
+        drawn for all B samples at once (so each sample consumes the same sequence of draws)."""
+        choices = self.supported_samplers()
+        if sampler not in choices:
+            raise ValueError(f"method {self.name!r} has no sampler {sampler!r}; its samplers: {', '.join(choices)}")
+        check_temperature(temperature, self.name)
+        noise = sample_noise(generator, labels.shape[0], labels.device)
+        return get_sampler(sampler)().run(self, model, labels, grid, steps=steps, temperature=temperature,
+                                          cfg_scale=cfg_scale, noise=noise)
 
+    @abstractmethod
+    def initial_state(self, ctx: SampleContext) -> Any:
+        """The sampler state at t = 0 for ``ctx.batch`` samples, drawn from ``ctx.noise``."""
 
-# ----------------------------------------------------------------------------- sampler randomness
+    @abstractmethod
+    def euler_step(self, ctx: SampleContext, state: Any, t: float, t_next: float) -> tuple[Any, dict[str, Tensor]]:
+        """One Euler step from t to t_next (t_next = 1 on the last step) with one guided network
+        evaluation at t: the new state and per-step trace values (0-dim tensors, batch means)."""
 
-class SampleNoise:
-    """A sampler's source of randomness for a batch of B samples.
-
-    ``randn(*shape)``, ``rand(*shape)`` and ``randint(high, *shape)`` return (B, *shape) tensors.
-    Built with ``per_sample(seeds, device)``, row i comes from sample i's own generator (seeded
-    with ``seeds[i]``), so a sample's noise is a function of its seed alone: the same whichever
-    batch, batch size or rank draws it. Built with ``shared(generator, B, device)``, all rows
-    come from one generator in one call (cheaper; what a plain ``torch.Generator`` means).
-    """
-
-    def __init__(self, batch: int, device, *, shared: torch.Generator | None = None,
-                 per_sample: Sequence[torch.Generator] | None = None):
-        self.batch, self.device = batch, torch.device(device)
-        self.shared_generator, self.generators = shared, None if per_sample is None else list(per_sample)
-
-    @classmethod
-    def shared(cls, generator: torch.Generator | None, batch: int, device) -> "SampleNoise":
-        return cls(batch, device, shared=generator)
-
-    @classmethod
-    def per_sample(cls, seeds: Sequence[int], device) -> "SampleNoise":
-        return cls(len(seeds), device, per_sample=[torch.Generator(device=device).manual_seed(int(s)) for s in seeds])
-
-    def _draw(self, fn: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
-        if self.generators is None or self.batch == 0:
-            return fn((self.batch, *shape), generator=self.shared_generator, device=self.device)
-        return torch.cat([fn((1, *shape), generator=g, device=self.device) for g in self.generators])
-
-    def randn(self, *shape: int) -> Tensor:
-        return self._draw(torch.randn, shape)
-
-    def rand(self, *shape: int) -> Tensor:
-        return self._draw(torch.rand, shape)
-
-    def randint(self, high: int, *shape: int) -> Tensor:
-        return self._draw(partial(torch.randint, high), shape)
-
-
-def sample_noise(generator: "torch.Generator | SampleNoise | None", batch: int, device) -> SampleNoise:
-    """The ``SampleNoise`` of a sampler call: ``generator`` itself if it is one (its batch must be
-    ``batch``), else one shared stream from the ``torch.Generator`` (or the global RNG for None)."""
-    if isinstance(generator, SampleNoise):
-        if generator.batch != batch:
-            raise ValueError(f"SampleNoise holds {generator.batch} streams for a batch of {batch} samples")
-        return generator
-    return SampleNoise.shared(generator, batch, device)
+    @abstractmethod
+    def final_codes(self, ctx: SampleContext, state: Any) -> Tensor:
+        """The state at t = 1 -> codes (B, h, w) int64 in [0, K)."""
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -188,13 +166,6 @@ def check_temperature(temperature: float, method: str) -> None:
         raise ValueError(f"method {method!r}: temperature must be > 0, got {temperature}")
 
 
-def time_grid(steps: int, device) -> Tensor:
-    """The Euler grid 0 = t_0 < t_1 < ... < t_N = 1, shape (steps + 1,)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(0.0, 1.0, steps + 1, device=device)
-
-
 def interpolate(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     """The linear path z_t = t z1 + (1 - t) z0 with t (B,) broadcast over (B, ...)."""
     tb = t.view(-1, *([1] * (z1.dim() - 1)))
@@ -213,10 +184,6 @@ def guided(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, cfg_scale: flo
     out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
     cond, uncond = out.chunk(2)
     return uncond + cfg_scale * (cond - uncond)
-
-
-def passes_per_step(cfg_scale: float) -> int:
-    return 1 if cfg_scale == 1.0 else 2
 
 
 def categorical_loss(logits: Tensor, targets: Tensor, z_loss_weight: float,

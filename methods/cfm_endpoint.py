@@ -7,7 +7,6 @@ last step (h = 1 - t) lands exactly on ``out``.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from methods.cfm import ContinuousFlow
@@ -18,11 +17,8 @@ from methods.registry import register
 class EndpointFlow(ContinuousFlow):
     name = "cfm-endpoint"
     temperature_meaning = "source-noise scale: z0 ~ N(0, tau^2 I)"
+    prediction = "endpoint"
 
     def target(self, z0: Tensor, z1: Tensor) -> Tensor:
         """Regression target: the clean embedding z1."""
         return z1
-
-    def step(self, z: Tensor, out: Tensor, t: float, t_next: float) -> Tensor:
-        """One Euler step with the network output ``out`` = predicted endpoint (exact at weight 1)."""
-        return torch.lerp(z, out, (t_next - t) / (1.0 - t))

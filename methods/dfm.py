@@ -9,11 +9,12 @@ position; loss = CE(l, c) + z_loss * logsumexp(l)^2, averaged over positions (wi
 over the masked positions of the global batch: ``draw`` records their count per row, so the loss
 does not depend on how many data-parallel ranks share the batch).
 
-Sampling (Euler on the CTMC, step h = t' - t): every position that may still move jumps with
-probability ``min(1, h kappa'(t) / (1 - kappa(t))) = min(1, h / (1 - t))`` (1 on the last step)
-to a draw from ``softmax(l[:K] / tau)`` (CFG on the logits before the temperature). The trace
-records the mean per-position entropy of that jump distribution (the model's posterior over the
-clean code) at each step.
+Sampling (Euler on the CTMC, step h = t' - t; state: the token grid x (B, h, w)): every
+position that may still move (``movable``) jumps with probability
+``min(1, h kappa'(t) / (1 - kappa(t))) = min(1, h / (1 - t))`` (1 on the last step) to a draw
+from ``softmax(l[:K] / tau)`` (``jump_posterior``; CFG on the logits before the temperature).
+The trace records the mean per-position entropy of that jump distribution (the model's posterior
+over the clean code) at each step; the codes are the final grid.
 
 ``dfm``: vocabulary V = K + 1 with mask id K; the sampler starts all-mask, only masked positions
 move, and a position never returns to the mask (no re-masking). Option ``masked_only`` restricts
@@ -29,9 +30,8 @@ from abc import abstractmethod
 import torch
 from torch import Tensor
 
-from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
-                          euler_hazard, masked_share, passes_per_step, sample_noise, time_grid, uniform_times)
-from methods.heads import head_loss, head_readout
+from methods.base import BackboneIO, Denoiser, Method, SampleContext, euler_hazard, masked_share, uniform_times
+from methods.heads import Readout, head_loss, head_readout
 from methods.registry import register
 
 
@@ -54,10 +54,6 @@ class DiscreteFlow(Method):
     @abstractmethod
     def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
         """The source token grid (B, h, w) that replaces dropped codes in training."""
-
-    @abstractmethod
-    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
-        """The sampler's starting grid x_0, (B, h, w) int64, for ``noise.batch`` samples."""
 
     @abstractmethod
     def movable(self, x: Tensor) -> Tensor:
@@ -86,26 +82,20 @@ class DiscreteFlow(Method):
         count = None if mask is None else draws["counted"].sum()  # this rank's share of the global count
         return head_loss(model, x_t, draws["t"], labels, codes, self.z_loss, mask, count)  # V logits
 
-    @torch.no_grad()
-    def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
-               temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | SampleNoise | None = None) -> SampleOutput:
-        check_temperature(temperature, self.name)
-        device, b = labels.device, labels.shape[0]
-        ts = time_grid(steps, device).tolist()
-        noise = sample_noise(generator, b, device)
-        x = self.initial_tokens(noise, grid)
-        entropies = []  # mean entropy of the jump distribution per step, on the device until the end
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            u = noise.rand(*grid)
-            # jump targets ~ softmax(l[:K] / tau): never the mask
-            post = head_readout(model, x, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
-                                temperature=temperature, num_codes=self.num_codes, uniforms=noise.rand(*grid))
-            entropies.append(post.entropy.mean())
-            jump = self.movable(x) & (u < euler_hazard(t_next - t, t))
-            x = torch.where(jump, post.draw, x)
-        trace = {"t": ts[:-1], "entropy": torch.stack(entropies).tolist()}
-        return SampleOutput(codes=x, nfe=steps * passes_per_step(cfg_scale), trace=trace)
+    def jump_posterior(self, ctx: SampleContext, x: Tensor, t: float) -> Readout:
+        """pi = softmax(l[:K] / tau) per position at (x, t) (CFG on the logits; never the mask): its
+        entropy and one draw (B, h, w), from one uniform per position of ``ctx.noise``."""
+        return head_readout(ctx.model, x, ctx.time(t), ctx.labels, grid=ctx.grid, cfg_scale=ctx.cfg_scale,
+                            temperature=ctx.temperature, num_codes=self.num_codes, uniforms=ctx.noise.rand(*ctx.grid))
+
+    def euler_step(self, ctx: SampleContext, x: Tensor, t: float, t_next: float) -> tuple[Tensor, dict[str, Tensor]]:
+        u = ctx.noise.rand(*ctx.grid)
+        post = self.jump_posterior(ctx, x, t)
+        jump = self.movable(x) & (u < euler_hazard(t_next - t, t))
+        return torch.where(jump, post.draw, x), {"entropy": post.entropy.mean()}
+
+    def final_codes(self, ctx: SampleContext, x: Tensor) -> Tensor:
+        return x
 
 
 @register
@@ -135,8 +125,9 @@ class MaskedDiscreteFlow(DiscreteFlow):
             draws["counted"] = masked_share(draws["u"] >= draws["t"].view(-1, 1, 1))
         return draws
 
-    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
-        return torch.full((noise.batch, *grid), self.mask_id, dtype=torch.long, device=noise.device)
+    def initial_state(self, ctx: SampleContext) -> Tensor:
+        """All-mask x_0, (B, h, w)."""
+        return torch.full((ctx.batch, *ctx.grid), self.mask_id, dtype=torch.long, device=ctx.noise.device)
 
     def movable(self, x: Tensor) -> Tensor:
         return x == self.mask_id

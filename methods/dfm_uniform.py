@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.base import SampleNoise
+from methods.base import SampleContext
 from methods.dfm import DiscreteFlow
 from methods.registry import register
 
@@ -32,8 +32,9 @@ class UniformDiscreteFlow(DiscreteFlow):
     def source_tokens(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
         return draws["source"]
 
-    def initial_tokens(self, noise: SampleNoise, grid: tuple[int, int]) -> Tensor:
-        return noise.randint(self.num_codes, *grid)
+    def initial_state(self, ctx: SampleContext) -> Tensor:
+        """Uniform random codes x_0, (B, h, w)."""
+        return ctx.noise.randint(self.num_codes, *ctx.grid)
 
     def movable(self, x: Tensor) -> Tensor:
         return torch.ones_like(x, dtype=torch.bool)

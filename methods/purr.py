@@ -4,13 +4,13 @@ Training: ``z_t = t z1 + (1 - t) z0`` with ``z1 = C[c]``, ``z0 ~ N(0, I)``, ``t 
 the backbone maps ``(z_t, t, y)`` to K logits per latent position and the loss is
 ``mean_pos CE(l, c) + z_loss * mean_pos logsumexp_k(l)^2`` (no velocity regression).
 
-Sampling (Euler on 0 = t_0 < ... < t_N = 1, starting from ``z ~ N(0, I)``): at each step
-``pi = softmax(l / tau)`` per position (CFG on the logits), posterior mean ``mu = sum_k pi_k e_k``,
-velocity ``v = (mu - z) / (1 - t)``, written in closed form as
-``z <- z + (h / (1 - t)) (mu - z)``, so the last step (h = 1 - t) lands exactly on ``mu``.
-The final codes follow ``final_rule``: ``nearest`` codebook entry to ``z`` (L2, cosine for a
-normalised codebook; the paper's rule), ``argmax`` of the last logits, or a ``sample`` from the
-last posterior.
+Sampling (``methods.gaussian_path``, from ``z ~ N(0, I)``: the temperature acts on the posterior
+only): each evaluation gives ``pi = softmax(l / tau)`` per position (CFG on the logits) and its
+mean ``mu = sum_k pi_k e_k``, the endpoint prediction, so the Euler step is
+``z <- z + (h / (1 - t)) (mu - z)`` and the last step (h = 1 - t) lands exactly on ``mu``. The trace
+records the mean entropy H(pi) per step. The final codes follow ``final_rule``: ``nearest``
+codebook entry to ``z`` (L2, cosine for a normalised codebook; the paper's rule), ``argmax`` of
+the last logits, or a ``sample`` from the last posterior.
 
 With the shared DiT the K-logit head is fused (``methods.heads``): the loss and the per-step
 posterior read-out (mean, entropy) are computed chunk by chunk without the full logits tensor,
@@ -19,12 +19,10 @@ Other models (test oracles) take the dense reference path.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from backbones.tokenizers.base import nearest_codes
-from methods.base import (BackboneIO, Denoiser, Method, SampleNoise, SampleOutput, check_temperature,
-                          gaussian_path_draws, interpolate, passes_per_step, sample_noise, time_grid)
+from methods.base import BackboneIO, Denoiser, SampleContext, interpolate
+from methods.gaussian_path import GaussianPathMethod, Prediction
 from methods.heads import head_loss, head_readout
 from methods.registry import register
 
@@ -32,9 +30,10 @@ FINAL_RULES = ("nearest", "argmax", "sample")
 
 
 @register
-class Purrception(Method):
+class Purrception(GaussianPathMethod):
     name = "purr"
     temperature_meaning = "softmax temperature tau on the code posterior"
+    prediction = "endpoint"
 
     def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5,
                  final_rule: str = "nearest"):
@@ -50,36 +49,22 @@ class Purrception(Method):
     def backbone_io(self) -> BackboneIO:
         return BackboneIO("embedding", self.code_dim, self.num_codes)
 
-    def draw(self, codes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        return gaussian_path_draws(codes, self.code_dim, generator)
-
     def loss(self, model: Denoiser, codes: Tensor, labels: Tensor, draws: dict[str, Tensor]) -> dict[str, Tensor]:
         t = draws["t"]
         z_t = interpolate(draws["z0"], self.embed(codes), t)  # (B, d, h, w)
         return head_loss(model, z_t, t, labels, codes, self.z_loss)  # K logits per position
 
-    @torch.no_grad()
-    def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
-               temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | SampleNoise | None = None) -> SampleOutput:
-        check_temperature(temperature, self.name)
-        device, b = labels.device, labels.shape[0]
-        ts = time_grid(steps, device).tolist()
-        noise = sample_noise(generator, b, device)
-        z = noise.randn(self.code_dim, *grid)
-        entropies = []  # mean H(pi) per step, kept on the device until the end (no per-step sync)
-        for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-            last = i == steps - 1
-            uniforms = noise.rand(*grid) if last and self.final_rule == "sample" else None
-            post = head_readout(model, z, torch.full((b,), t, device=device), labels, grid=grid, cfg_scale=cfg_scale,
-                                temperature=temperature, num_codes=self.num_codes, codebook=self.codebook,
-                                argmax=last and self.final_rule == "argmax", uniforms=uniforms)
-            entropies.append(post.entropy.mean())
-            # z + (h / (1 - t)) (mu - z); lerp returns mu exactly at weight 1 (the last step)
-            z = torch.lerp(z, post.mean, (t_next - t) / (1.0 - t))
-        if self.final_rule == "nearest":
-            codes = nearest_codes(z, self.codebook, self.normalized)
-        else:
-            codes = post.argmax if self.final_rule == "argmax" else post.draw
-        trace = {"t": ts[:-1], "entropy": torch.stack(entropies).tolist()}
-        return SampleOutput(codes=codes, nfe=steps * passes_per_step(cfg_scale), trace=trace)
+    def source_std(self, temperature: float) -> float:
+        """The source is N(0, I) at every temperature."""
+        return 1.0
+
+    def predict(self, ctx: SampleContext, z: Tensor, t: float, *, final: bool = False) -> Prediction:
+        """The posterior mean mu = pi @ C (B, d, h, w) at (z, t) and the mean entropy of pi; a final
+        prediction also reads out the codes of the ``argmax`` / ``sample`` rules (the latter draws
+        one uniform per position from ``ctx.noise``)."""
+        argmax, sample = final and self.final_rule == "argmax", final and self.final_rule == "sample"
+        post = head_readout(ctx.model, z, ctx.time(t), ctx.labels, grid=ctx.grid, cfg_scale=ctx.cfg_scale,
+                            temperature=ctx.temperature, num_codes=self.num_codes, codebook=self.codebook,
+                            argmax=argmax, uniforms=ctx.noise.rand(*ctx.grid) if sample else None)
+        codes = post.argmax if argmax else post.draw if sample else None
+        return Prediction(post.mean, {"entropy": post.entropy.mean()}, codes)
