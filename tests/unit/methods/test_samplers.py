@@ -66,7 +66,7 @@ def test_every_method_runs_under_euler(name):
 
 @pytest.mark.parametrize("sampler, name", PAIRS)
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
-def test_sample_returns_code_grids_honest_nfe_and_a_per_step_trace(sampler, name, cfg_scale):
+def test_sample_gives_code_grids_honest_nfe_and_a_trace(sampler, name, cfg_scale):
     method, model = build(name)
     counter = PassCounter(model, B)
     steps = 4
@@ -96,7 +96,7 @@ def test_per_sample_seeds_make_a_sample_independent_of_the_batch(sampler, name):
 
 
 @pytest.mark.parametrize("name", methods.method_names())
-def test_an_unknown_or_unsupported_sampler_is_an_error_naming_the_method(name):
+def test_unknown_or_unsupported_sampler_names_the_method(name):
     method, model = build(name)
     message = f"method '{name}' has no sampler 'no-such'; its samplers: {', '.join(method.supported_samplers())}"
     with pytest.raises(ValueError, match=re.escape(message)):
