@@ -125,15 +125,15 @@ def job_lock(run_dir: str | Path, method: str, seed: int) -> Iterator[None]:
     """Hold ``<job>/job.lock`` (an exclusive ``flock``, released by the OS when the holder dies)
     while this process runs the job; raise JobBusyError at once if another process holds it,
     so two commands on one run folder never train or log one (method, seed) twice."""
-    path = RunDir(run_dir).job(method, seed).lock
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    job = RunDir(run_dir).job(method, seed)
+    job.path.mkdir(parents=True, exist_ok=True)
+    with open(job.lock, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise JobBusyError(f"{method}/seed{seed} of {run_dir} is being run by {holder}; wait for it to finish "
+            raise JobBusyError(f"{job.key} of {run_dir} is being run by {holder}; wait for it to finish "
                                "(then rerun to continue), or use another --out") from None
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
