@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import tempfile
 import time
@@ -26,8 +25,8 @@ from benchmarks.core import logs
 from benchmarks.core.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
-from benchmarks.training.trainer import checkpoint_step
 from benchmarks.storage.results import MetricsFileError, final_rows, read_metrics
+from benchmarks.storage.run_dir import MANIFEST, METRICS, ConfigChangeRefused, RunDir, new_folder_entry
 from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
                                          read_manifest, update_manifest)
 
@@ -65,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
                    help="--dry-run: measured seconds per training step of the global batch on launcher.gpus_per_job "
                         "GPUs (e.g. from python -m benchmarks.gpu_check); replaces --utilisation for training")
     p.add_argument("--step-seconds-from", type=Path, default=None, metavar="RUN_DIR",
-                   help="--dry-run: take each method's seconds per step from a previous run's manifest.json "
+                   help=f"--dry-run: take each method's seconds per step from a previous run's {MANIFEST} "
                         "(same backbone and global batch)")
     p.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default=None,
                    help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
@@ -113,7 +112,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
             fail("--resume needs --out RUN_DIR (the run to continue)")
         saved = read_manifest(args.out).get("config")
         if saved is None:
-            fail(f"--resume: {args.out} holds no run (no manifest.json with a config)")
+            fail(f"--resume: {args.out} holds no run (no {MANIFEST} with a config)")
         if args.config or args.overrides:
             fail("--resume continues with the run's saved config; do not pass --config or --set")
         return from_dict(saved), args.out
@@ -136,66 +135,15 @@ def parse_methods(spec: str, registered: list[str]) -> list[str]:
     return names
 
 
-def config_changes(saved: dict, current: dict, prefix: str = ""):
-    """(dotted key, value in the run, value now) for every key that differs."""
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            yield from config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            yield f"{prefix}{key}", a, b
-
-
-def trained_steps(run_dir: Path) -> dict[str, int]:
-    """The newest checkpoint step of every job of the run that has one, by ``method/seed<k>``."""
-    steps: dict[str, int] = {}
-    for ckpt in run_dir.glob("*/seed*/checkpoints/step_*.pt"):
-        job = f"{ckpt.parents[2].name}/{ckpt.parents[1].name}"
-        steps[job] = max(steps.get(job, 0), checkpoint_step(ckpt))
-    return steps
-
-
 def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> None:
-    """Refuse to mix results of different configs in one run folder, except for changes that
-    cannot mix them: anything while the folder holds no trained step and no result (a failed
-    start), ``eval.*`` once every job finished training (new cells are new rows of
-    ``metrics.csv``), and a larger ``train.iterations`` (the jobs continue from their newest
-    checkpoint; only with ``train.lr_schedule: constant``, since a decaying schedule is a
-    function of the budget). Where the jobs run (the ``launcher`` section) may always change."""
-    saved = manifest.get("config")
-    if saved is None:
-        return
-    current = json.loads(json.dumps(cfg.to_dict()))  # as the manifest stores it (tuples become lists)
-    changes = [c for c in config_changes(saved, current) if not c[0].startswith("launcher.")]
-    if not changes:
-        return
-    from benchmarks.storage.results import read_rows
-
-    trained = trained_steps(run_dir)
-    if not trained and not read_rows(run_dir / "metrics.csv")[1]:
-        print(f"note: {run_dir} holds no trained step yet; its config is replaced", file=sys.stderr)
-        return
-    budget = saved.get("train", {}).get("iterations", 0)
-    jobs = [f"{m}/seed{s}" for m in manifest.get("methods", []) for s in manifest.get("seeds", [])]
-    training_done = all(trained.get(job, 0) >= budget for job in jobs)
-
-    schedule = saved.get("train", {}).get("lr_schedule", "constant")
-
-    def allowed(key, old, new) -> bool:
-        if key == "train.iterations":  # a decaying learning rate is a function of the budget: no extension
-            return isinstance(old, int) and new > old and schedule == "constant"
-        return key.startswith("eval.") and training_done
-
-    refused = [f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes if not allowed(key, old, new)]
-    if schedule != "constant" and any(key == "train.iterations" for key, _, _ in changes):
-        refused.append(f"train.lr_schedule={schedule} decays over train.iterations, so a longer budget would "
-                       "change the learning rate of steps already trained")
-    if refused:
-        fail(f"{run_dir} holds a run with a different config ({'; '.join(refused[:5])}); a run may change only "
-             "eval.* settings once its training is done, and raise train.iterations: use another --out, or "
-             "--resume to continue it as it was")
-    for key, old, new in changes:
-        print(f"note: {key} changes from {old!r} to {new!r} in {run_dir}", file=sys.stderr)
+    """Exit 2 if the run folder refuses ``cfg`` (the rules: ``RunDir.accept_config``), else print
+    its notes on what changes."""
+    try:
+        notes = RunDir(run_dir).accept_config(manifest, cfg.to_dict())
+    except ConfigChangeRefused as e:
+        fail(f"{e}: use another --out, or --resume to continue it as it was")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def check_results_files(run_dir: Path) -> None:
@@ -203,9 +151,10 @@ def check_results_files(run_dir: Path) -> None:
     (found now, not after the next checkpoint's training)."""
     from benchmarks.storage.results import read_rows
 
-    for name in ("metrics.csv", "traces.csv"):
+    folder = RunDir(run_dir)
+    for path in (folder.metrics, folder.traces):
         try:
-            read_rows(run_dir / name)
+            read_rows(path)
         except MetricsFileError as e:
             fail(str(e))
 
@@ -281,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             check_config_change(run_dir, cfg, read_manifest(run_dir))
         except ValueError as e:  # a manifest.json that is not JSON
-            fail(f"{run_dir / 'manifest.json'} cannot be read ({e}): restore it, or use another --out")
+            fail(f"{RunDir(run_dir).manifest} cannot be read ({e}): restore it, or use another --out")
         check_results_files(run_dir)
     from benchmarks.launching.preflight import check_inputs
     if args.tensorboard:
@@ -300,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
 
-    update_manifest(run_dir, {"config": cfg.to_dict(), "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
+    update_manifest(run_dir, {**new_folder_entry(read_manifest(run_dir)), "config": cfg.to_dict(),
+                              "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
                               "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
                               "git_commit": git_commit()})
     start, started = time.perf_counter(), now_iso()
@@ -326,9 +276,10 @@ def run(args: argparse.Namespace) -> int:
         if table:
             print("\n" + table)
     print(f"\nrun folder: {run_dir.resolve()}")
-    for name in ("metrics.csv", "manifest.json", "report/report.md", "samples"):
-        if (run_dir / name).exists():
-            print(f"  {name:<18} {(run_dir / name).resolve()}")
+    folder = RunDir(run_dir)
+    for path in (folder.metrics, folder.manifest, folder.report_file, folder.samples):
+        if path.exists():
+            print(f"  {path.relative_to(run_dir).as_posix():<18} {path.resolve()}")
     if diverged:
         print(f"error: {diverged}", file=sys.stderr)
         return 1
@@ -337,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluated_cells(run_dir: Path) -> int:
     """Rows of the run's metrics.csv (0 if it has none)."""
-    path = run_dir / "metrics.csv"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return 0
     with open(path) as f:
@@ -347,9 +298,9 @@ def evaluated_cells(run_dir: Path) -> int:
 def log_new_cells(run_dir: Path, before: int) -> None:
     after = evaluated_cells(run_dir)
     if after == before:
-        logs.reused("evaluation", f"all {after} cells were already in metrics.csv; nothing new evaluated")
+        logs.reused("evaluation", f"all {after} cells were already in {METRICS}; nothing new evaluated")
     else:
-        logs.get_logger("run").info("evaluation: %d new cells, %d in metrics.csv", after - before, after)
+        logs.get_logger("run").info("evaluation: %d new cells, %d in %s", after - before, after, METRICS)
 
 
 def build_report_if_available(run_dir: Path) -> Path | None:
@@ -371,7 +322,7 @@ def summary_table(run_dir: Path) -> str | None:
     config at the last checkpoint, mean and s.d. over seeds) and, where metrics.csv has the
     column, class accuracy; None without results."""
     try:
-        final = final_rows(read_metrics(run_dir / "metrics.csv"), read_manifest(run_dir).get("config") or {})
+        final = final_rows(read_metrics(RunDir(run_dir).metrics), read_manifest(run_dir).get("config") or {})
     except (MetricsFileError, ValueError):
         return None
     if final.empty:

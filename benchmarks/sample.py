@@ -38,7 +38,8 @@ from benchmarks.evaluation.sampling import balanced_labels, sample_images, sampl
 from benchmarks.core.distributed import DistEnv
 from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
-from benchmarks.training.trainer import build_method, job_dir
+from benchmarks.storage.run_dir import RunDir, checkpoint_step
+from benchmarks.training.trainer import build_method
 
 
 class UsageError(ValueError):
@@ -49,15 +50,17 @@ def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path
     """The checkpoint of (method, seed) at ``step`` (the newest if None); errors list what exists."""
     if not run.is_dir():
         raise UsageError(f"--run {run}: no such run folder")
-    methods = sorted(p.parent.parent.name for p in run.glob("*/seed*/checkpoints"))
+    folder = RunDir(run)
+    jobs = folder.jobs()
+    methods = sorted({job.method for job in jobs if job.checkpoints_dir.is_dir()})
     if method not in methods:
         raise UsageError(f"--method {method!r}: run {run} has no checkpoints of it; methods with checkpoints: "
-                         f"{', '.join(sorted(set(methods))) or '(none)'}")
-    seeds = sorted(int(p.name[4:]) for p in (run / method).glob("seed*") if p.name[4:].isdigit())
+                         f"{', '.join(methods) or '(none)'}")
+    seeds = sorted(job.seed for job in jobs if job.method == method)
     if seed not in seeds:
         raise UsageError(f"--seed {seed}: run {run} has no seed {seed} of {method}; seeds: {seeds}")
-    checkpoints = sorted((job_dir(run, method, seed) / "checkpoints").glob("step_*.pt"))
-    steps = [int(p.stem[5:]) for p in checkpoints]
+    checkpoints = folder.job(method, seed).checkpoints()
+    steps = [checkpoint_step(p) for p in checkpoints]
     if not steps or (step is not None and step not in steps):
         raise UsageError(f"--step {step}: {method} seed {seed} has checkpoints at steps {steps}")
     return checkpoints[-1] if step is None else checkpoints[steps.index(step)]
@@ -183,7 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sharded over torchrun / SLURM ranks; resumable (see the module docstring).")
-    p.add_argument("--run", type=Path, required=True, help="the run folder (holds <method>/seed<k>/checkpoints)")
+    p.add_argument("--run", type=Path, required=True,
+                   help="the run folder of python -m benchmarks.run (its jobs' checkpoints are read)")
     p.add_argument("--method", required=True, help="the method whose checkpoint to sample, e.g. purr")
     p.add_argument("--seed", type=int, default=0, help="training seed of the job (default 0)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")

@@ -31,6 +31,7 @@ from benchmarks.core.config import from_dict
 from benchmarks.evaluation import fidelity
 from benchmarks.storage.manifest import read_manifest
 from benchmarks.storage.results import append_rows
+from benchmarks.storage.run_dir import MANIFEST
 
 SCORE_COLUMNS = ["source", "n_samples", "feature_extractor", "ref_stats", "fid", "kid_mean", "kid_std",
                  "precision", "recall", "isc", "class_accuracy"]
@@ -98,7 +99,7 @@ def run_extractor_and_reference(run: Path, device: torch.device, progress: bool)
 
     saved = read_manifest(run).get("config") if run.is_dir() else None
     if saved is None:
-        raise UsageError(f"--run {run}: no run there (no manifest.json with a config)")
+        raise UsageError(f"--run {run}: no run there (no {MANIFEST} with a config)")
     cfg = from_dict(saved)
     evaluator = Evaluator(cfg, latents_for(cfg, progress=progress), run, progress=progress)
     return evaluator.extractor(), evaluator.reference(), cfg.eval.kid_subsets

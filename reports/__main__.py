@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from benchmarks.storage.run_dir import REPORT_FILE
 from reports.build import build_report
 from reports.load import MergeWarning, RunFolderError
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    print(f"report: {out / 'report.md'}")
+    print(f"report: {out / REPORT_FILE}")
     return 0
 
 

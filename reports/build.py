@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.storage.atomic import save_with
+from benchmarks.storage.run_dir import REPORT_FILE, TRAIN_LOG, RunDir
 from reports import figures as F
-from reports.curves import (CURVE_KEY, best_temperature_curves, convergence, entropy_traces, grid_layout,
-                            order_variants, sample_grids, steps_curves, sweeps, temperature_curves)
+from reports.curves import (CURVE_KEY, best_temperature_curves, convergence, entropy_traces, order_variants,
+                            sample_grids, steps_curves, sweeps, temperature_curves)
 from reports.load import Results, load_runs
 from reports.markdown import FigureEntry, render
 from reports.tables import (best_temperature_speedup_table, floor_table, other_cells_table, results_table,
@@ -116,9 +117,7 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
                 name = "samples_" + slug(variant) + (f"_{slug(backbone)}" if several else "")
                 meaning = meanings.get(variant.split(" (")[0], "temperature")
                 title = f"{backbone} {variant}: samples of seed {seed} at step {at}, {steps} sampler steps\nτ: {meaning}"
-                n_samples = int(first["n_samples"]) if "n_samples" in first else None
-                layout = grid_layout(results, int(grids["source"].iloc[0]), n_samples)
-                plotted = F.plot_samples(grids, title, fig_dir, name, layout)
+                plotted = F.plot_samples(grids, title, fig_dir, name)
                 files = [f"{results.runs[int(s)].name}/{Path(p).relative_to(results.runs[int(s)].path).as_posix()}"
                          for s, p in zip(plotted["source"], plotted["path"])]
                 keep(name, plotted[["seed", "temperature"]].assign(file=files),
@@ -127,7 +126,7 @@ def draw_figures(results: Results, fig_dir: Path, conv: pd.DataFrame, sweep_rows
                      "last; full rows only, one column per class where the grid has one.")
     if not results.train_logs.empty:
         keep("train_loss", F.plot_train_logs(results.train_logs, fig_dir), "Training loss and logsumexp",
-             "Per-interval means from train_log.csv (mean over seeds); logsumexp is what the z-loss keeps near 0. "
+             f"Per-interval means from {TRAIN_LOG} (mean over seeds); logsumexp is what the z-loss keeps near 0. "
              "Variants that differ in a setting (e.g. z_loss) are labelled by it.")
     traces = entropy_traces(results, step)
     if not traces.empty:
@@ -165,7 +164,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | N
     run_dirs = [Path(d) for d in run_dirs]
     results = load_runs(run_dirs)
     conv, sweep_rows = convergence(results), sweeps(results, step)
-    out = Path(out) if out is not None else run_dirs[0] / "report"
+    out = Path(out) if out is not None else RunDir(run_dirs[0]).report
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for stale in fig_dir.iterdir():  # figures of an earlier build that this data may not produce
@@ -174,5 +173,5 @@ def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | N
     meanings = temperature_meanings(sorted(set(results.variants["method"])))
     entries = draw_figures(results, fig_dir, conv, sweep_rows, step, meanings)
     text = report_text(results, conv, sweep_rows, meanings, entries)
-    save_with(lambda tmp: tmp.write_text(text), out / "report.md")
+    save_with(lambda tmp: tmp.write_text(text), out / REPORT_FILE)
     return out

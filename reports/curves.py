@@ -16,13 +16,12 @@
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.storage.run_dir import RunDir
 from reports.load import Results
 
 CELL_COLUMNS = ["sampler", "steps", "temperature", "cfg_scale", "n_samples", "feature_extractor", "ref_stats"]
@@ -245,33 +244,23 @@ def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
 
 
-GRID_NAME = re.compile(r"^step(?P<step>\d+)_steps(?P<steps>\d+)_tau(?P<temperature>[^_]+)_cfg(?P<cfg_scale>[^_]+)"
-                       r"(?:_n(?P<n_samples>\d+))?\.png$")
-
-
 def sample_grids(results: Results, backbone: str, variant: str, step: int, steps: int,
                  cfg_scale: float = 1.0, n_samples: int | None = None) -> pd.DataFrame:
-    """The PNG sample grids (``samples/<method>/seed<k>/step<9 digits>_steps<N>_tau<t>_cfg<w>[_n<n>].png``)
-    of one variant at one checkpoint and sampler setting (and sample count, where the name has one), from its lowest seed that has grids at two
-    or more temperatures: columns seed, temperature, path, source; one row per temperature, sorted."""
+    """The sample grids (``benchmarks.storage.run_dir.RunDir.grids``) of one variant at one
+    checkpoint and sampler setting (and sample count, where the grid records one), from its lowest
+    seed that has grids at two or more temperatures: columns seed, temperature, path, source and
+    layout (a ``GridLayout``, or None: shown whole); one row per temperature, sorted."""
     found = []
     for (source, method), label in sorted(results.labels.items()):
         run = results.runs[source]
         if label != variant or run.backbone != backbone:
             continue
-        for path in sorted((run.path / "samples" / method).glob("seed*/*.png")):
-            match = GRID_NAME.match(path.name)
-            seed = path.parent.name[len("seed"):]
-            if not match or not seed.isdigit():
-                continue
-            try:
-                tau, cfg = float(match["temperature"]), float(match["cfg_scale"])
-            except ValueError:
-                continue
-            same_n = n_samples is None or match["n_samples"] is None or int(match["n_samples"]) == n_samples
-            if int(match["step"]) == step and int(match["steps"]) == steps and abs(cfg - cfg_scale) < 1e-9 and same_n:
-                found.append({"seed": int(seed), "temperature": tau, "path": path, "source": source})
-    frame = pd.DataFrame(found, columns=["seed", "temperature", "path", "source"])
+        for grid in RunDir(run.path).grids(method, run.manifest):
+            same_n = n_samples is None or grid.n_samples is None or grid.n_samples == n_samples
+            if grid.step == step and grid.steps == steps and abs(grid.cfg_scale - cfg_scale) < 1e-9 and same_n:
+                found.append({"seed": grid.seed, "temperature": grid.temperature, "path": grid.path, "source": source,
+                              "layout": grid.layout})
+    frame = pd.DataFrame(found, columns=["seed", "temperature", "path", "source", "layout"])
     counts = frame.groupby("seed")["temperature"].nunique()
     seeds = sorted(counts[counts >= 2].index)
     if not seeds:
@@ -285,42 +274,3 @@ def image_array(path: Path) -> np.ndarray:
     import matplotlib.image
 
     return matplotlib.image.imread(str(path))
-
-
-GRID_PADDING = 2
-"""Pixels between and around the tiles of the evaluator's sample grids (``torchvision`` ``make_grid``)."""
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """How the evaluator tiles a sample-grid PNG: ``shown`` images of ``tile`` x ``tile`` pixels in
-    reading order, ``GRID_PADDING`` pixels apart, sample i of class ``i % num_classes``."""
-
-    tile: int
-    shown: int
-    num_classes: int | None
-
-    def full_rows(self, image: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-        """The grid cut to its full rows (an (H', W[, C]) array) and one label per column when each
-        column holds one class (``num_classes`` columns), else None. A PNG whose size does not fit
-        the layout comes back whole and unlabelled."""
-        step = self.tile + GRID_PADDING
-        height, width = image.shape[:2]
-        columns, rows = (width - GRID_PADDING) // step, (height - GRID_PADDING) // step
-        if columns < 1 or columns * step + GRID_PADDING != width or rows * step + GRID_PADDING != height:
-            return image, None
-        full = min(rows, self.shown // columns) or rows
-        labels = [str(c) for c in range(columns)] if columns == self.num_classes else None
-        return image[:full * step + GRID_PADDING], labels
-
-
-def grid_layout(results: Results, source: int, n_samples: int | None) -> GridLayout:
-    """The layout of run ``source``'s sample grids, from its config (``data.image_size``,
-    ``eval.grid_samples``) and manifest (``latents.num_classes``)."""
-    run = results.runs[source]
-    config = run.config
-    classes = (run.manifest.get("latents") or {}).get("num_classes") or (config.get("data") or {}).get("num_classes")
-    shown = int((config.get("eval") or {}).get("grid_samples", 64))
-    return GridLayout(tile=int((config.get("data") or {}).get("image_size", 0)),
-                      shown=min(shown, n_samples) if n_samples else shown,
-                      num_classes=int(classes) if classes else None)

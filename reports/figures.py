@@ -21,7 +21,7 @@ from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from benchmarks.storage.atomic import save_with
-from reports.curves import CURVE_KEY, GRID_PADDING, X_COLUMNS, GridLayout, image_array, mean_curve, order_variants
+from reports.curves import CURVE_KEY, X_COLUMNS, image_array, mean_curve, order_variants
 
 FORMATS = ("png", "pdf")
 DPI = 150
@@ -243,34 +243,30 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
     return curve
 
 
-def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str, layout: GridLayout | None = None) -> pd.DataFrame:
+def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str) -> pd.DataFrame:
     """The PNG sample grids of one variant/seed/checkpoint, temperature low to high: side by side,
-    or stacked top to bottom when that row would be over 8 times as wide as high. With the grids' ``layout``, each is cut to its
-    full rows and, where every column holds one class, the columns are labelled by class. ``grids``:
-    columns temperature, path (see ``reports.curves.sample_grids``). Returns it sorted by temperature."""
+    or stacked top to bottom when that row would be over 8 times as wide as high. A grid with a
+    ``layout`` is cut to its full rows and, where every column holds one class, its columns are
+    labelled by class. ``grids``: columns temperature, path, layout (a ``GridLayout`` or None; see
+    ``reports.curves.sample_grids``). Returns it sorted by temperature."""
     grids = grids.sort_values("temperature").reset_index(drop=True)
-    images, labels = [], None
-    for path in grids["path"]:
-        image = image_array(path)
-        if layout is not None:
-            image, labels = layout.full_rows(image)
-        images.append(image)
+    images = [image_array(path) if layout is None else image_array(path)[:layout.full_height]
+              for path, layout in zip(grids["path"], grids["layout"])]
+    labels = [None if layout is None else layout.column_labels() for layout in grids["layout"]]
     height, width = images[0].shape[:2]
     stacked = len(images) * width > 8 * height  # side by side unless the row of panels gets very wide
-    extra = 0.45 if labels else 0.0
+    extra = 0.45 if any(labels) else 0.0
     if stacked:
         fig, axes = _grid(len(images), 1, width=7.0, height=7.0 * height / width + 0.35 + extra)
     else:
         fig, axes = _grid(1, len(images), width=3.2, height=3.2 * height / width + 0.6 + extra)
-    for ax, image, tau in zip(axes.ravel(), images, grids["temperature"]):
+    for ax, image, tau, layout, columns in zip(axes.ravel(), images, grids["temperature"], grids["layout"], labels):
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
         ax.set_title(f"τ = {tau:g}", fontsize=9)
         ax.set_yticks([])
         ax.spines[:].set_visible(False)
-        if labels:
-            step = layout.tile + GRID_PADDING
-            ax.set_xticks([GRID_PADDING + k * step + (layout.tile - 1) / 2 for k in range(len(labels))], labels,
-                          fontsize=7)
+        if columns:
+            ax.set_xticks(layout.column_centres(), columns, fontsize=7)
             ax.tick_params(axis="x", length=0, pad=1)
             ax.set_xlabel("class", fontsize=7, labelpad=1)
         else:

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.storage.results import CELL_KEY, TRACE_KEY, MetricsFileError, key_text, read_rows
+from benchmarks.storage.run_dir import MANIFEST, METRICS, TRACES, TRAIN_LOG, RunDir, parse_job_key
 
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
@@ -145,18 +146,13 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def _read_train_logs(run_dir: Path) -> pd.DataFrame:
+def _read_train_logs(run: RunDir) -> pd.DataFrame:
     frames = []
-    for path in sorted(run_dir.glob("*/seed*/train_log.csv")):
-        seed_dir = path.parent.name
-        try:
-            seed = int(seed_dir[len("seed"):])
-        except ValueError:
-            continue
-        log = _read_csv(path, REQUIRED_TRAIN_LOG)
+    for job in run.jobs():
+        log = _read_csv(job.train_log, REQUIRED_TRAIN_LOG)
         if log.empty:
             continue
-        frames.append(log.assign(method=path.parent.parent.name, seed=seed))
+        frames.append(log.assign(method=job.method, seed=job.seed))
     if not frames:
         return pd.DataFrame(columns=REQUIRED_TRAIN_LOG + ["method", "seed"])
     return pd.concat(frames, ignore_index=True)
@@ -168,15 +164,16 @@ def read_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunFolderError(f"{path}: no such run folder")
-    manifest = _read_json(path / "manifest.json") or {}
-    metrics = _read_csv(path / "metrics.csv", REQUIRED_METRICS)
-    traces = _read_csv(path / "traces.csv", REQUIRED_TRACES)
-    logs = _read_train_logs(path)
+    folder = RunDir(path)
+    manifest = _read_json(folder.manifest) or {}
+    metrics = _read_csv(folder.metrics, REQUIRED_METRICS)
+    traces = _read_csv(folder.traces, REQUIRED_TRACES)
+    logs = _read_train_logs(folder)
     if not manifest and metrics.empty and logs.empty:
-        raise RunFolderError(f"{path}: not a run folder (no manifest.json, metrics.csv or */seed*/train_log.csv)")
+        raise RunFolderError(f"{path}: not a run folder (no {MANIFEST}, {METRICS} or a job's {TRAIN_LOG})")
     name = path.resolve().name
     return Run(path=path, name=name, manifest=manifest, metrics=metrics, traces=traces, train_logs=logs,
-               floor=_read_json(path / "tokenizer_floor.json"))
+               floor=_read_json(folder.floor))
 
 
 # ----------------------------------------------------------------------------- variants
@@ -306,13 +303,14 @@ def _jobs_table(runs: list[Run], labels: dict, notes: list[str]) -> pd.DataFrame
     rows = []
     for i, run in enumerate(runs):
         for key, job in sorted((run.manifest.get("jobs") or {}).items()):
-            method, _, seed_text = key.rpartition("/seed")
-            if not method or not seed_text.isdigit() or not isinstance(job, dict):
+            parsed = parse_job_key(key)
+            if parsed is None or not isinstance(job, dict):
                 notes.append(f"run '{run.name}': manifest job entry {key!r} not understood, ignored")
                 continue
+            method, seed = parsed
             variant = labels[(i, method)].label if (i, method) in labels else method
             rows.append({"backbone": run.backbone, "variant": variant,
-                         "method": method, "seed": int(seed_text), "source": i,
+                         "method": method, "seed": seed, "source": i,
                          **{k: job.get(k) for k in ("step", "params", "flops_per_step", "train_wall_s")}})
     columns = ["backbone", "variant", "method", "seed", "source", "step", "params", "flops_per_step", "train_wall_s"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -342,7 +340,7 @@ def merge_runs(runs: list[Run]) -> Results:
         notes.append(f"several run folders are named '{name}'; notes name folders by their base name")
     for run in runs:
         if not run.config:
-            notes.append(f"run '{run.name}': no config in manifest.json; its curves are labelled by method name only")
+            notes.append(f"run '{run.name}': no config in {MANIFEST}; its curves are labelled by method name only")
     labels = variant_labels(runs)
 
     def concat(attr: str) -> pd.DataFrame:
@@ -350,13 +348,13 @@ def merge_runs(runs: list[Run]) -> Results:
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else _label(getattr(runs[0], attr), runs[0], 0, labels)
 
-    metrics = _dedupe(concat("metrics"), CELL_KEY, "metrics.csv", runs, notes)
-    traces = _dedupe(concat("traces"), TRACE_KEY, "traces.csv", runs, notes)
+    metrics = _dedupe(concat("metrics"), CELL_KEY, METRICS, runs, notes)
+    traces = _dedupe(concat("traces"), TRACE_KEY, TRACES, runs, notes)
     logs = concat("train_logs")
     if not logs.empty:
         first = logs.groupby(["backbone", "variant", "seed"])["source"].transform("min")
         for (variant, seed), rows in logs[logs["source"] != first].groupby(["variant", "seed"], sort=True):
-            notes.append(f"train_log.csv: duplicate log of {variant} seed {seed} in run(s) "
+            notes.append(f"{TRAIN_LOG}: duplicate log of {variant} seed {seed} in run(s) "
                          f"{', '.join(sorted({repr(runs[int(s)].name) for s in rows['source']}))}; kept run "
                          f"'{runs[int(first[rows.index[0]])].name}' (given first)")
         logs = logs[logs["source"] == first].reset_index(drop=True)

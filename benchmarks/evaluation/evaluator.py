@@ -8,9 +8,10 @@ reference statistics. With several data-parallel ranks every rank samples and ex
 of its block of each cell; rank 0 gathers the features, computes the metrics and writes the
 results, so the metrics do not depend on the number of ranks. Each cell becomes one row of ``metrics.csv``;
 cells already present are skipped, so a rerun after a crash redoes only what is missing.
-Purrception's posterior entropy along t goes to ``traces.csv``; a PNG grid per cell goes to
-``samples/<method>/seed<k>/``. The tokenizer's own reconstruction metrics (the floor no method
-can beat) are computed once per run into ``tokenizer_floor.json``.
+Purrception's posterior entropy along t goes to ``traces.csv``; a PNG grid per cell, with a
+sidecar describing it, goes to ``samples/<method>/seed<k>/`` (``benchmarks.storage.run_dir``).
+The tokenizer's own reconstruction metrics (the floor no method can beat) are computed once per
+run into ``tokenizer_floor.json``.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from benchmarks.core.config import BenchmarkConfig
 from benchmarks.data.latents import LatentSpace
 from benchmarks.storage.manifest import git_commit
 from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
+from benchmarks.storage.run_dir import GridLayout, RunDir, SampleGrid, write_sidecar
 from benchmarks.training.trainer import CheckpointEvent
 
 SAMPLER = "euler"
@@ -63,10 +65,9 @@ class Evaluator:
 
     def __init__(self, cfg: BenchmarkConfig, latents: LatentSpace, run_dir: str | Path, *, progress: bool = True,
                  dist: DistEnv | None = None):
-        self.cfg, self.latents, self.run_dir = cfg, latents, Path(run_dir)
+        self.cfg, self.latents, self.run = cfg, latents, RunDir(run_dir)
         self.dist = dist or DistEnv()
         self.progress = progress and self.dist.is_main
-        self.metrics_path = self.run_dir / "metrics.csv"
         self._extractor = None
         self._reference = None
         self.commit = git_commit()
@@ -100,7 +101,7 @@ class Evaluator:
 
     def tokenizer_floor(self) -> dict:
         """Metrics of the tokenizer's reconstructions of the reference images (computed once)."""
-        path = self.run_dir / "tokenizer_floor.json"
+        path = self.run.floor
         if path.exists():
             return json.loads(path.read_text())
         if self.latents.images is None:
@@ -130,7 +131,7 @@ class Evaluator:
         return list(dict.fromkeys(cells))
 
     def row(self, event: CheckpointEvent, cell: Cell, nfe: int) -> dict:
-        return {"run": self.run_dir.name, "method": event.method.name, "seed": event.seed, "step": event.step,
+        return {"run": self.run.path.name, "method": event.method.name, "seed": event.seed, "step": event.step,
                 "images_seen": event.images_seen, "train_flops": event.train_flops,
                 "train_wall_s": round(event.train_wall_s, 3), "backbone": self.cfg.backbone, "params": event.params,
                 "tokenizer": self.latents.info.get("tokenizer"), "sampler": SAMPLER, "steps": cell.steps, "nfe": nfe,
@@ -162,11 +163,17 @@ class Evaluator:
         return {"features": features, "grid": grid, "traces": samples.traces, "nfe": samples.nfe}
 
     def save_grid(self, images: torch.Tensor, event: CheckpointEvent, cell: Cell) -> Path:
+        """Write the PNG grid of the cell's first ``eval.grid_samples`` images, a column per class
+        (8 columns beyond 16 classes), then its sidecar (``benchmarks.storage.run_dir``)."""
         n = min(self.cfg.eval.grid_samples, len(images))
-        per_row = self.latents.num_classes if self.latents.num_classes <= 16 else 8
-        grid = make_grid(images[:n].float() / 255.0, nrow=per_row, padding=2, pad_value=1.0)
-        path = self.run_dir / "samples" / event.method.name / f"seed{event.seed}" / f"step{event.step:09d}_{cell.tag}.png"
+        classes = self.latents.num_classes
+        layout = GridLayout.tiled(balanced_labels(n, classes).tolist(), per_row=classes if classes <= 16 else 8,
+                                  tile=images.shape[-1])
+        grid = make_grid(images[:n].float() / 255.0, nrow=layout.columns, padding=layout.padding, pad_value=1.0)
+        path = self.run.job(event.method.name, event.seed).grid(event.step, cell.tag)
         save_with(lambda tmp: save_image(grid, tmp, format="png"), path)
+        write_sidecar(SampleGrid(path, event.method.name, event.seed, event.step, SAMPLER, cell.steps,
+                                 cell.temperature, cell.cfg_scale, cell.num_samples, layout))
         return path
 
     def todo(self, event: CheckpointEvent) -> list[Cell]:
@@ -174,7 +181,7 @@ class Evaluator:
         todo = None
         if self.dist.is_main:
             self.tokenizer_floor()
-            done = done_cells(self.metrics_path)
+            done = done_cells(self.run.metrics)
             todo = [cell for cell in self.cells(event) if cell_key(self.row(event, cell, nfe=0)) not in done]
         return self.dist.broadcast(todo)
 
@@ -200,11 +207,11 @@ class Evaluator:
                    **{k: metrics.get(k, float("nan"))
                       for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy")})
         if trace.get("entropy"):
-            append_rows(self.run_dir / "traces.csv",
+            append_rows(self.run.traces,
                         [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
                           "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "t": t, "entropy": h}
                          for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
-        append_rows(self.metrics_path, [row])
+        append_rows(self.run.metrics, [row])
         line = f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}"
         if np.isfinite(row["class_accuracy"]):
             line += f", class accuracy {row['class_accuracy']:.3f}"

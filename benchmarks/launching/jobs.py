@@ -13,7 +13,7 @@ from benchmarks.core.distributed import DistEnv
 from benchmarks.data.latents import LatentSpace, prepare_latents
 from benchmarks.core import logs
 from benchmarks.storage.manifest import add_timings, now_iso, update_manifest
-from benchmarks.training.trainer import Trainer, checkpoint_step
+from benchmarks.training.trainer import Trainer
 from benchmarks.training.utilisation import mfu, process_peak_flops
 
 log = logs.get_logger("jobs")
@@ -61,8 +61,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     peak = process_peak_flops(trainer.device)
     eval_seconds = 0.0
 
-    checkpoints = trainer.checkpoints()
-    from_step = checkpoint_step(checkpoints[-1]) if checkpoints else 0
+    from_step = trainer.job.newest_step()
     board = None
     if tensorboard and dist.is_main:
         from benchmarks.launching.tensorboard_log import TensorBoardLog
@@ -94,7 +93,7 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
                    achieved_flops_per_s=per_device_step_flops / seconds_per_step,
                    mfu=mfu(per_device_step_flops, seconds_per_step, peak))
     if dist.is_main:
-        key = f"{method}/seed{seed}"
+        key = trainer.job.key
         update_manifest(run_dir, {"jobs": {key: summary}})
         add_timings(run_dir, ("jobs", key), {"eval_s": eval_seconds, "wall_s": time.perf_counter() - start},
                     started=started, from_step=from_step, to_step=summary["step"])

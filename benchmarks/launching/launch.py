@@ -48,7 +48,8 @@ from benchmarks.core.distributed import PREEMPTION, DistEnv
 from benchmarks.launching.jobs import make_evaluator, prepare_recorded_latents, run_job
 from benchmarks.storage.cache import cache_root
 from benchmarks.storage.manifest import read_manifest, update_manifest
-from benchmarks.training.trainer import TrainingDiverged, checkpoint_step, job_dir
+from benchmarks.storage.run_dir import RunDir
+from benchmarks.training.trainer import TrainingDiverged
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WAIT_TIMEOUT_S = 48 * 3600.0
@@ -58,7 +59,6 @@ ACCOUNTING_REFRESH_S = 30.0
 """How often --wait asks SLURM's accounting for the states of all jobs (one sacct call)."""
 JOB_TQDM_MININTERVAL_S = 30
 """Progress bars in job logs (files, not terminals) redraw at most this often."""
-EVENTS = "job_events.jsonl"
 
 
 class LaunchError(RuntimeError):
@@ -102,7 +102,7 @@ def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_di
         jobs = [(method, seed) for method in methods for seed in seeds]
         for k, (method, seed) in enumerate(jobs, 1):
             with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
-                record_event(run_dir, method, seed, "start", from_step=newest_checkpoint_step(run_dir, method, seed))
+                record_event(run_dir, method, seed, "start", from_step=RunDir(run_dir).job(method, seed).newest_step())
                 try:
                     summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator,
                                       progress=progress, tensorboard=tensorboard)
@@ -125,15 +125,15 @@ def job_lock(run_dir: str | Path, method: str, seed: int) -> Iterator[None]:
     """Hold ``<job>/job.lock`` (an exclusive ``flock``, released by the OS when the holder dies)
     while this process runs the job; raise JobBusyError at once if another process holds it,
     so two commands on one run folder never train or log one (method, seed) twice."""
-    path = job_dir(Path(run_dir), method, seed) / "job.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    job = RunDir(run_dir).job(method, seed)
+    job.path.mkdir(parents=True, exist_ok=True)
+    with open(job.lock, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise JobBusyError(f"{method}/seed{seed} of {run_dir} is being run by {holder}; wait for it to finish "
+            raise JobBusyError(f"{job.key} of {run_dir} is being run by {holder}; wait for it to finish "
                                "(then rerun to continue), or use another --out") from None
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -179,7 +179,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
             if main:
                 record_event(run_dir, method, seed, "start", job_id=current_job_id(),
                              restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-                             from_step=newest_checkpoint_step(run_dir, method, seed))
+                             from_step=RunDir(run_dir).job(method, seed).newest_step())
             with job_lock(run_dir, method, seed) if main else contextlib.nullcontext():
                 with logs.stage(f"job {method} seed {seed}", part="jobs"):
                     summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
@@ -194,7 +194,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         the trainer's preemption checkpoint, or at once outside training steps (evaluation,
         set-up), where the newest checkpoint already is the current state."""
         record_event(run_dir, method, seed, "requeue", job_id=current_job_id(),
-                     checkpoint_step=newest_checkpoint_step(run_dir, method, seed))
+                     checkpoint_step=RunDir(run_dir).job(method, seed).newest_step())
         return submitit.helpers.DelayedSubmission(self, cfg_dict, method, seed, run_dir)
 
 
@@ -220,13 +220,9 @@ def plugin_modules(methods: list[str]) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- job events
 
 
-def events_path(run_dir: str | Path, method: str, seed: int) -> Path:
-    return job_dir(Path(run_dir), method, seed) / EVENTS
-
-
 def record_event(run_dir: str | Path, method: str, seed: int, event: str, **fields) -> None:
     """Append ``{"event", "time", "host", "pid", **fields}`` to the job's ``job_events.jsonl``."""
-    path = events_path(run_dir, method, seed)
+    path = RunDir(run_dir).job(method, seed).events
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **fields})
     with open(path, "a") as f:  # one short write in append mode: lines never interleave
@@ -234,16 +230,10 @@ def record_event(run_dir: str | Path, method: str, seed: int, event: str, **fiel
 
 
 def read_events(run_dir: str | Path, method: str, seed: int) -> list[dict]:
-    path = events_path(run_dir, method, seed)
+    path = RunDir(run_dir).job(method, seed).events
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def newest_checkpoint_step(run_dir: str | Path, method: str, seed: int) -> int:
-    """Step of the newest checkpoint of a job (0 if it has none)."""
-    names = sorted((job_dir(Path(run_dir), method, seed) / "checkpoints").glob("step_*.pt"))
-    return checkpoint_step(names[-1]) if names else 0
 
 
 def finished(run_dir: str | Path, method: str, seed: int, iterations: int) -> bool:
@@ -294,27 +284,28 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
            tensorboard: bool = False) -> list[tuple[str, submitit.Job]]:
     """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
     run_dir = Path(run_dir).resolve()
+    run = RunDir(run_dir)
     busy = active_jobs(run_dir)
     if busy:
         raise LaunchError(f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
                           "(they resume and finish on their own) or cancel them before submitting again")
     todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
-    skipped = [f"{m}/seed{s}" for m in methods for s in seeds if (m, s) not in todo]
+    skipped = [run.job(m, s).key for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
         print(f"skipping {len(skipped)} finished job(s): {', '.join(skipped)}")
     if not todo:
         return []
-    executor = make_executor(cfg, run_dir / "submitit")
+    executor = make_executor(cfg, run.submitit)
     job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard)
     n = len(todo)
     submitted = executor.map_array(job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n)
-    keys = [f"{m}/seed{s}" for m, s in todo]
+    keys = [run.job(m, s).key for m, s in todo]
     jobs = list(zip(keys, submitted))
     array_id = submitted[0].job_id.split("_")[0]
     where = f"SLURM job array {array_id}" if cfg.launcher.kind == "slurm" else "local subprocesses"
     update_manifest(run_dir, {"launches": {array_id: {"kind": cfg.launcher.kind, "submitted": time.time(),
                                                       "jobs": {key: j.job_id for key, j in jobs}}}})
-    print(f"submitted {n} job(s) as {where}; logs in {run_dir / 'submitit'}")
+    print(f"submitted {n} job(s) as {where}; logs in {run.submitit}")
     for key, j in jobs:
         print(f"  {j.job_id:<14} {key}")
     if cfg.launcher.kind == "slurm":

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.core.config import BenchmarkConfig
+from benchmarks.storage.run_dir import RunDir
 from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
 
@@ -70,7 +71,7 @@ class StepTime:
 def step_time_from_run(run_dir: str | Path, cfg: BenchmarkConfig) -> StepTime:
     """Per-method seconds per step (mean over seeds) from a run folder's ``manifest.json``; the run
     must have the planned backbone and global batch."""
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(run_dir).manifest
     if not path.is_file():
         raise ValueError(f"--step-seconds-from: {path} does not exist (give a run folder of a finished run)")
     manifest = json.loads(path.read_text())

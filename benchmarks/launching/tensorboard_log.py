@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from benchmarks.storage.run_dir import RunDir
 from benchmarks.training.trainer import CheckpointEvent
 
 NOT_LOGGED = {"step", "images_seen", "train_wall_s"}
@@ -38,13 +39,14 @@ class TensorBoardLog:
     def __init__(self, run_dir: str | Path, method: str, seed: int, lr: float, *, from_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.method, self.seed, self.lr = Path(run_dir), method, seed, lr
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / f"{method}-seed{seed}"))
+        self.run, self.method, self.seed, self.lr = RunDir(run_dir), method, seed, lr
+        self.job = self.run.job(method, seed)
+        self.writer = SummaryWriter(log_dir=str(self.job.tensorboard))
         self.logged_step = from_step
         """Training-log rows up to this step are already in the event files (an earlier invocation)."""
 
     def __call__(self, event: CheckpointEvent) -> None:
-        self.log_training(event.job_dir / "train_log.csv", event.step)
+        self.log_training(self.job.train_log, event.step)
         self.log_evaluation(event.step)
         self.writer.flush()
 
@@ -62,7 +64,7 @@ class TensorBoardLog:
         self.logged_step = max(self.logged_step, up_to)
 
     def log_evaluation(self, step: int) -> None:
-        path = self.run_dir / "metrics.csv"
+        path = self.run.metrics
         if not path.exists():
             return
         metrics = pd.read_csv(path)
@@ -70,10 +72,9 @@ class TensorBoardLog:
         for row in cells.to_dict("records"):
             tag = f"steps{row['steps']}_tau{row['temperature']:g}_cfg{row['cfg_scale']:g}_n{row['n_samples']}"
             self.writer.add_scalar(f"fid/{tag}", float(row["fid"]), step)
-        grids = self.run_dir / "samples" / self.method / f"seed{self.seed}"
-        for grid in sorted(grids.glob(f"step{step:09d}_*.png")):
+        for tag, grid in self.job.grids_at(step).items():
             image = np.asarray(Image.open(grid).convert("RGB"))
-            self.writer.add_image(f"samples/{grid.stem.split('_', 1)[1]}", image, step, dataformats="HWC")
+            self.writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
 
     def close(self) -> None:
         self.writer.close()

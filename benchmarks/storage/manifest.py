@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.storage.atomic import locked, save_json
+from benchmarks.storage.run_dir import RunDir
 
 PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "pandas", "submitit", "matplotlib")
 
@@ -65,7 +66,7 @@ def _merge(base: dict, patch: dict) -> dict:
 
 
 def read_manifest(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(run_dir).manifest
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -79,7 +80,7 @@ def add_timings(run_dir: str | Path, where: tuple[str, ...], seconds: dict[str, 
     ``where`` (e.g. ``("timings",)`` or ``("jobs", "purr/seed0")``): append ``{**info, **seconds}``
     to the node's ``invocations`` and set each key of ``seconds`` on the node to its sum over them.
     A total recorded before invocations were kept becomes the first entry, so it is not lost."""
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(run_dir).manifest
     with locked(path):
         manifest = read_manifest(run_dir)
         node = manifest
@@ -97,7 +98,7 @@ def add_timings(run_dir: str | Path, where: tuple[str, ...], seconds: dict[str, 
 
 def update_manifest(run_dir: str | Path, patch: dict) -> dict:
     """Merge ``patch`` into the manifest (nested dicts merge key by key) under a file lock."""
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(run_dir).manifest
     with locked(path):
         manifest = _merge(read_manifest(run_dir), patch)
         save_json(manifest, path)

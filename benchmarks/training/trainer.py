@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from backbones.dit import build_dit
 from benchmarks.storage.atomic import atomic_path, save_torch
+from benchmarks.storage.run_dir import RunDir
 from benchmarks.core.config import BenchmarkConfig, TrainConfig, method_options
 from benchmarks.core.device import device_autocast, resolve_device
 from benchmarks.core.distributed import PREEMPTION, DistEnv
@@ -72,15 +73,6 @@ def learning_rate(train: TrainConfig, step: int) -> float:
     if train.lr_schedule == "linear":
         return train.lr * (1.0 - s)
     return train.lr
-
-
-def checkpoint_step(path: Path) -> int:
-    """The training step of a checkpoint file ``step_<step:09d>.pt``."""
-    return int(Path(path).stem.split("_")[1])
-
-
-def job_dir(run_dir: Path, method: str, seed: int) -> Path:
-    return Path(run_dir) / method / f"seed{seed}"
 
 
 def build_method(cfg: BenchmarkConfig, name: str, latents: LatentSpace) -> Method:
@@ -131,7 +123,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.dist.init_process_group(self.device)
-        self.dir = job_dir(run_dir, method_name, seed)
+        self.job = RunDir(run_dir).job(method_name, seed)
         self.progress = progress and self.dist.is_main
 
         self.method = build_method(cfg, method_name, latents).to(self.device)
@@ -169,17 +161,13 @@ class Trainer:
         """The first step whose loss or gradient norm was not finite (inf: none), on the device."""
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.dir / "checkpoints"
-
     def checkpoints(self) -> list[Path]:
-        return sorted(self.checkpoint_dir.glob("step_*.pt"))
+        return self.job.checkpoints()
 
     def save_checkpoint(self) -> Path:
         """Save the current state (a collective: every rank calls it). Refuses a diverged model."""
         self.check_finite()
-        path = self.checkpoint_dir / f"step_{self.step:09d}.pt"
+        path = self.job.checkpoint(self.step)
         log_sums = self.reduced_log_sums()
         if self.dist.is_main:
             save_torch({
@@ -246,7 +234,7 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     @property
     def log_path(self) -> Path:
-        return self.dir / "train_log.csv"
+        return self.job.train_log
 
     def _truncate_log(self) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
@@ -349,7 +337,7 @@ class Trainer:
                                images_seen=self.step * t.batch_size,
                                train_flops=float(self.step * self.flops_per_step),
                                train_wall_s=self.train_wall_s, params=self.params, seed=self.seed,
-                               job_dir=self.dir, device=self.device, is_last=self.step >= t.iterations)
+                               job_dir=self.job.path, device=self.device, is_last=self.step >= t.iterations)
 
     def _train(self, bar: tqdm, on_checkpoint: Callable[[CheckpointEvent], None] | None) -> None:
         """The training loop of ``run``. ``train_wall_s`` counts the time from one point where the
@@ -419,7 +407,7 @@ class Trainer:
         t = self.cfg.train
         existing = self.checkpoints()
         if existing and not resume:
-            raise FileExistsError(f"{self.dir} already has checkpoints; resume or choose another --out")
+            raise FileExistsError(f"{self.job.path} already has checkpoints; resume or choose another --out")
         if existing:
             self.resume_from_newest(existing)
         self._truncate_log()

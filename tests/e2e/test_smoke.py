@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.storage.results import CELL_KEY, COLUMNS
+from benchmarks.storage.run_dir import sidecar_path
 
 ALL = "purr,cfm,cfm-endpoint,dfm,dfm-uniform"
 
@@ -41,6 +42,7 @@ def test_smoke_run_writes_complete_results(run_cli, tmp_path):
     assert 0.5 < floor["class_accuracy"] <= 1  # the reconstructions' accuracy: the ceiling
     grids = list((out / "samples").rglob("*.png"))
     assert len(grids) == len(metrics)
+    assert manifest["run_dir_layout"] == 2 and all(sidecar_path(grid).exists() for grid in grids)
     for method in ALL.split(","):
         log = pd.read_csv(out / method / "seed0" / "train_log.csv")
         assert log["step"].iloc[-1] == 40

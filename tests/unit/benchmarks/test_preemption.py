@@ -17,7 +17,8 @@ from benchmarks.core.distributed import PREEMPTION
 from benchmarks.launching.jobs import run_job
 from benchmarks.launching.launch import LaunchError, follow, read_events, submit
 from benchmarks.storage.results import cell_key
-from benchmarks.training.trainer import Trainer, job_dir
+from benchmarks.storage.run_dir import RunDir
+from benchmarks.training.trainer import Trainer
 
 SIG = signal.SIGUSR2
 
@@ -176,7 +177,7 @@ def test_preempted_submitit_job_requeues_to_uninterrupted_result(shared_cache, t
     for key in ("model", "ema"):
         for name, value in got[key].items():
             torch.testing.assert_close(value, want[key][name], rtol=1e-5, atol=1e-7, msg=f"{key}.{name}")
-    logs = [pd.read_csv(job_dir(tmp_path / name, "purr", 0) / "train_log.csv") for name in ("reference", "interrupted")]
+    logs = [pd.read_csv(RunDir(tmp_path / name).job("purr", 0).train_log) for name in ("reference", "interrupted")]
     pd.testing.assert_series_equal(logs[1]["loss"], logs[0]["loss"], rtol=1e-5, atol=0)
 
     keys, reference_keys = _metric_keys(run / "metrics.csv"), _metric_keys(tmp_path / "reference" / "metrics.csv")

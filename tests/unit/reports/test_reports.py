@@ -16,7 +16,8 @@ from reports import figures as F
 from reports.__main__ import main as reports_main
 from reports.build import report_text
 from reports.tables import speedup_table
-from reports.curves import cheap_cells, convergence, sweeps
+from benchmarks.storage.run_dir import LAYOUT_KEY, LAYOUT_VERSION, GridLayout, SampleGrid, sidecar_path, write_sidecar
+from reports.curves import cheap_cells, convergence, sample_grids, sweeps
 from reports.load import CELL_KEY, TRACE_KEY, RunFolderError, load_runs
 from reports.speedup import (AT_LEAST, EXACT, NOT_REACHED, bootstrap_interval, first_reach, format_interval,
                              format_speedup, speedup, value_at)
@@ -85,10 +86,11 @@ def metric_row(method, seed, step, tau, fid, run="run") -> dict:
 
 
 def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5, fid=fid_of, floor=FLOOR, lr=1e-3,
-             every_taus=()):
+             every_taus=(), sidecars=False):
     """A run folder as benchmarks.run writes it: cheap cell at every step (and at ``every_taus``,
     FID scaled by TAU_GAIN), sweep and 4/16 sampler steps at the last step, traces for purr, train
-    logs, PNG grids of the sweep."""
+    logs, PNG grids of the sweep. ``sidecars``: of the current layout (grids with sidecars), else
+    of layout 1 (as the committed results)."""
     run = root / name
     run.mkdir(parents=True)
     rows, traces = [], []
@@ -126,7 +128,11 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
             grid_dir = run / "samples" / method / f"seed{seed}"
             grid_dir.mkdir(parents=True)
             for tau in sorted(set(TEMPS) | {cheap}):
-                grid_png(grid_dir / f"step{STEPS[-1]:09d}_steps8_tau{tau:g}_cfg1_n100.png", tau / 2.0, seed / 10)
+                path = grid_dir / f"step{STEPS[-1]:09d}_steps8_tau{tau:g}_cfg1_n100.png"
+                grid_png(path, tau / 2.0, seed / 10)
+                if sidecars:
+                    layout = GridLayout.tiled([i % CLASSES for i in range(GRID_SAMPLES)], CLASSES, TILE)
+                    write_sidecar(SampleGrid(path, method, seed, STEPS[-1], "euler", 8, tau, 1.0, 100, layout))
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
     if traces:
         pd.DataFrame(traces).to_csv(run / "traces.csv", index=False)
@@ -134,7 +140,8 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
                              "flops_per_step": FLOPS_PER_STEP[m], "train_wall_s": 20.0} for m in methods for s in seeds}
     manifest = {"config": config(seeds[0], z_loss, methods, lr, every_taus), "methods": list(methods),
                 "seeds": list(seeds), "jobs": jobs, "git_commit": "abc",
-                "latents": {"codebook_size": K, "tokenizer": "vqvae", "num_classes": CLASSES}}
+                "latents": {"codebook_size": K, "tokenizer": "vqvae", "num_classes": CLASSES},
+                **({LAYOUT_KEY: LAYOUT_VERSION} if sidecars else {})}
     (run / "manifest.json").write_text(json.dumps(manifest))
     if floor is not None:
         (run / "tokenizer_floor.json").write_text(json.dumps(floor))
@@ -295,14 +302,40 @@ def test_sample_grid_figure_composes_pngs_low_to_high(built):
 
 
 def test_grid_of_another_layout_is_shown_whole_and_unlabelled(tmp_path, captured):
-    from reports.curves import GridLayout
+    """A folder of layout 1 (no sidecars): a grid whose pixel size does not fit the config's
+    tiling gets no layout, and its panel shows it whole and unlabelled; the others are cut."""
+    run = make_run(tmp_path)
+    odd = run / "samples/purr/seed0/step000000040_steps8_tau0.8_cfg1_n100.png"
+    matplotlib.image.imsave(odd, np.linspace(0, 1, 6 * 8).reshape(6, 8), cmap="gray")
+    grids = sample_grids(load_runs([run]), "tiny/1", "purr", 40, 8, 1.0, 100)
+    assert list(grids["temperature"]) == [0.8, 0.9, 1.2] and grids["layout"][0] is None
+    F.plot_samples(grids, "t", tmp_path, "odd")
+    whole, cut = captured["odd"].axes[:2]
+    assert whole.get_images()[0].get_array().shape[:2] == (6, 8) and not whole.get_xticklabels()
+    assert cut.get_images()[0].get_array().shape[0] == 2 + GRID_SAMPLES // CLASSES * (TILE + 2)
+    assert [t.get_text() for t in cut.get_xticklabels()] == [str(c) for c in range(CLASSES)]
 
-    path = tmp_path / "grid.png"
-    matplotlib.image.imsave(path, np.linspace(0, 1, 6 * 8).reshape(6, 8), cmap="gray")
-    F.plot_samples(pd.DataFrame({"temperature": [1.0], "path": [path]}), "t", tmp_path, "odd",
-                   GridLayout(tile=TILE, shown=GRID_SAMPLES, num_classes=CLASSES))
-    ax = captured["odd"].axes[0]
-    assert ax.get_images()[0].get_array().shape[:2] == (6, 8) and not ax.get_xticklabels()
+
+def test_sidecars_give_what_a_grid_shows_and_its_layout(tmp_path, captured):
+    """A folder of the current layout: each grid's cell and tiling come from its sidecar, not from
+    its file name or the config (here both would mislead: a renamed PNG, a wrong image size)."""
+    run = make_run(tmp_path, sidecars=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["data"]["image_size"] = 3 * TILE
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    grid = run / "samples/purr/seed0/step000000040_steps8_tau1.2_cfg1_n100.png"
+    record = json.loads(sidecar_path(grid).read_text())
+    grid.rename(grid.with_name("renamed.png"))
+    sidecar_path(grid).write_text(json.dumps({**record, "image": "renamed.png"}))
+    grids = sample_grids(load_runs([run]), "tiny/1", "purr", 40, 8, 1.0, 100)
+    assert list(grids["temperature"]) == [0.8, 0.9, 1.2] and grids["path"][2].name == "renamed.png"
+    assert all(layout == GridLayout.tiled([i % CLASSES for i in range(GRID_SAMPLES)], CLASSES, TILE)
+               for layout in grids["layout"])
+    F.plot_samples(grids, "t", tmp_path, "sidecars")
+    for ax in captured["sidecars"].axes:
+        assert ax.get_images()[0].get_array().shape[0] == 2 + GRID_SAMPLES // CLASSES * (TILE + 2)
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in range(CLASSES)]
+        np.testing.assert_allclose(ax.get_xticks(), 2 + np.arange(CLASSES) * (TILE + 2) + (TILE - 1) / 2)
 
 
 def test_fid_vs_steps_figure(built):
