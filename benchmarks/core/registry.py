@@ -13,11 +13,13 @@ registries imported so far (every command-line entry point imports all of them f
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_KEYED: dict[str, "Registry"] = {}
+_KEYED: dict[str, Registry] = {}
 
 
 class Registry(Generic[T]):
@@ -42,7 +44,7 @@ class Registry(Generic[T]):
             raise TypeError(f"{getattr(entry, '__qualname__', entry)!r} must set a non-empty string `name` "
                             f"to register as a {self.what}")
         old = self._entries.get(name)
-        if old is not None and type(old) is not type(obj):
+        if old is not None and _origin(old) != _origin(obj):  # the same class again (a module reload) replaces it
             raise ValueError(f"a {self.what} named {name!r} is already registered ({type(old).__qualname__})")
         self._entries[name] = obj
         return entry
@@ -71,6 +73,15 @@ class Registry(Generic[T]):
         """The modules that define the registered entries' classes (what a job process imports)."""
         return sorted({type(e).__module__ for e in self._entries.values()})
 
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Registry[T]]:
+        """Registrations made inside the block are undone at its end (for tests)."""
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries = saved
+
     def check(self, value: Any) -> str | None:
         """None if ``value`` (the config key's value) names registered entries, else the message."""
         values = ([] if value is None else list(value)) if self.many else [value]
@@ -78,6 +89,10 @@ class Registry(Generic[T]):
             if v not in self._entries and v not in self.also:
                 return f"{self.key}: {self.unknown(v)}"
         return None
+
+
+def _origin(entry: object) -> tuple[str, str]:
+    return type(entry).__module__, type(entry).__qualname__
 
 
 def keyed_registries() -> dict[str, Registry]:

@@ -274,9 +274,9 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
     """Metrics of generated-set features (from ``extract_features``) against ``reference``.
 
     Returns {column: value} of the registered metrics ``metrics`` (None: all;
-    ``benchmarks.evaluation.metrics``), by default "fid", "kid_mean", "kid_std", "precision",
-    "recall", "isc", "isc_std", "class_accuracy"; KID and precision/recall are NaN for a stats-only
-    reference. KID averages ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default
+    ``benchmarks.evaluation.metrics``), the built-ins' ``fid``, ``kid_mean``, ``kid_std``,
+    ``precision``, ``recall``, ``isc``, ``isc_std``, ``class_accuracy``; KID and precision/recall
+    are NaN for a stats-only reference. KID averages ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default
     min(1000, N_generated, N_reference)) from each side; if the subsets are both whole sets they
     are all the same set, and one is computed. ``labels`` (N,): the class each image was generated
     for; class accuracy is computed from the same features (the extractor's class logits,
