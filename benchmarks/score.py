@@ -20,6 +20,7 @@ batch ``.npz`` or an image folder) name them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 
 from benchmarks.core.config import from_dict
 from benchmarks.evaluation import fidelity
+from benchmarks.data import datasets, tokenizers  # noqa: F401  (a run's config names them)
 from benchmarks.evaluation.extractors import feature_extractor_names
 from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.manifest import read_manifest
@@ -128,6 +130,15 @@ def score(images: torch.Tensor, labels: torch.Tensor | None, extractor, referenc
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.score", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plugins", default="", help="comma-separated modules to import first that register extra "
+                                                 "feature extractors, metrics, data sets or tokenizers")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    for module in filter(None, (m.strip() for m in pre.parse_known_args(argv)[0].plugins.split(","))):
+        try:  # before the options that list registered names
+            importlib.import_module(module)
+        except ImportError as e:
+            p.error(f"--plugins: cannot import {module!r}: {e}")
     p.add_argument("path", type=Path, nargs="?", help="an ADM-format .npz of samples, or a folder of images")
     p.add_argument("--run", type=Path, default=None, help="use this run's feature extractor and reference")
     p.add_argument("--extractor", default=None, choices=feature_extractor_names(),
