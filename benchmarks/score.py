@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from benchmarks.core.config import from_dict
+from benchmarks.data import datasets, tokenizers  # noqa: F401  (register the built-ins a run's config names)
 from benchmarks.evaluation import fidelity
-from benchmarks.data import datasets, tokenizers  # noqa: F401  (a run's config names them)
 from benchmarks.evaluation.extractors import feature_extractor_names
 from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.manifest import read_manifest

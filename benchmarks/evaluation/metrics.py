@@ -74,30 +74,27 @@ class Metric(ABC):
         """{column: value} for exactly ``columns``."""
 
 
-_REGISTRY: Registry[Metric] = Registry("metric", "eval.metrics", many=True)
-register = _REGISTRY.register
+REGISTRY: Registry[Metric] = Registry("metric", "eval.metrics", many=True)
+register = REGISTRY.register
 """Class decorator (or call on an instance) adding a metric under its ``name``."""
 
 
 def get_metric(name: str) -> Metric:
-    return _REGISTRY.get(name)
+    return REGISTRY.get(name)
 
 
 def metric_names() -> list[str]:
-    return _REGISTRY.names()
+    return REGISTRY.names()
 
-
-def registry() -> Registry[Metric]:
-    return _REGISTRY
 
 
 def selected(names: list[str] | None = None) -> list[Metric]:
     """The metrics ``names`` (None: every registered one), in registration order."""
     if names is None:
-        return _REGISTRY.entries()
+        return REGISTRY.entries()
     for name in names:
-        _REGISTRY.get(name)
-    return [m for m in _REGISTRY.entries() if m.name in names]
+        REGISTRY.get(name)
+    return [m for m in REGISTRY.entries() if m.name in names]
 
 
 def metric_columns(names: list[str] | None = None) -> list[str]:

@@ -217,7 +217,7 @@ def plugin_modules(methods: list[str]) -> tuple[str, ...]:
     from benchmarks.evaluation import extractors, metrics
     from methods import get_method
 
-    entries = {m for r in (datasets, tokenizers, extractors, metrics) for m in r.registry().modules()}
+    entries = {m for r in (datasets, tokenizers, extractors, metrics) for m in r.REGISTRY.modules()}
     return tuple(sorted({get_method(m).__module__ for m in methods} | entries))
 
 

@@ -16,6 +16,7 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
     """Raise ConfigError naming the key, the file and the fix for the first missing input."""
     check_data(cfg)
     check_tokenizer(cfg)
+    check_extractor(cfg)
     check_launcher(cfg)
 
 
@@ -31,6 +32,18 @@ def check_tokenizer(cfg: BenchmarkConfig) -> None:
     from benchmarks.data.tokenizers import get_tokenizer
 
     get_tokenizer(cfg.tokenizer.kind).check(cfg.tokenizer)
+
+
+def check_extractor(cfg: BenchmarkConfig) -> None:
+    """``eval.feature_extractor: auto`` names a registered extractor for this data set."""
+    from benchmarks.data.datasets import get_dataset
+    from benchmarks.evaluation.extractors import feature_extractor_names
+
+    default = get_dataset(cfg.data.dataset).feature_extractor
+    if cfg.eval.enabled and cfg.eval.feature_extractor == "auto" and default not in feature_extractor_names():
+        raise ConfigError(f"eval.feature_extractor: auto picks {default!r}, data set {cfg.data.dataset!r}'s default, "
+                          f"which is not registered (registered: {', '.join(feature_extractor_names())}): import its "
+                          "module with --plugins, or set eval.feature_extractor")
 
 
 def check_launcher(cfg: BenchmarkConfig) -> None:

@@ -29,6 +29,8 @@ def metrics_csv_columns(metric_columns: list[str]) -> list[str]:
     """The header of a new ``metrics.csv`` with these metric columns (the evaluation's metric
     registry names them; this floor does not know them)."""
     return LEAD_COLUMNS + list(metric_columns) + TAIL_COLUMNS
+
+
 CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
             "feature_extractor", "ref_stats"]
 

@@ -102,18 +102,15 @@ class ArrayDataSet(DataSet):
         return ImageSource(ArrayImages(images, labels), self.num_classes or int(labels.max()) + 1, data_id)
 
 
-_REGISTRY: Registry[DataSet] = Registry("data set", "data.dataset")
-register = _REGISTRY.register
+REGISTRY: Registry[DataSet] = Registry("data set", "data.dataset")
+register = REGISTRY.register
 """Class decorator (or call on an instance) adding a data set under its ``name``."""
 
 
 def get_dataset(name: str) -> DataSet:
-    return _REGISTRY.get(name)
+    return REGISTRY.get(name)
 
 
 def dataset_names() -> list[str]:
-    return _REGISTRY.names()
+    return REGISTRY.names()
 
-
-def registry() -> Registry[DataSet]:
-    return _REGISTRY

@@ -74,18 +74,15 @@ def check_checkpoint_file(path: Path) -> None:
         raise ConfigError(f"tokenizer.ckpt: {problem}")
 
 
-_REGISTRY: Registry[TokenizerKind] = Registry("tokenizer", "tokenizer.kind")
-register = _REGISTRY.register
+REGISTRY: Registry[TokenizerKind] = Registry("tokenizer", "tokenizer.kind")
+register = REGISTRY.register
 """Class decorator (or call on an instance) adding a tokenizer kind under its ``name``."""
 
 
 def get_tokenizer(name: str) -> TokenizerKind:
-    return _REGISTRY.get(name)
+    return REGISTRY.get(name)
 
 
 def tokenizer_names() -> list[str]:
-    return _REGISTRY.names()
+    return REGISTRY.names()
 
-
-def registry() -> Registry[TokenizerKind]:
-    return _REGISTRY

@@ -85,18 +85,15 @@ class FeatureExtractor(ABC):
         return ExtractorSpec(self.name, str(path), content_hash(path), self.channels, self.class_layer)
 
 
-_REGISTRY: Registry[FeatureExtractor] = Registry("feature extractor", "eval.feature_extractor", also=("auto",))
-register = _REGISTRY.register
+REGISTRY: Registry[FeatureExtractor] = Registry("feature extractor", "eval.feature_extractor", also=("auto",))
+register = REGISTRY.register
 """Class decorator (or call on an instance) adding a feature extractor under its ``name``."""
 
 
 def get_feature_extractor(name: str) -> FeatureExtractor:
-    return _REGISTRY.get(name)
+    return REGISTRY.get(name)
 
 
 def feature_extractor_names() -> list[str]:
-    return _REGISTRY.names()
+    return REGISTRY.names()
 
-
-def registry() -> Registry[FeatureExtractor]:
-    return _REGISTRY

@@ -256,3 +256,20 @@ def test_metric_columns_are_unique_and_every_metric_fills_its_own():
     assert len(columns) == len(set(columns)) and columns[:8] == [
         "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std", "class_accuracy"]
     assert list(evaluate(metric_inputs())) == columns
+
+
+def test_auto_extractor_must_be_registered_for_the_data_set():
+    from benchmarks.data.datasets import REGISTRY
+    from benchmarks.data.datasets.registry import DataSet
+    from benchmarks.launching.preflight import check_inputs
+
+    class Unevaluable(DataSet):
+        name, feature_extractor = "unevaluable", "no-such-extractor"
+
+    with REGISTRY.scratch():
+        REGISTRY.register(Unevaluable)
+        cfg = load_config("smoke", ["data.dataset=unevaluable"])
+        with pytest.raises(ConfigError, match="eval.feature_extractor: auto picks 'no-such-extractor'"):
+            check_inputs(cfg)
+        check_inputs(load_config("smoke", ["data.dataset=unevaluable", "eval.feature_extractor=mnist-cnn"]))
+    assert "unevaluable" not in dataset_names()

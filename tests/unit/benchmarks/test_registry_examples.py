@@ -40,7 +40,7 @@ def plugin(isolated_cache):
     forget()
     with contextlib.ExitStack() as stack:
         for package in (datasets, tokenizers, extractors, metrics):
-            stack.enter_context(package.registry().scratch())
+            stack.enter_context(package.REGISTRY.scratch())
         yield lambda kind: importlib.import_module(EXAMPLES[kind])
     forget()
 
