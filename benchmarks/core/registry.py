@@ -31,7 +31,7 @@ class Registry(Generic[T]):
         self.what, self.key, self.also, self.many = what, key, tuple(also), many
         self._entries: dict[str, T] = {}
         if key is not None:
-            if key in _KEYED:
+            if key in _KEYED and _KEYED[key].what != what:  # the same registry again (a module reload) replaces it
                 raise ValueError(f"config key {key!r} already has a registry ({_KEYED[key].what})")
             _KEYED[key] = self
 
@@ -93,11 +93,6 @@ class Registry(Generic[T]):
 
 def _origin(entry: object) -> tuple[str, str]:
     return type(entry).__module__, type(entry).__qualname__
-
-
-def keyed_registries() -> dict[str, Registry]:
-    """Config key -> the registry its values name (those created so far)."""
-    return dict(_KEYED)
 
 
 def config_value(cfg: Any, key: str) -> Any:
