@@ -46,8 +46,10 @@ def parser() -> argparse.ArgumentParser:
                    help="override config keys, e.g. --set train.iterations=200 methods.purr.z_loss=0")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its saved config (error if there is none)")
-    p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods")
-    p.add_argument("--list", action="store_true", help="print the registered methods and available configs")
+    p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods, "
+                                                 "data sets, tokenizers, feature extractors or metrics")
+    p.add_argument("--list", action="store_true", help="print the registered methods, data sets, tokenizers, feature "
+                                                       "extractors and metrics, and the available configs")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars: only the plain stage lines (for log files)")
     p.add_argument("--tensorboard", action="store_true",
@@ -101,6 +103,26 @@ def print_listing() -> None:
         cls = get_method(name)
         options = ", ".join(cls.option_names()) or "no options"
         print(f"  {name:<14} ({options}); temperature: {cls.temperature_meaning}")
+    from benchmarks.data.datasets import dataset_names, get_dataset
+    from benchmarks.data.tokenizers import get_tokenizer, tokenizer_names
+    from benchmarks.evaluation.extractors import feature_extractor_names, get_feature_extractor
+    from benchmarks.evaluation.metrics import get_metric, metric_names
+
+    print("data sets (data.dataset):")
+    for name in dataset_names():
+        ds = get_dataset(name)
+        print(f"  {name:<14} data.path: {ds.path or 'not used'}; auto extractor: {ds.feature_extractor}"
+              + ("; pre-encoded code shards" if ds.encoded else ""))
+    print("tokenizers (tokenizer.kind):")
+    for name in tokenizer_names():
+        print(f"  {name:<14} tokenizer.ckpt {'required' if get_tokenizer(name).needs_ckpt else 'optional'}")
+    print("feature extractors (eval.feature_extractor; auto: the data set's):")
+    for name in feature_extractor_names():
+        layer = get_feature_extractor(name).class_layer
+        print(f"  {name:<20} class logits: {layer or 'none (class accuracy is NaN)'}")
+    print("metrics (eval.metrics; default: all) and the columns they add to every results row:")
+    for name in metric_names():
+        print(f"  {name:<14} {', '.join(get_metric(name).columns)}")
     print("configs:")
     for name in available_configs():
         print(f"  {name}")
@@ -188,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import methods  # noqa: F401  (registers the built-ins)
+    from benchmarks.data import datasets, tokenizers  # noqa: F401  (register the built-ins)
+    from benchmarks.evaluation import extractors, metrics  # noqa: F401  (register the built-ins)
     from methods import method_names
 
     import_plugins(args.plugins)

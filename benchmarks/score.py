@@ -20,6 +20,7 @@ batch ``.npz`` or an image folder) name them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -28,13 +29,16 @@ import numpy as np
 import torch
 
 from benchmarks.core.config import from_dict
+from benchmarks.data import datasets, tokenizers  # noqa: F401  (register the built-ins a run's config names)
 from benchmarks.evaluation import fidelity
+from benchmarks.evaluation.extractors import feature_extractor_names
+from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.manifest import read_manifest
 from benchmarks.storage.results import append_rows
 from benchmarks.storage.run_dir import MANIFEST
 
-SCORE_COLUMNS = ["source", "n_samples", "feature_extractor", "ref_stats", "fid", "kid_mean", "kid_std",
-                 "precision", "recall", "isc", "class_accuracy"]
+SCORE_LEAD = ["source", "n_samples", "feature_extractor", "ref_stats"]
+"""The columns of a score row before its metric columns (``benchmarks.evaluation.metrics.metric_columns``)."""
 SCORE_KEY = ["source", "feature_extractor", "ref_stats"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -127,9 +131,18 @@ def score(images: torch.Tensor, labels: torch.Tensor | None, extractor, referenc
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.score", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plugins", default="", help="comma-separated modules to import first that register extra "
+                                                 "feature extractors, metrics, data sets or tokenizers")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    for module in filter(None, (m.strip() for m in pre.parse_known_args(argv)[0].plugins.split(","))):
+        try:  # before the options that list registered names
+            importlib.import_module(module)
+        except ImportError as e:
+            p.error(f"--plugins: cannot import {module!r}: {e}")
     p.add_argument("path", type=Path, nargs="?", help="an ADM-format .npz of samples, or a folder of images")
     p.add_argument("--run", type=Path, default=None, help="use this run's feature extractor and reference")
-    p.add_argument("--extractor", default=None, choices=[fidelity.INCEPTION, "mnist-cnn"],
+    p.add_argument("--extractor", default=None, choices=feature_extractor_names(),
                    help="feature extractor, without --run")
     p.add_argument("--reference", type=Path, default=None,
                    help="without --run: an ADM reference batch .npz (mu, sigma[, arr_0]) or an image folder")
@@ -172,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    columns = SCORE_LEAD + metric_columns()
     row = {"source": str(args.path), "n_samples": len(images), "feature_extractor": extractor.id,
-           "ref_stats": reference.id, **{k: metrics.get(k, math.nan) for k in SCORE_COLUMNS[4:]}}
+           "ref_stats": reference.id, **{k: metrics.get(k, math.nan) for k in metric_columns()}}
     print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if args.append is not None:
-        append_rows(args.append, [row], SCORE_COLUMNS, SCORE_KEY)
+        append_rows(args.append, [row], columns, SCORE_KEY)
     return 0
 
 

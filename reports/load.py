@@ -37,8 +37,10 @@ from benchmarks.storage.run_dir import MANIFEST, METRICS, TRACES, TRAIN_LOG, Run
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = TRACE_KEY + ["entropy"]
 REQUIRED_TRAIN_LOG = ["step", "loss"]
-FLOOR_IDENTITY = ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "psnr", "n_samples",
-                  "tokenizer", "feature_extractor", "ref_stats"]
+FLOOR_TIMINGS = ["eval_wall_s"]
+"""``tokenizer_floor.json`` keys that are timings; every other key (its metrics, whichever were
+computed, and ``n_samples``, ``tokenizer``, ``feature_extractor``, ``ref_stats``) identifies a floor."""
+FLOOR_KEYS = ["n_samples", "tokenizer", "feature_extractor", "ref_stats"]
 
 # Config keys (flattened, dotted) that never define a variant.
 IGNORED_PREFIXES = ("name", "description", "launcher.", "eval.", "backbone", "methods.")
@@ -323,13 +325,14 @@ def _floors_table(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         if not run.floor:
             continue
-        identity = json.dumps({k: run.floor.get(k) for k in FLOOR_IDENTITY}, sort_keys=True)
-        entry = found.setdefault(identity, {**{k: run.floor.get(k) for k in FLOOR_IDENTITY},
-                                            "runs": [], "backbones": set()})
+        floor = {k: v for k, v in run.floor.items() if k not in FLOOR_TIMINGS}
+        identity = json.dumps(floor, sort_keys=True)
+        entry = found.setdefault(identity, {**floor, "runs": [], "backbones": set()})
         entry["runs"].append(run.name)
         entry["backbones"].add(run.backbone)
     rows = [{**e, "runs": ", ".join(e["runs"]), "backbones": ", ".join(sorted(e["backbones"]))} for e in found.values()]
-    return pd.DataFrame(rows, columns=FLOOR_IDENTITY + ["runs", "backbones"])
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in FLOOR_KEYS + ["runs", "backbones"]]
+    return pd.DataFrame(rows, columns=keys + FLOOR_KEYS + ["runs", "backbones"])
 
 
 def merge_runs(runs: list[Run]) -> Results:

@@ -19,6 +19,7 @@ import yaml
 
 from backbones.dit import parse_backbone_name
 from backbones.tokenizers.vqvae import VQVAEConfig
+from benchmarks.core.registry import registry_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -30,8 +31,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "mnist5k"
-    """``mnist5k`` (offline default), ``imagefolder`` (``path`` = ROOT/<class>/<image>) or
-    ``shards`` (``path`` = a folder written by ``python -m benchmarks.encode``)."""
+    """A registered data set (``benchmarks.data.datasets``): ``mnist5k`` (offline default),
+    ``imagefolder`` (``path`` = ROOT/<class>/<image>), ``shards`` (``path`` = a folder written by
+    ``python -m benchmarks.encode``), or a plugin's."""
     path: str | None = None
     image_size: int = 32
     num_classes: int | None = None
@@ -43,8 +45,9 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     kind: str = "vqvae"
-    """``vqvae`` (trained by the suite on the data) or a pretrained kind read from ``ckpt``:
-    ``vq-f8``, ``llamagen-vq8``, ``llamagen-vq16``, ``taming-f16``."""
+    """A registered tokenizer (``benchmarks.data.tokenizers``): ``vqvae`` (trained by the suite on
+    the data) or a pretrained kind read from ``ckpt``: ``vq-f8``, ``llamagen-vq8``,
+    ``llamagen-vq16``, ``taming-f16``."""
     ckpt: str | None = None
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
 
@@ -134,7 +137,10 @@ class EvalConfig:
     """Code grids the tokenizer decodes at once (bounds the decoder's activation memory: the full
     ``vq-f8`` decoder needs about 0.2 GB per 256 px image in float32)."""
     feature_extractor: str = "auto"
-    """``auto`` (``mnist-cnn`` for MNIST data, else ``inception-v3-compat``), or one of those."""
+    """``auto`` (the data set's default extractor) or a registered one
+    (``benchmarks.evaluation.extractors``: ``mnist-cnn``, ``inception-v3-compat``, a plugin's)."""
+    metrics: list[str] | None = None
+    """Registered metrics to compute (``benchmarks.evaluation.metrics``); None = every one."""
     inception_weights: str | None = None
     """Local Inception-v3 weights file (or set VQFLOW_INCEPTION_WEIGHTS)."""
     kid_subsets: int = 100
@@ -347,6 +353,8 @@ def validate(cfg: BenchmarkConfig) -> None:
     for ok, message in value_checks(cfg):
         if not ok:
             raise ConfigError(message)
+    for message in registry_errors(cfg):
+        raise ConfigError(message)
     if t.checkpoint_schedule == "log":
         _check_log_schedule(t)
     sweep_at, steps = cfg.eval.sweep_at, t.checkpoint_steps()
@@ -413,8 +421,8 @@ def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
             (ev.decode_batch_size >= 1, "eval.decode_batch_size must be >= 1"),
             (ev.kid_subsets >= 1, "eval.kid_subsets must be >= 1"),
             (ev.grid_samples >= 1, "eval.grid_samples must be >= 1"),
-            (cfg.data.dataset in ("mnist5k", "imagefolder", "shards"),
-             f"data.dataset must be mnist5k, imagefolder or shards, got {cfg.data.dataset!r}"),
+            (ev.metrics is None or len(ev.metrics) >= 1,
+             "eval.metrics must name at least one metric, or be null for every registered metric"),
             (launcher.kind in ("local", "submitit-local", "slurm"),
              f"launcher.kind must be local, submitit-local or slurm, got {launcher.kind!r}"),
             (launcher.gpus_per_job >= 0, "launcher.gpus_per_job must be >= 0"),

@@ -5,10 +5,14 @@ or a pretrained VQ tokenizer loaded from the user's checkpoint), encodes every i
 indices in ``<cache>/shards/<key>/`` (``benchmarks.data.shards`` format) and returns everything training
 and evaluation need as a ``LatentSpace``. A second call with the same inputs only opens the cache.
 
-Cache keys: the shard folder is ``content_hash(data_id, tokenizer_key)``, where ``data_id`` is a
-content hash of the images (MNIST-5k) or of the file list with sizes and modification times
-(ImageFolder) plus the preprocessing, and ``tokenizer_key`` is the VQ-VAE's cache key or a hash of the
-checkpoint's kind, path, size and modification time.
+The data set and the tokenizer are registry entries (``benchmarks.data.datasets``,
+``benchmarks.data.tokenizers``): the data set reads the images (``ImageSource``) or opens
+pre-encoded shards, the tokenizer kind trains or loads the tokenizer.
+
+Cache keys: the shard folder is ``content_hash(data_id, tokenizer_key)``, where ``data_id`` is the
+data set's content id (a hash of the images for MNIST-5k, of the file list with sizes and
+modification times plus the preprocessing for an image folder) and ``tokenizer_key`` the tokenizer
+kind's cache key (the VQ-VAE's, or a hash of the checkpoint's kind, path, size and modification time).
 
 Shard folders written here carry, besides the ``benchmarks.data.shards`` fields, ``tokenizer`` (kind, key,
 codebook geometry), ``data`` (dataset, id, image size) and ``quality`` (recon_mse, perplexity,
@@ -17,28 +21,27 @@ last one, so an interrupted encoding resumes where it stopped.
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from backbones.tokenizers.base import Tokenizer
-from backbones.tokenizers.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConfig, code_usage, train_vqvae
-from benchmarks.storage.atomic import built_once, save_json, save_torch
+from backbones.tokenizers.vqvae import VQVAEConfig, code_usage
 from benchmarks.core import logs
-from benchmarks.storage.cache import cache_dir, content_hash
-from benchmarks.data.images import MNIST5K_CLASSES, ArrayImages, ImageFolder, load_mnist5k, to_model_range
+from benchmarks.core.config import DataConfig, TokenizerConfig
+from benchmarks.data.datasets import get_dataset
 from benchmarks.data.shards import CodeShards, read_meta, write_meta, write_shard
+from benchmarks.data.tokenizers import get_tokenizer
+from benchmarks.data.tokenizers.vqvae import load_or_train_vqvae, vqvae_cache_key  # noqa: F401  (the API's old home)
+from benchmarks.data.images import to_model_range
+from benchmarks.storage.atomic import built_once
+from benchmarks.storage.cache import cache_dir, content_hash
 
-DATASETS = ("mnist5k", "imagefolder", "shards")
-MNIST5K_SIZE = 32
 SHARD_SIZE = 50_000
 """Images per shard file."""
 RECON_SAMPLE = 64
@@ -69,42 +72,38 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
                     device: str | torch.device | None = None) -> LatentSpace:
     """Resolve the tokenizer and the code shards of ``dataset`` (cached; see the module docstring).
 
-    dataset: ``"mnist5k"`` (offline MNIST digits, 32x32), ``"imagefolder"`` (``path`` = ROOT/<class>/<image>,
-    centre-cropped to ``image_size``) or ``"shards"`` (``path`` = a folder written by
-    ``python -m benchmarks.encode``). tokenizer_kind: ``"vqvae"`` (trained here with ``vqvae``) or a
-    pretrained kind read from ``ckpt`` by ``backbones.tokenizers.pretrained.load_tokenizer``. Encoding runs on
-    ``device`` (default: CUDA if available, else CPU).
+    dataset: a registered data set (``benchmarks.data.datasets``: ``"mnist5k"``, ``"imagefolder"``
+    with ``path`` = ROOT/<class>/<image>, ``"shards"`` with ``path`` = a folder written by
+    ``python -m benchmarks.encode``, ...). tokenizer_kind: a registered tokenizer
+    (``benchmarks.data.tokenizers``: ``"vqvae"``, trained here with ``vqvae``, or a pretrained kind
+    read from ``ckpt``). Encoding runs on ``device`` (default: CUDA if available, else CPU).
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    if tokenizer_kind != "vqvae" and not ckpt:
+    try:
+        source_set, kind = get_dataset(dataset), get_tokenizer(tokenizer_kind)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    if kind.needs_ckpt and not ckpt:
         raise ValueError(f"tokenizer.ckpt is required for tokenizer kind {tokenizer_kind!r}: "
                          "the path to its checkpoint file on this machine")
-    if dataset == "shards":
-        return _open_encoded(path, image_size, tokenizer_kind, ckpt)
+    data = DataConfig(dataset=dataset, path=path, image_size=image_size)
+    tok = TokenizerConfig(kind=tokenizer_kind, ckpt=ckpt, vqvae=vqvae)
+    if source_set.encoded:
+        return _open_encoded(source_set.open_shards(data), data, tok)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if tokenizer_kind == "vqvae":
-        _check_divisible(image_size, vqvae.downsample, "vqvae.downsample")
-        reference, num_classes, data_id = _image_source(dataset, path, image_size, channels=None)
-        images = reference.images if isinstance(reference, ArrayImages) else \
-            (lambda: np.stack([reference[i][0].numpy() for i in range(len(reference))]))
-        tokenizer, tok_info = load_or_train_vqvae(vqvae, images, data_id, progress=progress)
-        tok_key, tok_from_cache = tok_info["key"], tok_info["from_cache"]
-        quality = {"recon_mse": tok_info["recon_mse"], "recon_mse_images": len(reference)}
-    else:
-        tokenizer, tok_key = _load_pretrained(tokenizer_kind, ckpt)
-        tok_from_cache = False
-        _check_divisible(image_size, tokenizer.downsample, f"the downsampling of {tokenizer_kind}")
-        reference, num_classes, data_id = _image_source(dataset, path, image_size, channels=tokenizer.in_channels)
-        quality = None
+    what = f"the downsampling f of tokenizer {tokenizer_kind!r}"
+    _check_divisible(image_size, kind.geometry(tok)[2], what)
+    built = kind.build(tok, lambda channels: source_set.load(data, channels), progress=progress)
+    tokenizer, reference, num_classes, data_id = built.tokenizer, built.source.images, built.source.num_classes, built.source.id
+    _check_divisible(image_size, tokenizer.downsample, what)
+    quality = built.quality
 
-    shard_dir = cache_dir("shards", content_hash(data_id, tok_key))
+    shard_dir = cache_dir("shards", content_hash(data_id, built.key))
     with built_once(shard_dir / "meta.json", lambda: _complete(shard_dir)) as from_cache:
         if not from_cache:
             if quality is None:
                 quality = {"recon_mse": _recon_mse(tokenizer, reference, device), "recon_mse_images":
                            min(RECON_SAMPLE, len(reference))}
-            extra = {"tokenizer": {**_tokenizer_meta(tokenizer), "kind": tokenizer_kind, "key": tok_key,
+            extra = {"tokenizer": {**_tokenizer_meta(tokenizer), "kind": tokenizer_kind, "key": built.key,
                                    "ckpt": str(ckpt) if ckpt else None},
                      "data": {"dataset": dataset, "id": data_id, "image_size": image_size,
                               "path": str(path) if path else None},
@@ -116,7 +115,7 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
             logs.reused("tokenizer: encode images to codes", f"codes in the cache ({shard_dir})", part="data")
     shards = CodeShards(shard_dir)
     tokenizer.cpu().eval().requires_grad_(False)
-    info = {**_info_from_meta(shards), "from_cache": from_cache, "tokenizer_from_cache": tok_from_cache}
+    info = {**_info_from_meta(shards), "from_cache": from_cache, "tokenizer_from_cache": built.from_cache}
     return LatentSpace(tokenizer, shards, reference, num_classes, image_size, info)
 
 
@@ -165,25 +164,14 @@ def encode_to_shards(tokenizer: Tokenizer, dataset: Dataset, out_dir: str | Path
     write_meta(out_dir, shards=shards, **common, **{**extra, "quality": quality}, complete=True)
 
 
-def _open_encoded(path: str | None, image_size: int, kind: str, ckpt: str | None) -> LatentSpace:
+def _open_encoded(shards: CodeShards, data: DataConfig, tok: TokenizerConfig) -> LatentSpace:
     """Pre-encoded shards plus the tokenizer that decodes them (``images`` is None)."""
-    if not path:
-        raise ValueError("data.path is required for data.dataset 'shards' (a folder with meta.json)")
-    shards = CodeShards(path)
+    path, kind, image_size = data.path, tok.kind, data.image_size
     recorded = shards.meta.get("tokenizer") or {}
     if recorded.get("kind") not in (None, kind):
         raise ValueError(f"shards at {path} were encoded with tokenizer {recorded['kind']!r}, "
                          f"but tokenizer.kind is {kind!r}")
-    if kind != "vqvae":
-        tokenizer = _load_pretrained(kind, ckpt)[0]
-    elif ckpt:
-        tokenizer = VQVAE.load(ckpt)
-    else:
-        weights = cache_dir("tokenizers") / str(recorded.get("key")) / "vqvae.pt"
-        if not recorded.get("key") or not weights.is_file():
-            raise FileNotFoundError(f"the VQ-VAE that encoded the shards at {path} is not in the cache ({weights}); "
-                                    "set tokenizer.ckpt to its vqvae.pt")
-        tokenizer = VQVAE.load(weights)
+    tokenizer = get_tokenizer(kind).open(tok, recorded, str(path))
     if tokenizer.codebook_size != shards.codebook_size:
         raise ValueError(f"shards at {path} have codebook size {shards.codebook_size}, the tokenizer has "
                          f"{tokenizer.codebook_size}")
@@ -194,63 +182,9 @@ def _open_encoded(path: str | None, image_size: int, kind: str, ckpt: str | None
     return LatentSpace(tokenizer, shards, None, shards.num_classes, image_size, info)
 
 
-def _image_source(dataset: str, path: str | None, image_size: int,
-                  channels: int | None) -> tuple[Dataset, int, str]:
-    """(reference images, number of classes, data id) of an image dataset.
-
-    channels: what the tokenizer takes (1 or 3); None picks it from the data (MNIST: 1; a folder:
-    1 if every image is single-channel, else 3). Grey MNIST digits are repeated to 3 channels for
-    an RGB tokenizer.
-    """
-    if dataset == "mnist5k":
-        if image_size != MNIST5K_SIZE:
-            raise ValueError(f"data.image_size must be {MNIST5K_SIZE} for mnist5k, got {image_size}")
-        images, labels = load_mnist5k()
-        if channels not in (None, 1):
-            images = np.repeat(images, channels, axis=1)
-        data_id = f"mnist5k-{images.shape[1]}ch-" + content_hash(images.tobytes(), labels.tobytes())
-        return ArrayImages(images, labels), MNIST5K_CLASSES, data_id
-    if not path:
-        raise ValueError("data.path is required for data.dataset 'imagefolder' (ROOT/<class>/<image>)")
-    if channels is None:
-        mode = _folder_mode(ImageFolder(path, image_size).samples)
-    else:
-        mode = "L" if channels == 1 else "RGB"
-    folder = ImageFolder(path, image_size, mode)
-    return folder, folder.num_classes, _folder_id(folder)
-
-
-def _load_pretrained(kind: str, ckpt: str) -> tuple[Tokenizer, str]:
-    """(frozen tokenizer, cache key from the kind and the checkpoint file's path, size and mtime)."""
-    from backbones.tokenizers.pretrained import load_tokenizer, resolve_checkpoint
-
-    tokenizer = load_tokenizer(kind, ckpt).eval().requires_grad_(False)
-    file = resolve_checkpoint(kind, ckpt).resolve()
-    stat = file.stat()
-    return tokenizer, content_hash(kind, str(file), stat.st_size, stat.st_mtime_ns)
-
-
 def _check_divisible(image_size: int, factor: int, what: str) -> None:
     if image_size % factor:
         raise ValueError(f"data.image_size={image_size} is not divisible by {what}={factor}")
-
-
-def _folder_mode(samples: list[tuple[Path, int]]) -> str:
-    """"L" if every image in the folder is single-channel (grey or 1-bit), else "RGB"."""
-    for file, _ in samples:
-        with Image.open(file) as img:
-            if img.mode not in ("1", "L", "I", "I;16", "F"):
-                return "RGB"
-    return "L"
-
-
-def _folder_id(folder: ImageFolder) -> str:
-    """Content hash of the file list (relative paths, sizes, mtimes) and the preprocessing."""
-    files = []
-    for file, label in folder.samples:
-        st = file.stat()
-        files.append([str(file.relative_to(folder.root)), label, st.st_size, st.st_mtime_ns])
-    return "imagefolder-" + content_hash(files, folder.size, folder.mode)
 
 
 @torch.no_grad()
@@ -285,34 +219,3 @@ def _info_from_meta(shards: CodeShards) -> dict:
             "perplexity": quality.get("perplexity"), "codes_used": quality.get("codes_used"),
             "codebook_size": shards.codebook_size, "grid": list(shards.grid),
             "num_images": len(shards), "num_classes": shards.num_classes}
-
-
-def vqvae_cache_key(cfg: VQVAEConfig, data_id: str) -> str:
-    return content_hash(data_id, asdict(cfg))
-
-
-def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.ndarray], data_id: str,
-                        progress: bool = True) -> tuple[VQVAE, dict]:
-    """The VQ-VAE for (``data_id``, ``cfg``), trained once on ``images`` (uint8 (N, C, H, W), or a
-    function returning them, called only when the cache has no entry) and cached.
-
-    Cache entry ``<cache>/tokenizers/<key>/`` with ``key = content_hash(data_id, asdict(cfg))``:
-    ``vqvae.pt`` (config, in_channels and state_dict; loads with ``weights_only=True``) and
-    ``info.json`` (the ``train_vqvae`` info plus ``key``). Concurrent callers are serialised by a
-    file lock, so the model is trained once. The returned info carries ``from_cache`` and ``path``.
-    """
-    key = vqvae_cache_key(cfg, data_id)
-    folder = cache_dir("tokenizers", key)
-    weights, info_path = folder / WEIGHTS_FILE, folder / INFO_FILE
-    with built_once(weights, lambda: weights.is_file() and info_path.is_file()) as from_cache:
-        if from_cache:
-            model, info, from_cache = VQVAE.load(weights), json.loads(info_path.read_text()), True
-            logs.reused("tokenizer: train VQ-VAE", f"trained VQ-VAE in the cache ({folder})", part="data")
-        else:
-            with logs.stage(f"tokenizer: train VQ-VAE ({cfg.train_steps} steps)", part="data"):
-                model, info = train_vqvae(cfg, images() if callable(images) else images, progress=progress)
-            info = {**info, "key": key, "data_id": data_id}
-            save_torch(model.state(), weights)
-            save_json(info, info_path)
-            from_cache = False
-    return model, {**info, "from_cache": from_cache, "path": str(weights)}

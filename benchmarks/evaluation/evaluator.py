@@ -27,6 +27,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from benchmarks.evaluation import fidelity
+from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.evaluation.sampling import (Samples, balanced_labels, mean_trace, sample_images, sample_seeds,
                                             shard_range)
 from benchmarks.core.distributed import DistEnv
@@ -34,7 +35,7 @@ from benchmarks.storage.atomic import save_json, save_with
 from benchmarks.core.config import BenchmarkConfig
 from benchmarks.data.latents import LatentSpace
 from benchmarks.storage.manifest import git_commit
-from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells
+from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells, metrics_csv_columns
 from benchmarks.storage.run_dir import GridLayout, RunDir, SampleGrid, write_sidecar
 from benchmarks.training.trainer import CheckpointEvent
 
@@ -75,10 +76,7 @@ class Evaluator:
     # ------------------------------------------------------------------ reference side
     def extractor(self):
         if self._extractor is None:
-            name = self.cfg.eval.feature_extractor
-            if name == "auto":
-                name = "mnist-cnn" if self.cfg.data.dataset == "mnist5k" else "inception-v3-compat"
-            self._extractor = fidelity.get_extractor(name, self.cfg.eval.inception_weights)
+            self._extractor = extractor_for(self.cfg)
         return self._extractor
 
     def reference(self):
@@ -93,8 +91,8 @@ class Evaluator:
 
                     images = ImageFolder(ref, self.cfg.data.image_size, mode="L" if self.latents.tokenizer.in_channels == 1 else "RGB")
                 if images is None:
-                    raise ValueError("evaluation needs reference images: data.dataset is 'shards', so set "
-                                     "data.reference to an image folder or an ADM-style .npz reference batch")
+                    raise ValueError(f"evaluation needs reference images: data.dataset {self.cfg.data.dataset!r} has "
+                                     "none, so set data.reference to an image folder or an ADM-style .npz reference batch")
                 hint = self.cfg.data.dataset if ref is None else Path(ref).name
                 self._reference = fidelity.reference_from_images(images, self.extractor(), hint, progress=self.progress)
         return self._reference
@@ -111,7 +109,8 @@ class Evaluator:
         indices = np.linspace(0, len(self.latents.images) - 1, n).astype(int)
         subset = torch.utils.data.Subset(self.latents.images, indices)
         metrics = fidelity.reconstruction_metrics(self.latents.tokenizer, subset, self.reference(), self.extractor(),
-                                                  labels=image_labels(self.latents.images)[indices], progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets)
+                                                  labels=image_labels(self.latents.images)[indices], progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets,
+                                                  metrics=self.cfg.eval.metrics)
         floor = {**metrics, "n_samples": n, "tokenizer": self.latents.info.get("tokenizer"),
                  "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
                  "eval_wall_s": round(time.perf_counter() - start, 2)}
@@ -199,19 +198,18 @@ class Evaluator:
         self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
         labels = balanced_labels(cell.num_samples, self.latents.num_classes)  # rank blocks are in order
         metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(), labels=labels,
-                                                 kid_subsets=self.cfg.eval.kid_subsets)
+                                                 kid_subsets=self.cfg.eval.kid_subsets, metrics=self.cfg.eval.metrics)
         trace = mean_trace([t for s in shards for t in s["traces"]])
         entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
         row = self.row(event, cell, nfe=max(s["nfe"] for s in shards))
         row.update(entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
-                   **{k: metrics.get(k, float("nan"))
-                      for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy")})
+                   **{k: metrics.get(k, float("nan")) for k in metric_columns()})
         if trace.get("entropy"):
             append_rows(self.run.traces,
                         [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
                           "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "t": t, "entropy": h}
                          for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
-        append_rows(self.run.metrics, [row])
+        append_rows(self.run.metrics, [row], metrics_csv_columns(metric_columns()))
         line = f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}"
         if np.isfinite(row["class_accuracy"]):
             line += f", class accuracy {row['class_accuracy']:.3f}"
@@ -219,6 +217,22 @@ class Evaluator:
             tqdm.write(line)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def extractor_for(cfg: BenchmarkConfig) -> fidelity.ExtractorSpec:
+    """The run's feature extractor: ``eval.feature_extractor``, or for ``auto`` the data set's
+    default (``DataSet.feature_extractor``), built by its registry entry."""
+    from benchmarks.data.datasets import get_dataset
+    from benchmarks.evaluation.extractors import get_feature_extractor
+
+    name = cfg.eval.feature_extractor
+    if name == "auto":
+        name = get_dataset(cfg.data.dataset).feature_extractor
+    try:
+        entry = get_feature_extractor(name)
+    except KeyError as err:
+        raise ValueError(f"eval.feature_extractor: {err.args[0]}") from None
+    return entry.spec(cfg)
 
 
 def image_labels(images) -> np.ndarray:

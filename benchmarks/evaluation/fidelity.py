@@ -4,9 +4,10 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
 (image, label) pairs. Three pieces:
 
 - ``ExtractorSpec``: which torch-fidelity feature extractor (by registry name) and which weights
-  file. ``mnist_extractor()`` is the offline default (``benchmarks.evaluation.mnist_cnn``, trained once and
-  cached); ``inception_extractor()`` is the standard ``inception-v3-compat`` from a local weights
-  file (nothing downloads at run time).
+  file, built by a registered extractor (``benchmarks.evaluation.extractors``; ``get_extractor``):
+  ``mnist_extractor()`` is the offline default (``benchmarks.evaluation.mnist_cnn``, trained once
+  and cached); ``inception_extractor()`` is the standard Inception from a local weights file
+  (nothing downloads at run time).
 - ``Reference``: the real side, computed once and cached. ``reference_from_images`` extracts
   features of a reference image set and caches them in ``cache_dir("refstats")`` under a content
   hash of the images and of the extractor weights, so a changed reference set or extractor never
@@ -14,7 +15,8 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
   ``reference_from_npz`` reads an ADM-style reference batch (``mu``, ``sigma`` and optionally the
   images ``arr_0``).
 - ``compute_metrics``: features of the generated set (torch-fidelity's extraction loop and
-  extractor classes), then torch-fidelity's own metric functions with its defaults:
+  extractor classes), then the registered metrics (``benchmarks.evaluation.metrics``), the
+  built-ins torch-fidelity's own metric functions with its defaults:
 
   FID  = ||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^{1/2})   (Gaussian fits of the features)
   KID  = unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3, mean/std over 100 random subsets
@@ -22,7 +24,7 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
   recall    = fraction of real features inside the union of generated k-NN balls
   IS   = exp E_x KL(p(y|x) || p(y)), mean/std over 10 splits of the generated set
   class accuracy = (1/N) sum_i [argmax_c logits_c(x_i) == y_i] for images x_i generated for label
-                   y_i, when the extractor's logits are the dataset's classes (``CLASS_LAYERS``)
+                   y_i, when the extractor's logits are the dataset's classes (``class_layer``)
 
   The numbers equal ``torch_fidelity.calculate_metrics(input1=generated, input2=reference images,
   fid=kid=prc=isc=True)`` with the same extractor (tested); doing the two steps here lets one
@@ -44,31 +46,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch_fidelity.defaults import DEFAULTS
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from benchmarks.core import logs
-from benchmarks.evaluation import mnist_cnn
+from benchmarks.evaluation import metrics as metric_registry
+from benchmarks.evaluation.extractors import ExtractorSpec, get_feature_extractor
+from benchmarks.evaluation.extractors.inception import (INCEPTION, INCEPTION_ENV, INCEPTION_FILE,  # noqa: F401
+                                                        inception_extractor)
+from benchmarks.evaluation.extractors.mnist_cnn import mnist_extractor  # noqa: F401
+from benchmarks.evaluation.metrics import class_accuracy  # noqa: F401
 from benchmarks.storage.atomic import built_once, save_with
 from benchmarks.storage.cache import cache_dir, content_hash
 from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_uint8
 
-INCEPTION = "inception-v3-compat"
-INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
-INCEPTION_ENV = "VQFLOW_INCEPTION_WEIGHTS"
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std", "class_accuracy")
-# Extractors whose logit columns are the dataset's classes, and the layer that holds them: mnist-cnn's
-# 10 logits are the MNIST digits 0-9 (the labels of MNIST-5k). inception-v3-compat has none: its 1008
-# logits follow TensorFlow's 2015 label map (a background class, the 1000 ImageNet synsets in that
-# map's own order, 7 unused), which does not match the class indices of an image folder or code
-# shards (sorted folder names), so its class accuracy is NaN (CLASS_ACCURACY_NOTE).
-CLASS_LAYERS = {mnist_cnn.NAME: "logits"}
-CLASS_ACCURACY_NOTE = (f"class accuracy needs an extractor whose logits are the dataset's classes ({', '.join(CLASS_LAYERS)}); "
+CLASS_ACCURACY_NOTE = ("class accuracy needs an extractor whose logits are the dataset's classes (its class_layer); "
                        f"{INCEPTION}'s 1008 logits follow TensorFlow's 2015 ImageNet label map, not the "
                        "dataset's class indices")
 MIN_IMAGES = 10  # IS uses 10 splits; KID and the k-NN balls of precision/recall need a few samples
@@ -76,89 +68,14 @@ STATS_ONLY_NOTE = ("stats-only reference (mu, sigma): FID and IS are computed; K
                    "need reference images and are NaN")
 
 
-# ---------------------------------------------------------------------------------------------
-# Feature extractors
-
-
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """A torch-fidelity feature extractor: its registry ``name``, its ``weights_path`` and ``key``,
-    a content hash of the weights file. ``channels``: images are repeated to this many channels
-    before extraction (Inception takes RGB only; ``None`` passes them unchanged)."""
-
-    name: str
-    weights_path: str
-    key: str
-    channels: int | None = None
-
-    @property
-    def id(self) -> str:
-        """What results record as the feature extractor, e.g. ``mnist-cnn:3f2a...``."""
-        return f"{self.name}:{self.key}"
-
-    def layer(self, metric: str) -> str:
-        """The extractor's feature layer for ``metric`` in {"fid", "kid", "prc", "isc"}."""
-        return FEATURE_EXTRACTORS_REGISTRY[self.name].get_default_feature_layer_for_metric(metric)
-
-    @property
-    def reference_layers(self) -> list[str]:
-        """Layers the reference side needs (FID/KID/PR; IS looks at generated images only)."""
-        return sorted({self.layer(m) for m in ("fid", "kid", "prc")})
-
-    @property
-    def class_layer(self) -> str | None:
-        """The layer whose columns are the dataset's classes (``CLASS_LAYERS``), or None."""
-        return CLASS_LAYERS.get(self.name)
-
-    @property
-    def layers(self) -> list[str]:
-        return sorted({*self.reference_layers, self.layer("isc")} | ({self.class_layer} if self.class_layer else set()))
-
-
-def _spec(name: str, weights_path: str | Path, channels: int | None = None) -> ExtractorSpec:
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"feature extractor {name!r} is not registered with torch-fidelity")
-    path = Path(weights_path)
-    return ExtractorSpec(name, str(path), content_hash(path), channels)
-
-
-def mnist_extractor(config: mnist_cnn.TrainConfig = mnist_cnn.TrainConfig()) -> ExtractorSpec:
-    """The offline default: the ``mnist-cnn`` classifier, trained on MNIST-5k on first use (about
-    17 s of CPU time on one core; 98% hold-out accuracy) and cached."""
-    return _spec(mnist_cnn.NAME, mnist_cnn.mnist_cnn_weights(config))
-
-
-def inception_extractor(weights_path: str | os.PathLike | None = None) -> ExtractorSpec:
-    """torch-fidelity's ``inception-v3-compat`` (the TF-FID Inception) from a local weights file.
-
-    The file is ``weights_path``, else ``$VQFLOW_INCEPTION_WEIGHTS``, else torch-fidelity's download
-    location in the torch hub cache. Nothing is downloaded: a missing file is a FileNotFoundError
-    that names the file and where to get it.
-    """
-    hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    given = weights_path or os.environ.get(INCEPTION_ENV)
-    if given is not None and not Path(given).is_file():
-        raise FileNotFoundError(f"Inception weights file {given} does not exist. {_inception_help()}")
-    if given is None and not hub_copy.is_file():
-        raise FileNotFoundError(f"Inception weights not found: no path given, ${INCEPTION_ENV} is unset and "
-                                f"{hub_copy} does not exist. {_inception_help()}")
-    return _spec(INCEPTION, given or hub_copy, channels=3)
-
-
-def _inception_help() -> str:
-    return (f"torch-fidelity's {INCEPTION!r} extractor needs {INCEPTION_FILE}: download it on a machine with "
-            f"internet from {URL_INCEPTION_V3} and pass its path (inception_extractor(path) or "
-            f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE}).")
-
-
 def get_extractor(name: str, weights_path: str | os.PathLike | None = None) -> ExtractorSpec:
-    """An extractor by name: ``"mnist-cnn"`` (the default classifier unless ``weights_path``) or
-    ``"inception-v3-compat"``."""
-    if name == mnist_cnn.NAME:
-        return _spec(name, weights_path) if weights_path else mnist_extractor()
-    if name == INCEPTION:
-        return inception_extractor(weights_path)
-    raise ValueError(f"unknown feature extractor {name!r}; choose {mnist_cnn.NAME!r} or {INCEPTION!r}")
+    """A registered extractor by name (``benchmarks.evaluation.extractors``), from ``weights_path``
+    if given, else its default (e.g. ``mnist-cnn`` trained once and cached)."""
+    try:
+        entry = get_feature_extractor(name)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    return entry.spec(weights=weights_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,29 +268,20 @@ def save_reference_npz(reference: Reference, path: str | os.PathLike) -> None:
 # Metrics
 
 
-def class_accuracy(logits: Tensor, labels) -> float:
-    """Fraction of images whose arg-max logit is their label: logits (N, C), labels (N,) in [0, C)."""
-    labels = torch.as_tensor(labels).reshape(-1)
-    if len(labels) != len(logits):
-        raise ValueError(f"{len(labels)} labels for {len(logits)} images")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
-        raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) of the extractor's logits, "
-                         f"got [{int(labels.min())}, {int(labels.max())}]")
-    return (logits.argmax(dim=1) == labels.to(logits.device)).double().mean().item()
-
-
 def metrics_from_features(features: dict[str, Tensor], reference: Reference, extractor: ExtractorSpec, *,
                           labels=None, kid_subset_size: int | None = None,
-                          kid_subsets: int = DEFAULTS["kid_subsets"]) -> dict[str, float]:
+                          kid_subsets: int = DEFAULTS["kid_subsets"], metrics: list[str] | None = None) -> dict[str, float]:
     """Metrics of generated-set features (from ``extract_features``) against ``reference``.
 
-    Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std",
-    "class_accuracy"}; KID and precision/recall are NaN for a stats-only reference. KID averages
-    ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default min(1000, N_generated,
-    N_reference)) from each side; if the subsets are both whole sets they are all the same set, and
-    one is computed. ``labels`` (N,): the class each image was generated for; class accuracy is
-    computed from the same features (the extractor's class logits, ``ExtractorSpec.class_layer``) and
-    is NaN without labels or for an extractor without class logits (``CLASS_ACCURACY_NOTE``).
+    Returns {column: value} of the registered metrics ``metrics`` (None: all;
+    ``benchmarks.evaluation.metrics``), the built-ins' ``fid``, ``kid_mean``, ``kid_std``,
+    ``precision``, ``recall``, ``isc``, ``isc_std``, ``class_accuracy``; KID and precision/recall
+    are NaN for a stats-only reference. KID averages ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default
+    min(1000, N_generated, N_reference)) from each side; if the subsets are both whole sets they
+    are all the same set, and one is computed. ``labels`` (N,): the class each image was generated
+    for; class accuracy is computed from the same features (the extractor's class logits,
+    ``ExtractorSpec.class_layer``) and is NaN without labels or for an extractor without class
+    logits (``CLASS_ACCURACY_NOTE``).
     """
     reference.check_extractor(extractor)
     fid_layer = extractor.layer("fid")
@@ -384,41 +292,14 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
     if features[fid_layer].shape[1] != ref_mu.shape[0]:
         raise ValueError(f"reference {reference.id} has {ref_mu.shape[0]}-d statistics; extractor {extractor.id} "
                          f"gives {features[fid_layer].shape[1]}-d features")
-    gen_stats = fid_features_to_statistics(features[fid_layer])
-    out = {"fid": fid_statistics_to_metric(*_same_dtype(gen_stats, reference.fid_stats), False)[KEY_METRIC_FID]}
-    isc = isc_features_to_metric(features[extractor.layer("isc")], DEFAULTS["isc_splits"],
-                                 DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"])
-    out["isc"], out["isc_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
-    class_layer = extractor.class_layer
-    out["class_accuracy"] = (class_accuracy(features[class_layer], labels)
-                             if labels is not None and class_layer is not None else math.nan)
-    if reference.features is None:
-        out.update(kid_mean=math.nan, kid_std=math.nan, precision=math.nan, recall=math.nan)
-        return {k: float(out[k]) for k in METRIC_KEYS}
-    ref_kid = reference.features[extractor.layer("kid")]
-    subset = kid_subset_size or min(DEFAULTS["kid_subset_size"], n_gen, len(ref_kid))
-    if not 2 <= subset <= min(n_gen, len(ref_kid)):
-        raise ValueError(f"kid_subset_size={subset} must be in [2, min(generated={n_gen}, reference={len(ref_kid)})]")
-    kid = kid_features_to_metric(features[extractor.layer("kid")], ref_kid, kid_subset_size=subset, verbose=False,
-                                 kid_subsets=1 if subset == n_gen == len(ref_kid) else kid_subsets)
-    prc = prc_features_to_metric(features[extractor.layer("prc")], reference.features[extractor.layer("prc")],
-                                 save_cpu_ram=True, verbose=False)
-    out.update(kid_mean=kid[KEY_METRIC_KID_MEAN], kid_std=kid[KEY_METRIC_KID_STD],
-               precision=prc[KEY_METRIC_PRECISION], recall=prc[KEY_METRIC_RECALL])
-    return {k: float(out[k]) for k in METRIC_KEYS}
-
-
-def _same_dtype(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """torch-fidelity's FID asserts equal dtypes; promote (e.g. float32 mu vs ADM's float64)."""
-    cast = {k: np.result_type(a[k], b[k]) for k in ("mu", "sigma")}
-    return ({k: a[k].astype(t, copy=False) for k, t in cast.items()},
-            {k: b[k].astype(t, copy=False) for k, t in cast.items()})
+    inputs = metric_registry.MetricInputs(features, extractor, reference, labels, kid_subset_size, kid_subsets)
+    return metric_registry.evaluate(inputs, metrics)
 
 
 def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *, labels=None,
                     kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
                     device: str | torch.device = "cpu", progress: bool = True,
-                    batch_size: int = 64) -> dict[str, float]:
+                    batch_size: int = 64, metrics: list[str] | None = None) -> dict[str, float]:
     """FID, KID, precision/recall and IS of uint8 generated images (a (N, C, H, W) tensor or a
     Dataset of (C, H, W)) against ``reference``, and the class accuracy of images generated for
     ``labels`` (N,); see ``metrics_from_features``. ``device`` "cuda"
@@ -428,7 +309,7 @@ def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *
         warnings.warn(f"reference {reference.id}: {reference.note}", stacklevel=2)
     features = extract_features(generated, extractor, device=device, progress=progress, batch_size=batch_size)
     return metrics_from_features(features, reference, extractor, labels=labels, kid_subset_size=kid_subset_size,
-                                 kid_subsets=kid_subsets)
+                                 kid_subsets=kid_subsets, metrics=metrics)
 
 
 @torch.no_grad()
@@ -451,14 +332,14 @@ def reconstruct(tokenizer, images, *, batch_size: int = 64,
 
 def reconstruction_metrics(tokenizer, images, reference: Reference, extractor: ExtractorSpec, *, labels=None,
                            batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
-                           kid_subset_size: int | None = None,
-                           kid_subsets: int = DEFAULTS["kid_subsets"]) -> dict[str, float]:
+                           kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
+                           metrics: list[str] | None = None) -> dict[str, float]:
     """The tokenizer floor: metrics of the reconstructions decode(encode(x)) of the reference images
     against ``reference`` (a generator over the tokenizer's codes cannot be expected to beat it), plus
     ``psnr`` = 10 log10(255^2 / MSE) over all pixels of the uint8 reconstructions. With the images'
     ``labels``, ``class_accuracy`` is the reconstructions' (the ceiling for generated images)."""
     recon, mse = reconstruct(tokenizer, images, batch_size=batch_size, device=device)
     out = compute_metrics(recon, reference, extractor, labels=labels, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                          device=device, progress=progress, batch_size=batch_size)
+                          device=device, progress=progress, batch_size=batch_size, metrics=metrics)
     out["psnr"] = 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf
     return out

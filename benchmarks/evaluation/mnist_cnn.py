@@ -198,17 +198,22 @@ def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
     loadable with ``weights_only=True``) and ``info.json`` (key, config, accuracies, train seconds).
     A file lock makes concurrent callers train once.
     """
-    images, labels = load_mnist5k()
+    return classifier_weights(NAME, *load_mnist5k(), config)
+
+
+def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig()) -> Path:
+    """Path of this architecture trained on uint8 ``images`` (N, C, H, W) with labels (N,) in
+    [0, 10), cached as ``<cache>/extractors/<name>-<key>/`` (see ``mnist_cnn_weights``)."""
     key = weights_key(images, labels, config)
-    folder = cache_dir("extractors", f"{NAME}-{key}")
+    folder = cache_dir("extractors", f"{name}-{key}")
     path = folder / "weights.pt"
     with built_once(path, path.exists) as from_cache:
         if from_cache:
-            logs.reused(f"feature extractor: train {NAME}", f"trained weights in the cache ({folder})", part="eval")
+            logs.reused(f"feature extractor: train {name}", f"trained weights in the cache ({folder})", part="eval")
         else:
-            with logs.stage(f"feature extractor: train {NAME} ({config.epochs} epochs)", part="eval"):
+            with logs.stage(f"feature extractor: train {name} ({config.epochs} epochs)", part="eval"):
                 model, info = train_classifier(images, labels, config, progress=logs.show_progress())
-            logs.get_logger("eval").info("feature extractor: %s hold-out accuracy %.1f%%", NAME,
+            logs.get_logger("eval").info("feature extractor: %s hold-out accuracy %.1f%%", name,
                                          100 * info["holdout_accuracy"])
             save_json({"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info},
                       folder / "info.json")

@@ -211,10 +211,14 @@ def current_job_id() -> str | None:
 
 
 def plugin_modules(methods: list[str]) -> tuple[str, ...]:
-    """Modules a job must import so that ``methods`` are registered (built-ins and plugins)."""
+    """Modules a job must import so that ``methods`` and every registered data set, tokenizer,
+    feature extractor and metric are registered (built-ins and plugins)."""
+    from benchmarks.data import datasets, tokenizers
+    from benchmarks.evaluation import extractors, metrics
     from methods import get_method
 
-    return tuple(sorted({get_method(m).__module__ for m in methods}))
+    entries = {m for r in (datasets, tokenizers, extractors, metrics) for m in r.REGISTRY.modules()}
+    return tuple(sorted({get_method(m).__module__ for m in methods} | entries))
 
 
 # ----------------------------------------------------------------------------- job events

@@ -105,15 +105,11 @@ class LatentShape:
 
 def latent_shape(cfg: BenchmarkConfig) -> LatentShape:
     """K, d, (h, w) and the class count implied by the config, without reading any data."""
-    tok = cfg.tokenizer
-    if tok.kind == "vqvae":
-        k, d, f = tok.vqvae.codebook_size, tok.vqvae.code_dim, tok.vqvae.downsample
-    else:
-        from backbones.tokenizers.pretrained import get_spec
+    from benchmarks.data.datasets import get_dataset
+    from benchmarks.data.tokenizers import get_tokenizer
 
-        spec = get_spec(tok.kind)
-        k, d, f = spec.codebook_size, spec.code_dim, spec.downsample
-    classes = cfg.data.num_classes or (10 if cfg.data.dataset == "mnist5k" else None)
+    k, d, f = get_tokenizer(cfg.tokenizer.kind).geometry(cfg.tokenizer)
+    classes = get_dataset(cfg.data.dataset).dry_run_classes(cfg.data)
     if classes is None:
         raise ValueError("--dry-run needs data.num_classes for this dataset (e.g. --set data.num_classes=1000)")
     side = cfg.data.image_size // f

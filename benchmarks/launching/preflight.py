@@ -8,7 +8,6 @@ so it costs milliseconds; the full reads happen, as before, when the latent spac
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from benchmarks.core.config import BenchmarkConfig, ConfigError
 
@@ -17,70 +16,34 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
     """Raise ConfigError naming the key, the file and the fix for the first missing input."""
     check_data(cfg)
     check_tokenizer(cfg)
+    check_extractor(cfg)
     check_launcher(cfg)
 
 
 def check_data(cfg: BenchmarkConfig) -> None:
-    data = cfg.data
-    if data.dataset == "mnist5k":
-        return
-    if not data.path:
-        example = "ROOT/<class>/<image>" if data.dataset == "imagefolder" else "a folder written by python -m benchmarks.encode"
-        raise ConfigError(f"data.path is required for data.dataset={data.dataset!r} ({example}): "
-                          f"add --set data.path=...")
-    if data.dataset == "imagefolder":
-        check_image_folder(Path(data.path))
-    else:
-        from benchmarks.data.shards import read_meta
+    """The data set's own preflight (``DataSet.check``)."""
+    from benchmarks.data.datasets import get_dataset
 
-        try:
-            meta = read_meta(data.path)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"data.path: {err}") from None
-        missing = [entry[name] for entry in meta.get("shards", []) for name in ("codes", "labels")
-                   if not (Path(data.path) / entry[name]).is_file()]
-        if not meta.get("complete", True) or missing:
-            what = f"{len(missing)} shard file(s) are missing, e.g. {missing[0]}" if missing else "the encoding did not finish"
-            raise ConfigError(f"data.path: the code shards at {data.path} are incomplete ({what}); rerun "
-                              "python -m benchmarks.encode for them (it continues where it stopped)")
-
-
-def check_image_folder(root: Path) -> None:
-    """ROOT/<class>/<image>: the folder exists, has class subfolders and at least one image (the
-    listing stops at the first, so an ImageNet-sized folder costs no full walk here)."""
-    from benchmarks.data.images import IMAGE_SUFFIXES
-
-    if not root.is_dir():
-        raise ConfigError(f"data.path: image folder {root} does not exist")
-    classes = [p for p in root.iterdir() if p.is_dir()]
-    if not classes:
-        raise ConfigError(f"data.path: image folder {root} has no class subfolders (expected ROOT/<class>/<image>)")
-    if not any(p.suffix.lower() in IMAGE_SUFFIXES for folder in classes for p in folder.rglob("*")):
-        raise ConfigError(f"data.path: image folder {root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    get_dataset(cfg.data.dataset).check(cfg.data)
 
 
 def check_tokenizer(cfg: BenchmarkConfig) -> None:
-    tok = cfg.tokenizer
-    if tok.kind == "vqvae" and not tok.ckpt:
-        return
-    if not tok.ckpt:
-        raise ConfigError(f"tokenizer.ckpt is required for tokenizer.kind={tok.kind!r}: the path to its checkpoint "
-                          "(python -m benchmarks.tokenizer list says where to get it)")
-    path = Path(tok.ckpt).expanduser()
-    if tok.kind != "vqvae":
-        from backbones.tokenizers.pretrained import resolve_checkpoint
+    """The tokenizer kind's own preflight (``TokenizerKind.check``)."""
+    from benchmarks.data.tokenizers import get_tokenizer
 
-        try:
-            path = resolve_checkpoint(tok.kind, path)
-        except (FileNotFoundError, KeyError) as err:
-            raise ConfigError(f"tokenizer.ckpt: {err}") from None
-    elif not path.is_file():
-        raise ConfigError(f"tokenizer.ckpt: {path} does not exist (a vqvae.pt saved by the suite)")
-    from backbones.tokenizers.safe_pickle import describe_non_checkpoint
+    get_tokenizer(cfg.tokenizer.kind).check(cfg.tokenizer)
 
-    problem = describe_non_checkpoint(path)
-    if problem:
-        raise ConfigError(f"tokenizer.ckpt: {problem}")
+
+def check_extractor(cfg: BenchmarkConfig) -> None:
+    """``eval.feature_extractor: auto`` names a registered extractor for this data set."""
+    from benchmarks.data.datasets import get_dataset
+    from benchmarks.evaluation.extractors import feature_extractor_names
+
+    default = get_dataset(cfg.data.dataset).feature_extractor
+    if cfg.eval.enabled and cfg.eval.feature_extractor == "auto" and default not in feature_extractor_names():
+        raise ConfigError(f"eval.feature_extractor: auto picks {default!r}, data set {cfg.data.dataset!r}'s default, "
+                          f"which is not registered (registered: {', '.join(feature_extractor_names())}): import its "
+                          "module with --plugins, or set eval.feature_extractor")
 
 
 def check_launcher(cfg: BenchmarkConfig) -> None:

@@ -15,12 +15,22 @@ import pandas as pd
 
 from benchmarks.storage.atomic import atomic_path, locked
 
-COLUMNS = [
+LEAD_COLUMNS = [
     "run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",
     "tokenizer", "sampler", "steps", "nfe", "temperature", "cfg_scale", "n_samples", "feature_extractor",
-    "ref_stats", "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "entropy", "eval_wall_s",
-    "git_commit",
+    "ref_stats",
 ]
+"""The columns of a ``metrics.csv`` row before its metric columns: the cell and where it comes from."""
+TAIL_COLUMNS = ["entropy", "eval_wall_s", "git_commit"]
+"""The columns after the metric columns."""
+
+
+def metrics_csv_columns(metric_columns: list[str]) -> list[str]:
+    """The header of a new ``metrics.csv`` with these metric columns (the evaluation's metric
+    registry names them; this floor does not know them)."""
+    return LEAD_COLUMNS + list(metric_columns) + TAIL_COLUMNS
+
+
 CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
             "feature_extractor", "ref_stats"]
 
@@ -91,8 +101,9 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def read_metrics(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
-    """The results as a DataFrame (checked line by line first, see ``read_rows``)."""
+def read_metrics(path: str | Path, columns: list[str] = LEAD_COLUMNS) -> pd.DataFrame:
+    """The results as a DataFrame (checked line by line first, see ``read_rows``); no file: an
+    empty frame with ``columns``."""
     path = Path(path)
     header, _ = read_rows(path)
     if not header:
@@ -113,13 +124,16 @@ def cell_text(value) -> str:
     return str(value)
 
 
-def append_rows(path: str | Path, rows: list[dict], columns: list[str] = COLUMNS, key: list[str] = CELL_KEY) -> int:
-    """Append rows (dicts over ``columns``; missing columns become empty), skipping any whose
-    ``key`` is already in the file. Returns the number of rows added.
+def append_rows(path: str | Path, rows: list[dict], columns: list[str] | None = None, key: list[str] = CELL_KEY) -> int:
+    """Append rows (dicts over ``columns``, default: the rows' keys in order of appearance; missing
+    columns become empty), skipping any whose ``key`` is already in the file. Returns the number
+    of rows added.
 
     Existing rows are copied as text, never re-typed (a ``seed`` column stays ``0``, not
     ``0.0``); columns missing from an older file's header are added at the end, empty in its rows."""
     path = Path(path)
+    if columns is None:
+        columns = list(dict.fromkeys(c for r in rows for c in r))
     with locked(path):
         header, existing = read_rows(path)
         present = {cell_key(r, key) for r in existing}

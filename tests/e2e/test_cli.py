@@ -8,7 +8,9 @@ from benchmarks.core.config import ConfigError, load_config
 
 def test_list_shows_methods_and_configs(run_cli):
     out = run_cli("--list").stdout
-    for name in ["purr", "cfm", "cfm-endpoint", "dfm", "dfm-uniform", "smoke", "default"]:
+    for name in ["purr", "cfm", "cfm-endpoint", "dfm", "dfm-uniform", "smoke", "default",  # methods, configs
+                 "mnist5k", "imagefolder", "shards", "vqvae", "vq-f8", "mnist-cnn", "inception-v3-compat",
+                 "fid", "kid_mean", "isc_std", "class_accuracy"]:  # data sets, tokenizers, extractors, metrics
         assert name in out
 
 

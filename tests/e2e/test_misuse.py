@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from benchmarks import run as run_cli_module
-from benchmarks.storage.results import CELL_KEY, COLUMNS, MetricsFileError, append_rows, cell_key, key_text
+from benchmarks.storage.results import CELL_KEY, MetricsFileError, append_rows, cell_key, key_text
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.iterations=20", "train.checkpoint_every=10", "train.log_every=5", "tokenizer.vqvae.train_steps=30",
@@ -303,17 +303,30 @@ def test_trace_keys_match_after_a_csv_round_trip(tmp_path):
     assert len(pd.read_csv(tmp_path / "traces.csv")) == 2
 
 
+OLD_COLUMNS = ["run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",
+               "tokenizer", "sampler", "steps", "nfe", "temperature", "cfg_scale", "n_samples", "feature_extractor",
+               "ref_stats", "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "entropy",
+               "eval_wall_s", "git_commit"]
+"""A metrics.csv header from before ``isc_std`` was a column."""
+
+
 def test_appending_never_retypes_existing_rows(tmp_path):
     """pandas used to read the file back and rewrite it: ``seed`` 0 became 0.0 where a column
-    had an empty cell. Existing lines are now copied as they are."""
+    had an empty cell. Existing lines are now copied as they are; a new metric column (``isc_std``)
+    goes at the end of an older file's header, empty in its old rows."""
+    from benchmarks.evaluation.metrics import metric_columns
+    from benchmarks.storage.results import metrics_csv_columns
+
     path = tmp_path / "metrics.csv"
-    old = {c: "" for c in COLUMNS} | {"method": "purr", "seed": "0", "step": "10", "sampler": "euler", "steps": "8",
-                                       "temperature": "0.9", "cfg_scale": "1.0", "n_samples": "20"}
-    path.write_text(",".join(COLUMNS) + "\n" + ",".join(old[c] for c in COLUMNS) + "\n")
-    before = path.read_text()
-    new = {**old, "seed": 0, "step": 20, "fid": 3.5, "temperature": 0.9, "cfg_scale": 1.0}
-    assert append_rows(path, [new]) == 1
-    assert path.read_text().startswith(before)
+    old = {c: "" for c in OLD_COLUMNS} | {"method": "purr", "seed": "0", "step": "10", "sampler": "euler", "steps": "8",
+                                           "temperature": "0.9", "cfg_scale": "1.0", "n_samples": "20"}
+    path.write_text(",".join(OLD_COLUMNS) + "\n" + ",".join(old[c] for c in OLD_COLUMNS) + "\n")
+    before = path.read_text().split("\n", 1)[1]
+    new = {**old, "seed": 0, "step": 20, "fid": 3.5, "isc_std": 0.25, "temperature": 0.9, "cfg_scale": 1.0}
+    assert append_rows(path, [new], metrics_csv_columns(metric_columns())) == 1
+    header, rest = path.read_text().split("\n", 1)
+    assert header == ",".join(OLD_COLUMNS + ["isc_std"]) and rest.startswith(before.rstrip("\n") + ",\n")
+    assert pd.read_csv(path)["isc_std"].tolist()[1] == 0.25
 
 
 @pytest.mark.parametrize("garbage", ["this is not a row", "purr,zero,ten" + "," * 24])

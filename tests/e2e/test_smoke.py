@@ -12,7 +12,8 @@ import time
 import pandas as pd
 import pytest
 
-from benchmarks.storage.results import CELL_KEY, COLUMNS
+from benchmarks.evaluation.metrics import metric_columns
+from benchmarks.storage.results import CELL_KEY, metrics_csv_columns
 from benchmarks.storage.run_dir import sidecar_path
 
 ALL = "purr,cfm,cfm-endpoint,dfm,dfm-uniform"
@@ -24,7 +25,8 @@ def test_smoke_run_writes_complete_results(run_cli, tmp_path):
     proc = run_cli("--config", "smoke", "--methods", ALL, "--out", str(out), "--no-progress")
     assert "run folder" in proc.stdout
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == COLUMNS
+    assert list(metrics.columns) == metrics_csv_columns(metric_columns())
+    assert metrics["isc_std"].map(math.isfinite).all()
     assert set(metrics["method"]) == set(ALL.split(","))
     assert metrics["fid"].map(math.isfinite).all()
     assert not metrics.duplicated(CELL_KEY).any()

@@ -16,6 +16,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from benchmarks.evaluation import fidelity
 
 from benchmarks.evaluation import mnist_cnn
+from benchmarks.evaluation.extractors import get_feature_extractor
+from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.cache import cache_dir
 from benchmarks.data.images import ArrayImages, load_mnist5k
 
@@ -101,7 +103,8 @@ def test_self_real_and_perturbed(env):
     assert perturbed["recall"] < real["recall"] - 0.2
     assert real["isc"] > 6  # 10 balanced classes, confident classifier (10 splits of 40 images)
     for m in (same, real, perturbed):
-        assert set(m) == set(fidelity.METRIC_KEYS)
+        assert list(m) == metric_columns() == ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std",
+                                               "class_accuracy"]
         assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
 
 
@@ -115,6 +118,8 @@ def test_equals_torch_fidelity_calculate_metrics(env):
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
     assert ours["precision"] == theirs["precision"] and ours["recall"] == theirs["recall"]
     assert ours["isc"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+    assert ours["isc_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-9)
+    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-6)
 
 
 def test_fid_and_kid_match_independent_formulas(env):
@@ -267,7 +272,8 @@ def test_class_accuracy_needs_class_logits_and_valid_labels(env):
         fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=np.full(N, 10), kid_subsets=2)
     with pytest.raises(ValueError, match="3 labels for 400 images"):
         fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=[0, 1, 2], kid_subsets=2)
-    assert fidelity.CLASS_LAYERS.get(fidelity.INCEPTION) is None and fidelity.INCEPTION in fidelity.CLASS_ACCURACY_NOTE
+    assert get_feature_extractor(fidelity.INCEPTION).class_layer is None and fidelity.INCEPTION in fidelity.CLASS_ACCURACY_NOTE
+    assert get_feature_extractor(mnist_cnn.NAME).class_layer == env["spec"].class_layer == "logits"
 
 
 def test_reconstruction_class_accuracy_is_the_images(env):
