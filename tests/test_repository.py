@@ -179,3 +179,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
     command = lines[lines.index(next(line for line in lines if "verbatim" in line)) + 1]
     assert "pytest" in command and "ruff check" in command
     assert command in (ROOT / "README.md").read_text()
+
+
+def test_extending_guide_shows_every_example_in_full():
+    """docs/extending.md shows each example plugin of ``examples/`` whole, exactly as the file the
+    tests run (a method, a sampler, a data set, a tokenizer, a feature extractor, a metric)."""
+    guide = (ROOT / "docs" / "extending.md").read_text()
+    examples = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "__init__.py")
+    assert len(examples) >= 6
+    for path in examples:
+        assert f"```python\n{path.read_text()}```" in guide, path.name
