@@ -17,6 +17,7 @@ the null label used by classifier-free guidance; label dropout is done by the tr
 Positions use fixed 2-D sin-cos embeddings. Every block's adaLN modulation and the final layer
 start at zero, so the untrained network outputs zeros.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-
 
 HEAD_ALIGN = 64
 """The output projection's width is padded to a multiple of this (tensor-core tile alignment)."""
@@ -83,8 +83,10 @@ def parse_backbone_name(name: str) -> tuple[str, int]:
     body = name.removeprefix("DiT-")
     preset, _, patch = body.partition("/")
     if preset not in PRESETS or not patch.isdigit():
-        raise ValueError(f"unknown backbone {name!r}: expected PRESET/PATCH with PRESET in "
-                         f"{', '.join(PRESETS)} and PATCH in 1, 2, 4 (e.g. DiT-XL/2, mini/1)")
+        raise ValueError(
+            f"unknown backbone {name!r}: expected PRESET/PATCH with PRESET in "
+            f"{', '.join(PRESETS)} and PATCH in 1, 2, 4 (e.g. DiT-XL/2, mini/1)"
+        )
     return preset, int(patch)
 
 
@@ -157,8 +159,19 @@ class DiT(nn.Module):
     up the gradient all-reduce; calling ``.module.features`` directly would skip it).
     """
 
-    def __init__(self, io: BackboneIO, grid: tuple[int, int], num_classes: int, *, depth: int,
-                 width: int, heads: int, patch: int = 1, mlp_ratio: float = 4.0, head_align: int = HEAD_ALIGN):
+    def __init__(
+        self,
+        io: BackboneIO,
+        grid: tuple[int, int],
+        num_classes: int,
+        *,
+        depth: int,
+        width: int,
+        heads: int,
+        patch: int = 1,
+        mlp_ratio: float = 4.0,
+        head_align: int = HEAD_ALIGN,
+    ):
         super().__init__()
         h, w = grid
         if h % patch or w % patch:
@@ -218,7 +231,7 @@ class DiT(nn.Module):
     def unpatchify(self, out: Tensor) -> Tensor:
         """(B, T, p*p*C') -> (B, C, h, w), without the padding channels."""
         b, p, (h, w) = out.shape[0], self.patch, self.grid
-        out = out.view(b, h // p, w // p, p, p, self.head_channels)[..., :self.out_channels]
+        out = out.view(b, h // p, w // p, p, p, self.head_channels)[..., : self.out_channels]
         return out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h, w)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, *, return_features: bool = False) -> Tensor:

@@ -25,6 +25,7 @@ same folder with another tokenizer, checkpoint, data or shard layout is an error
 sha256, K, d, f, normalised), ``data`` (folder, image size, number of images, file-list hash),
 ``classes`` (names, index = label), ``image_size``, ``flip``, ``num_images`` (N), ``complete``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from backbones.tokenizers.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, resolve_checkpoint
+from backbones.tokenizers.pretrained import (
+    KINDS,
+    CheckpointMismatchError,
+    PretrainedVQ,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 from backbones.tokenizers.safe_pickle import UnsafeCheckpointError
-from benchmarks.storage.atomic import locked, save_json
-from benchmarks.storage.cache import content_hash
 from benchmarks.data.images import ImageFolder, to_model_range
 from benchmarks.data.shards import write_meta, write_shard
+from benchmarks.storage.atomic import locked, save_json
+from benchmarks.storage.cache import content_hash
 
 PLAN_FILE = "encode-plan.json"
 FLIP_LAYOUT = "shard n + s holds the horizontal flips of shard s (n = number of unflipped shards)"
@@ -70,8 +77,17 @@ class Unit:
     shards: tuple[int, ...]  # (block,) or (block, n + block) with flips
 
     def entries(self) -> list[dict]:
-        return [{"index": i, "count": self.count, "codes": f"codes-{i:05d}.npy", "labels": f"labels-{i:05d}.npy",
-                 "start": self.start, "flip": k == 1} for k, i in enumerate(self.shards)]
+        return [
+            {
+                "index": i,
+                "count": self.count,
+                "codes": f"codes-{i:05d}.npy",
+                "labels": f"labels-{i:05d}.npy",
+                "start": self.start,
+                "flip": k == 1,
+            }
+            for k, i in enumerate(self.shards)
+        ]
 
     def done(self, out: Path) -> bool:
         """All files present with the right number of rows (npy headers only are read)."""
@@ -84,8 +100,10 @@ class Unit:
 
 def plan_units(num_images: int, shard_size: int, flip: bool) -> list[Unit]:
     n = math.ceil(num_images / shard_size)
-    return [Unit(s, s * shard_size, min(shard_size, num_images - s * shard_size), (s, n + s) if flip else (s,))
-            for s in range(n)]
+    return [
+        Unit(s, s * shard_size, min(shard_size, num_images - s * shard_size), (s, n + s) if flip else (s,))
+        for s in range(n)
+    ]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -103,24 +121,39 @@ def pin_plan(out: Path, plan: dict) -> None:
             old = json.loads(path.read_text())
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             if diff:
-                raise ValueError(f"{out} already holds shards of a different encoding (differs in: "
-                                 f"{', '.join(diff)}); use a new --out folder or delete it")
+                raise ValueError(
+                    f"{out} already holds shards of a different encoding (differs in: "
+                    f"{', '.join(diff)}); use a new --out folder or delete it"
+                )
         else:
             save_json(plan, path)
 
 
-def encode_units(tok: PretrainedVQ, folder: ImageFolder, units: list[Unit], out: Path, *, flip: bool,
-                 batch_size: int, workers: int, device: torch.device, progress: bool) -> None:
+def encode_units(
+    tok: PretrainedVQ,
+    folder: ImageFolder,
+    units: list[Unit],
+    out: Path,
+    *,
+    flip: bool,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Encode ``units`` (each written as soon as its last batch is done)."""
     if not units:
         return
-    batches = [(u, range(b, min(b + batch_size, u.start + u.count)))
-               for u in units for b in range(u.start, u.start + u.count, batch_size)]
-    loader = DataLoader(folder, batch_sampler=[list(r) for _, r in batches], num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    batches = [
+        (u, range(b, min(b + batch_size, u.start + u.count)))
+        for u in units
+        for b in range(u.start, u.start + u.count, batch_size)
+    ]
+    loader = DataLoader(
+        folder, batch_sampler=[list(r) for _, r in batches], num_workers=workers, pin_memory=device.type == "cuda"
+    )
     parts: dict[int, list] = {}
-    bar = tqdm(total=sum(u.count for u in units), unit="img", desc="encoding", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=sum(u.count for u in units), unit="img", desc="encoding", disable=not progress, dynamic_ncols=True)
     for (unit, _), (images, labels) in zip(batches, loader):
         x = to_model_range(images.to(device, non_blocking=True))
         codes = tok.encode(torch.cat([x, x.flip(-1)]) if flip else x).cpu().numpy().astype(np.uint16)
@@ -193,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     files = [[str(path.relative_to(folder.root)), label, path.stat().st_size] for path, label in folder.samples]
-    plan = {"tokenizer": args.tokenizer, "ckpt_sha256": sha256_file(ckpt), "image_size": args.size,
-            "shard_size": args.shard_size, "flip": args.flip, "num_images": len(folder),
-            "files": content_hash(files, folder.classes), "classes": folder.classes}
+    plan = {
+        "tokenizer": args.tokenizer,
+        "ckpt_sha256": sha256_file(ckpt),
+        "image_size": args.size,
+        "shard_size": args.shard_size,
+        "flip": args.flip,
+        "num_images": len(folder),
+        "files": content_hash(files, folder.classes),
+        "classes": folder.classes,
+    }
     try:
         pin_plan(out, plan)
     except ValueError as err:
@@ -205,20 +245,50 @@ def main(argv: list[str] | None = None) -> int:
     mine = [u for u in units if u.block % world == rank and not u.done(out)]
     progress = not args.no_progress
     if progress:
-        print(f"rank {rank}/{world}: {len(mine)} of {len(units)} blocks to encode "
-              f"({sum(u.count for u in mine)} images) into {out}", file=sys.stderr)
-    encode_units(tok, folder, mine, out, flip=args.flip, batch_size=args.batch_size, workers=args.workers,
-                 device=device, progress=progress)
+        print(
+            f"rank {rank}/{world}: {len(mine)} of {len(units)} blocks to encode "
+            f"({sum(u.count for u in mine)} images) into {out}",
+            file=sys.stderr,
+        )
+    encode_units(
+        tok,
+        folder,
+        mine,
+        out,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=device,
+        progress=progress,
+    )
 
     h, w = tok.latent_grid(args.size)
     manifest = {
-        "grid": (h, w), "codebook_size": tok.codebook_size, "num_classes": folder.num_classes,
-        "tokenizer": {"kind": args.tokenizer, "ckpt": ckpt.name, "ckpt_sha256": plan["ckpt_sha256"],
-                      "codebook_size": tok.codebook_size, "code_dim": tok.code_dim, "downsample": tok.downsample,
-                      "in_channels": tok.in_channels, "normalized": tok.normalized},
-        "data": {"dataset": "imagefolder", "path": str(folder.root.resolve()), "image_size": args.size,
-                 "num_images": len(folder), "id": f"imagefolder-{plan['files']}", "preprocessing": "adm-center-crop"},
-        "classes": folder.classes, "image_size": args.size, "num_images": len(folder), "flip": args.flip,
+        "grid": (h, w),
+        "codebook_size": tok.codebook_size,
+        "num_classes": folder.num_classes,
+        "tokenizer": {
+            "kind": args.tokenizer,
+            "ckpt": ckpt.name,
+            "ckpt_sha256": plan["ckpt_sha256"],
+            "codebook_size": tok.codebook_size,
+            "code_dim": tok.code_dim,
+            "downsample": tok.downsample,
+            "in_channels": tok.in_channels,
+            "normalized": tok.normalized,
+        },
+        "data": {
+            "dataset": "imagefolder",
+            "path": str(folder.root.resolve()),
+            "image_size": args.size,
+            "num_images": len(folder),
+            "id": f"imagefolder-{plan['files']}",
+            "preprocessing": "adm-center-crop",
+        },
+        "classes": folder.classes,
+        "image_size": args.size,
+        "num_images": len(folder),
+        "flip": args.flip,
         **({"flip_layout": FLIP_LAYOUT} if args.flip else {}),
     }
     if finalize(out, units, manifest):

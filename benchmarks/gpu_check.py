@@ -20,6 +20,7 @@ Feed the step times to the cost plan: ``python -m benchmarks.run --config imagen
 --dry-run --step-seconds S`` (S = the step time at the per-GPU batch, for the job's GPU count).
 Without a CUDA device it refuses with exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,29 +34,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbones.tokenizers.pretrained import build_tokenizer, load_tokenizer
 from backbones.tokenizers.base import nearest_codes
+from backbones.tokenizers.pretrained import build_tokenizer, load_tokenizer
 from benchmarks.core.config import load_config
+from benchmarks.core.device import device_autocast
 from benchmarks.data.latents import LatentSpace
 from benchmarks.data.shards import CodeShards, write_meta, write_shard
 from benchmarks.launching.plan import checkpoint_steps, evaluation_cells
-from benchmarks.core.device import device_autocast
 from benchmarks.training.trainer import Trainer
 from benchmarks.training.utilisation import measure_peak_flops
 
 CONFIG = "imagenet-dit-xl2-vqf8"
 METHODS = ("purr", "cfm", "dfm")
 GRID, NUM_CLASSES, DATASET_SIZE = (32, 32), 1000, 2048
-NO_GPU = ("benchmarks.gpu_check measures the CUDA path and needs a GPU, but torch.cuda.is_available() is False "
-          "here. Run it on a GPU node, e.g. `srun --gpus=1 python -m benchmarks.gpu_check`.")
+NO_GPU = (
+    "benchmarks.gpu_check measures the CUDA path and needs a GPU, but torch.cuda.is_available() is False "
+    "here. Run it on a GPU node, e.g. `srun --gpus=1 python -m benchmarks.gpu_check`."
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=32, help="training batch per GPU (default 32)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per method, after 3 warm-up steps")
-    p.add_argument("--vq-f8-ckpt", type=Path, default=None,
-                   help="the real vq-f8 checkpoint (default: random weights of the same architecture)")
+    p.add_argument(
+        "--vq-f8-ckpt",
+        type=Path,
+        default=None,
+        help="the real vq-f8 checkpoint (default: random weights of the same architecture)",
+    )
     p.add_argument("--sample-batch", type=int, default=125, help="images per sampler batch (default 125)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements to this file")
     return p.parse_args(argv)
@@ -91,14 +98,20 @@ def train_steps(args, latents: LatentSpace, run_dir: Path, peak: float, report: 
         trainer = Trainer(cfg, name, 0, run_dir, latents, progress=False)
         for _ in range(3):
             trainer.train_step()
-        seconds, stats = synced_seconds(lambda: [trainer.train_step() for _ in range(args.steps)][-1])
+        seconds, stats = synced_seconds(lambda: [trainer.train_step() for _ in range(args.steps)][-1])  # noqa: B023 (called at once)
         step_s = seconds / args.steps
         loss = stats["loss"].item()
-        report["train"][name] = {"step_s": step_s, "mfu": trainer.flops_per_step / step_s / peak,
-                                 "peak_gib": peak_gib(), "params": trainer.params}
-        print(f"  {name:<5} {trainer.params / 1e6:7.1f}M params  {step_s * 1e3:8.1f} ms/step  "
-              f"MFU {trainer.flops_per_step / step_s / peak:6.1%}  peak memory {peak_gib():6.1f} GiB"
-              + f"  loss {loss:.3f}")
+        report["train"][name] = {
+            "step_s": step_s,
+            "mfu": trainer.flops_per_step / step_s / peak,
+            "peak_gib": peak_gib(),
+            "params": trainer.params,
+        }
+        print(
+            f"  {name:<5} {trainer.params / 1e6:7.1f}M params  {step_s * 1e3:8.1f} ms/step  "
+            f"MFU {trainer.flops_per_step / step_s / peak:6.1%}  peak memory {peak_gib():6.1f} GiB"
+            + f"  loss {loss:.3f}"
+        )
         if name == "purr":
             kept = trainer
         else:
@@ -119,8 +132,10 @@ def resume(trainer: Trainer, latents: LatentSpace, run_dir: Path, report: dict) 
     finite = bool(torch.isfinite(stats["loss"]).item() and torch.isfinite(stats["grad_norm"]).item())
     ok = same and finite
     report["resume"] = {"ok": ok, "checkpoint_gb": size / 1e9, "write_s": write_s, "read_s": read_s}
-    print(f"  checkpoint {size / 1e9:.1f} GB written in {write_s:.1f} s ({size / 1e6 / write_s:.0f} MB/s), "
-          f"read in {read_s:.1f} s; resumed step {fresh.step}, next step finite: {'ok' if ok else 'FAILED'}")
+    print(
+        f"  checkpoint {size / 1e9:.1f} GB written in {write_s:.1f} s ({size / 1e6 / write_s:.0f} MB/s), "
+        f"read in {read_s:.1f} s; resumed step {fresh.step}, next step finite: {'ok' if ok else 'FAILED'}"
+    )
     fresh.close_batches()
     path.unlink()
 
@@ -134,7 +149,7 @@ def decode(tokenizer, report: dict) -> float:
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             tokenizer.decode(codes[:2])  # warm-up
-            seconds, images = synced_seconds(lambda: tokenizer.decode(codes))
+            seconds, images = synced_seconds(lambda: tokenizer.decode(codes))  # noqa: B023 (called at once)
         report["decode"][n] = {"seconds": seconds, "peak_gib": peak_gib()}
         print(f"  {n:>3} images -> {tuple(images.shape[1:])}: {seconds:6.2f} s, peak memory {peak_gib():6.1f} GiB")
         per_image = seconds / n
@@ -175,11 +190,16 @@ def sampler(trainer: Trainer, args, decode_s_per_image: float, report: dict) -> 
     step, n_steps, tau, w, n = max(cells, key=lambda c: c[1] * (1 if c[3] == 1.0 else 2) * c[4])
     nfe = n_steps * (1 if w == 1.0 else 2)
     hours = (n * nfe / evaluations_per_s + n * decode_s_per_image) / 3600
-    report["sampler"] = {"image_nfe_per_s": evaluations_per_s, "largest_cell": [step, n_steps, tau, w, n],
-                         "largest_cell_hours": hours}
+    report["sampler"] = {
+        "image_nfe_per_s": evaluations_per_s,
+        "largest_cell": [step, n_steps, tau, w, n],
+        "largest_cell_hours": hours,
+    }
     print(f"  {evaluations_per_s:,.0f} image-NFE/s ({args.sample_batch} images x {steps} steps in {seconds:.2f} s)")
-    print(f"  largest cell of {CONFIG}: step {step:,}, {n:,} samples x {n_steps} steps, CFG {w:g} ({nfe} NFE): "
-          f"about {hours:.1f} GPU-hours to sample and decode on this GPU (Inception features not included)")
+    print(
+        f"  largest cell of {CONFIG}: step {step:,}, {n:,} samples x {n_steps} steps, CFG {w:g} ({nfe} NFE): "
+        f"about {hours:.1f} GPU-hours to sample and decode on this GPU (Inception features not included)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

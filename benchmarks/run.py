@@ -9,6 +9,7 @@
 Rerunning a command on an existing run folder continues it (finished jobs and evaluation cells
 are skipped). Exit status 2 for bad input (unknown method, config or key).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,17 @@ from benchmarks.core import logs
 from benchmarks.core.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
+from benchmarks.storage.manifest import (
+    add_timings,
+    git_commit,
+    machine_info,
+    now_iso,
+    package_versions,
+    read_manifest,
+    update_manifest,
+)
 from benchmarks.storage.results import MetricsFileError, final_rows, read_metrics
 from benchmarks.storage.run_dir import MANIFEST, METRICS, ConfigChangeRefused, RunDir, new_folder_entry
-from benchmarks.storage.manifest import (add_timings, git_commit, machine_info, now_iso, package_versions,
-                                         read_manifest, update_manifest)
 
 SUMMARY_EXTRA = ("class_accuracy",)
 """metrics.csv columns the final summary shows besides FID, where the run has them."""
@@ -36,45 +44,99 @@ SUMMARY_NAMES = {"fid": "final FID", "class_accuracy": "class accuracy"}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--methods", help="comma-separated method names (default: the config's methods section)")
     p.add_argument("--config", default=None, help="config name in benchmarks/configs or a YAML path (default: default)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds: train.seed, train.seed + 1, ...")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set train.iterations=200 methods.purr.z_loss=0")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its saved config (error if there is none)")
-    p.add_argument("--plugins", default="", help="comma-separated modules to import that register extra methods, "
-                                                 "data sets, tokenizers, feature extractors or metrics")
-    p.add_argument("--list", action="store_true", help="print the registered methods, data sets, tokenizers, feature "
-                                                       "extractors and metrics, and the available configs")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars: only the plain stage lines (for log files)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write losses, grad norms, learning rate, FIDs and sample grids as TensorBoard "
-                        "event files to RUN/tensorboard/ (needs: pip install -e '.[tensorboard]')")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing")
-    p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
-                   help="GPU peak for --dry-run's GPU-hours (default: 989, H100 SXM dense bf16)")
-    p.add_argument("--utilisation", type=float, default=0.25,
-                   help="assumed model FLOP utilisation for --dry-run where no step time is measured "
-                        "(default: 0.25, a reading of DiT-XL/2's step without torch.compile)")
-    p.add_argument("--step-seconds", type=float, default=None, metavar="S",
-                   help="--dry-run: measured seconds per training step of the global batch on launcher.gpus_per_job "
-                        "GPUs (e.g. from python -m benchmarks.gpu_check); replaces --utilisation for training")
-    p.add_argument("--step-seconds-from", type=Path, default=None, metavar="RUN_DIR",
-                   help=f"--dry-run: take each method's seconds per step from a previous run's {MANIFEST} "
-                        "(same backbone and global batch)")
-    p.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default=None,
-                   help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
-                        "launcher.gpus_per_job=... launcher.timeout_min=... (see LauncherConfig)")
-    p.add_argument("--wait", action="store_true",
-                   help="submitit launchers: follow the submitted jobs until they finish, then build the report")
-    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
-                   help="with --wait: give up waiting after this long (the jobs keep running; default 48 h)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.iterations=200 methods.purr.z_loss=0",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out with its saved config (error if there is none)"
+    )
+    p.add_argument(
+        "--plugins",
+        default="",
+        help="comma-separated modules to import that register extra methods, "
+        "data sets, tokenizers, feature extractors or metrics",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="print the registered methods, data sets, tokenizers, feature "
+        "extractors and metrics, and the available configs",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars: only the plain stage lines (for log files)"
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write losses, grad norms, learning rate, FIDs and sample grids as TensorBoard "
+        "event files to RUN/tensorboard/ (needs: pip install -e '.[tensorboard]')",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the job plan, parameter counts, FLOPs and GPU-hours; read no data, train nothing",
+    )
+    p.add_argument(
+        "--gpu-peak-tflops",
+        type=float,
+        default=989.0,
+        help="GPU peak for --dry-run's GPU-hours (default: 989, H100 SXM dense bf16)",
+    )
+    p.add_argument(
+        "--utilisation",
+        type=float,
+        default=0.25,
+        help="assumed model FLOP utilisation for --dry-run where no step time is measured "
+        "(default: 0.25, a reading of DiT-XL/2's step without torch.compile)",
+    )
+    p.add_argument(
+        "--step-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="--dry-run: measured seconds per training step of the global batch on launcher.gpus_per_job "
+        "GPUs (e.g. from python -m benchmarks.gpu_check); replaces --utilisation for training",
+    )
+    p.add_argument(
+        "--step-seconds-from",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help=f"--dry-run: take each method's seconds per step from a previous run's {MANIFEST} "
+        "(same backbone and global batch)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "submitit-local", "slurm"),
+        default=None,
+        help="where jobs run (default: the config's launcher.kind); resources: --set launcher.partition=... "
+        "launcher.gpus_per_job=... launcher.timeout_min=... (see LauncherConfig)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="submitit launchers: follow the submitted jobs until they finish, then build the report",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: give up waiting after this long (the jobs keep running; default 48 h)",
+    )
     return p
 
 
@@ -82,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:  # noqa: F821
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -111,8 +173,10 @@ def print_listing() -> None:
     print("data sets (data.dataset):")
     for name in dataset_names():
         ds = get_dataset(name)
-        print(f"  {name:<14} data.path: {ds.path or 'not used'}; auto extractor: {ds.feature_extractor}"
-              + ("; pre-encoded code shards" if ds.encoded else ""))
+        print(
+            f"  {name:<14} data.path: {ds.path or 'not used'}; auto extractor: {ds.feature_extractor}"
+            + ("; pre-encoded code shards" if ds.encoded else "")
+        )
     print("tokenizers (tokenizer.kind):")
     for name in tokenizer_names():
         print(f"  {name:<14} tokenizer.ckpt {'required' if get_tokenizer(name).needs_ckpt else 'optional'}")
@@ -146,8 +210,10 @@ def parse_methods(spec: str, registered: list[str]) -> list[str]:
     """The names of ``--methods a,b``: each registered, none empty, none twice."""
     names = [m.strip() for m in spec.split(",")]
     if "" in names:
-        fail(f"--methods {spec!r} has an empty method name; give comma-separated names, e.g. --methods purr,cfm "
-             f"(registered methods: {', '.join(registered)})")
+        fail(
+            f"--methods {spec!r} has an empty method name; give comma-separated names, e.g. --methods purr,cfm "
+            f"(registered methods: {', '.join(registered)})"
+        )
     unknown = [m for m in names if m not in registered]
     if unknown:
         fail(f"unknown method {unknown[0]!r}; registered methods: {', '.join(registered)}")
@@ -203,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished checkpoints and evaluation cells are kept; rerun the same command to "
-              "continue", file=sys.stderr)
+        print(
+            "\ninterrupted: finished checkpoints and evaluation cells are kept; rerun the same command to continue",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -245,8 +313,16 @@ def run(args: argparse.Namespace) -> int:
                 step_time = StepTime({"*": args.step_seconds}, max(cfg.launcher.gpus_per_job, 1), "--step-seconds")
             elif args.step_seconds_from is not None:
                 step_time = step_time_from_run(args.step_seconds_from, cfg)
-            print(dry_run(cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation,
-                          step_time=step_time))
+            print(
+                dry_run(
+                    cfg,
+                    chosen,
+                    seeds,
+                    peak_tflops=args.gpu_peak_tflops,
+                    utilisation=args.utilisation,
+                    step_time=step_time,
+                )
+            )
         except ValueError as e:
             fail(str(e))
         return 0
@@ -257,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
             fail(f"{RunDir(run_dir).manifest} cannot be read ({e}): restore it, or use another --out")
         check_results_files(run_dir)
     from benchmarks.launching.preflight import check_inputs
+
     if args.tensorboard:
         from benchmarks.launching.tensorboard_log import require_tensorboard
 
@@ -273,16 +350,32 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
 
-    update_manifest(run_dir, {**new_folder_entry(read_manifest(run_dir)), "config": cfg.to_dict(),
-                              "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
-                              "seeds": seeds, "versions": package_versions(), "machine": machine_info(),
-                              "git_commit": git_commit()})
+    update_manifest(
+        run_dir,
+        {
+            **new_folder_entry(read_manifest(run_dir)),
+            "config": cfg.to_dict(),
+            "methods": sorted(set(saved.get("methods", [])) | set(chosen)),
+            "seeds": seeds,
+            "versions": package_versions(),
+            "machine": machine_info(),
+            "git_commit": git_commit(),
+        },
+    )
     start, started = time.perf_counter(), now_iso()
     cells_before = evaluated_cells(run_dir)
     diverged = None
     try:
-        done = launch(cfg, chosen, seeds, run_dir, progress=not args.no_progress, wait=args.wait,
-                      wait_timeout=args.wait_timeout, tensorboard=args.tensorboard)
+        done = launch(
+            cfg,
+            chosen,
+            seeds,
+            run_dir,
+            progress=not args.no_progress,
+            wait=args.wait,
+            wait_timeout=args.wait_timeout,
+            tensorboard=args.tensorboard,
+        )
     except JobsDiverged as e:  # the other jobs finished: report them, then fail
         diverged, done = e, True
     except INPUT_ERRORS as e:
@@ -291,8 +384,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if done:
-        add_timings(run_dir, ("timings",), {"total_s": time.perf_counter() - start}, started=started,
-                    launcher=cfg.launcher.kind, methods=chosen, seeds=seeds)
+        add_timings(
+            run_dir,
+            ("timings",),
+            {"total_s": time.perf_counter() - start},
+            started=started,
+            launcher=cfg.launcher.kind,
+            methods=chosen,
+            seeds=seeds,
+        )
         log_new_cells(run_dir, cells_before)
         with logs.stage("report"):
             build_report_if_available(run_dir)
@@ -336,8 +436,10 @@ def build_report_if_available(run_dir: Path) -> Path | None:
     try:
         return build_report([run_dir])
     except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
-        print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
-              file=sys.stderr)
+        print(
+            f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",
+            file=sys.stderr,
+        )
         return None
 
 

@@ -21,6 +21,7 @@ parts ``p = r (mod W)``; a rerun skips finished parts, so an interrupted export 
 rank that finishes the last part writes the output and removes the parts folder; no rank waits
 for another.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import torch
 
 from backbones.dit import build_dit
 from benchmarks.core.config import BenchmarkConfig, from_dict
+from benchmarks.core.distributed import DistEnv
 from benchmarks.evaluation.evaluator import Cell, cell_seed
 from benchmarks.evaluation.sampling import balanced_labels, sample_images, sample_seeds
-from benchmarks.core.distributed import DistEnv
 from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
 from benchmarks.storage.run_dir import RunDir, checkpoint_step
@@ -54,8 +55,10 @@ def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path
     jobs = folder.jobs()
     methods = sorted({job.method for job in jobs if job.checkpoints_dir.is_dir()})
     if method not in methods:
-        raise UsageError(f"--method {method!r}: run {run} has no checkpoints of it; methods with checkpoints: "
-                         f"{', '.join(methods) or '(none)'}")
+        raise UsageError(
+            f"--method {method!r}: run {run} has no checkpoints of it; methods with checkpoints: "
+            f"{', '.join(methods) or '(none)'}"
+        )
     seeds = sorted(job.seed for job in jobs if job.method == method)
     if seed not in seeds:
         raise UsageError(f"--seed {seed}: run {run} has no seed {seed} of {method}; seeds: {seeds}")
@@ -107,7 +110,7 @@ def write_output(images: np.ndarray, labels: np.ndarray, out: Path) -> None:
         path = out / str(int(label)) / f"{i:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        save_with(lambda tmp: Image.fromarray(array).save(tmp, format="png"), path)
+        save_with(lambda tmp: Image.fromarray(array).save(tmp, format="png"), path)  # noqa: B023 (called at once)
 
 
 def export(args: argparse.Namespace) -> Path | None:
@@ -128,9 +131,15 @@ def export(args: argparse.Namespace) -> Path | None:
     cell = Cell(steps, temperature, args.cfg_scale, args.num_samples)
     labels = resolve_labels(args.labels, args.num_samples, latents.num_classes)
     parts_dir = args.out.with_name(args.out.name + ".parts")
-    plan = {"checkpoint": str(checkpoint.resolve()), "steps": steps, "temperature": temperature,
-            "cfg_scale": args.cfg_scale, "num_samples": args.num_samples, "labels": args.labels,
-            "part_size": args.part_size}
+    plan = {
+        "checkpoint": str(checkpoint.resolve()),
+        "steps": steps,
+        "temperature": temperature,
+        "cfg_scale": args.cfg_scale,
+        "num_samples": args.num_samples,
+        "labels": args.labels,
+        "part_size": args.part_size,
+    }
     claim_plan(parts_dir / "plan.json", plan)
     seed = cell_seed(args.seed, step, cell)
     parts = range(0, args.num_samples, args.part_size)
@@ -139,12 +148,23 @@ def export(args: argparse.Namespace) -> Path | None:
         if p % dist.world_size != dist.rank or path.exists():
             continue
         block = range(start, min(start + args.part_size, args.num_samples))
-        samples = sample_images(method, model, latents.tokenizer.to(device), latents.shards.grid,
-                                labels[block.start:block.stop], sample_seeds(seed, block), steps=steps,
-                                temperature=temperature, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
-                                decode_batch_size=args.decode_batch_size, device=device, progress=args.progress,
-                                desc=f"rank {dist.rank} part {p + 1}/{len(parts)}")
-        save_with(lambda tmp: save_npz(tmp, images=samples.images.numpy(), labels=samples.labels.numpy()), path)
+        samples = sample_images(
+            method,
+            model,
+            latents.tokenizer.to(device),
+            latents.shards.grid,
+            labels[block.start : block.stop],
+            sample_seeds(seed, block),
+            steps=steps,
+            temperature=temperature,
+            cfg_scale=args.cfg_scale,
+            batch_size=args.batch_size,
+            decode_batch_size=args.decode_batch_size,
+            device=device,
+            progress=args.progress,
+            desc=f"rank {dist.rank} part {p + 1}/{len(parts)}",
+        )
+        save_with(lambda tmp: save_npz(tmp, images=samples.images.numpy(), labels=samples.labels.numpy()), path)  # noqa: B023 (called at once)
     return assemble(parts_dir, len(parts), args.out)
 
 
@@ -158,8 +178,10 @@ def claim_plan(path: Path, plan: dict) -> None:
             saved = json.loads(path.read_text())
             if saved != plan:
                 diff = {k: (saved.get(k), v) for k, v in plan.items() if saved.get(k) != v}
-                raise UsageError(f"{path.parent} holds parts of another export (differs in {diff}); "
-                                 "delete it or choose another --out")
+                raise UsageError(
+                    f"{path.parent} holds parts of another export (differs in {diff}); "
+                    "delete it or choose another --out"
+                )
         else:
             save_json(plan, path)
 
@@ -183,20 +205,34 @@ def assemble(parts_dir: Path, count: int, out: Path) -> Path | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Sharded over torchrun / SLURM ranks; resumable (see the module docstring).")
-    p.add_argument("--run", type=Path, required=True,
-                   help="the run folder of python -m benchmarks.run (its jobs' checkpoints are read)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.sample",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Sharded over torchrun / SLURM ranks; resumable (see the module docstring).",
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="the run folder of python -m benchmarks.run (its jobs' checkpoints are read)",
+    )
     p.add_argument("--method", required=True, help="the method whose checkpoint to sample, e.g. purr")
     p.add_argument("--seed", type=int, default=0, help="training seed of the job (default 0)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--num-samples", type=int, required=True, help="number of images N")
-    p.add_argument("--labels", default=None,
-                   help="comma-separated class indices, cycled over the samples (default: i mod num_classes)")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated class indices, cycled over the samples (default: i mod num_classes)",
+    )
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's first eval cell)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature (default: the run's eval.method_temperature for the method, else 1)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: the run's eval.method_temperature for the method, else 1)",
+    )
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale w (default 1)")
     p.add_argument("--out", type=Path, required=True, help="*.npz: an ADM-format batch; otherwise a folder of PNGs")
     p.add_argument("--batch-size", type=int, default=250, help="samples per sampler batch (default 250)")

@@ -17,6 +17,7 @@ printed (and appended with ``--append``) are those of the run's ``metrics.csv``;
 the same two ids are comparable. Otherwise ``--extractor`` and ``--reference`` (an ADM reference
 batch ``.npz`` or an image folder) name them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise UsageError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
     if labels is not None and labels.shape != (len(images),):
         raise UsageError(f"{path}: arr_1 must hold one label per image, got shape {labels.shape}")
-    return (torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-            None if labels is None else torch.from_numpy(labels.astype(np.int64)))
+    return (
+        torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+        None if labels is None else torch.from_numpy(labels.astype(np.int64)),
+    )
 
 
 def load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -70,8 +73,11 @@ def load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise UsageError(f"{root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
     labelled = "." not in classes
-    index = ({c: int(c) for c in classes} if labelled and all(c.isdigit() for c in classes)
-             else {c: i for i, c in enumerate(classes)})
+    index = (
+        {c: int(c) for c in classes}
+        if labelled and all(c.isdigit() for c in classes)
+        else {c: i for i, c in enumerate(classes)}
+    )
     arrays = []
     for path in files:
         with Image.open(path) as img:
@@ -109,8 +115,9 @@ def run_extractor_and_reference(run: Path, device: torch.device, progress: bool)
     return evaluator.extractor(), evaluator.reference(), cfg.eval.kid_subsets
 
 
-def named_extractor_and_reference(name: str, reference: Path, weights: str | None, image_size: int, channels: int,
-                                  progress: bool):
+def named_extractor_and_reference(
+    name: str, reference: Path, weights: str | None, image_size: int, channels: int, progress: bool
+):
     from benchmarks.data.images import ImageFolder
 
     extractor = fidelity.get_extractor(name, weights)
@@ -120,8 +127,16 @@ def named_extractor_and_reference(name: str, reference: Path, weights: str | Non
     return extractor, fidelity.reference_from_images(folder, extractor, reference.name, progress=progress)
 
 
-def score(images: torch.Tensor, labels: torch.Tensor | None, extractor, reference, *, kid_subsets: int,
-          device: torch.device, progress: bool) -> dict[str, float]:
+def score(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    extractor,
+    reference,
+    *,
+    kid_subsets: int,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, float]:
     """The suite's metrics of ``images``, with class accuracy when ``labels`` (N,) are given and the
     extractor has class logits (``fidelity.metrics_from_features``)."""
     features = fidelity.extract_features(images, extractor, device=device, progress=progress)
@@ -129,10 +144,17 @@ def score(images: torch.Tensor, labels: torch.Tensor | None, extractor, referenc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.score", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plugins", default="", help="comma-separated modules to import first that register extra "
-                                                 "feature extractors, metrics, data sets or tokenizers")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.score",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--plugins",
+        default="",
+        help="comma-separated modules to import first that register extra "
+        "feature extractors, metrics, data sets or tokenizers",
+    )
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins", default="")
     for module in filter(None, (m.strip() for m in pre.parse_known_args(argv)[0].plugins.split(","))):
@@ -142,16 +164,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--plugins: cannot import {module!r}: {e}")
     p.add_argument("path", type=Path, nargs="?", help="an ADM-format .npz of samples, or a folder of images")
     p.add_argument("--run", type=Path, default=None, help="use this run's feature extractor and reference")
-    p.add_argument("--extractor", default=None, choices=feature_extractor_names(),
-                   help="feature extractor, without --run")
-    p.add_argument("--reference", type=Path, default=None,
-                   help="without --run: an ADM reference batch .npz (mu, sigma[, arr_0]) or an image folder")
-    p.add_argument("--inception-weights", default=None,
-                   help=f"local Inception-v3 weights (default: ${fidelity.INCEPTION_ENV})")
+    p.add_argument(
+        "--extractor", default=None, choices=feature_extractor_names(), help="feature extractor, without --run"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="without --run: an ADM reference batch .npz (mu, sigma[, arr_0]) or an image folder",
+    )
+    p.add_argument(
+        "--inception-weights", default=None, help=f"local Inception-v3 weights (default: ${fidelity.INCEPTION_ENV})"
+    )
     p.add_argument("--kid-subsets", type=int, default=None, help="KID subsets (default: the run's, else 100)")
     p.add_argument("--append", type=Path, default=None, help="append the scores as a row to this CSV")
-    p.add_argument("--export-reference", type=Path, default=None,
-                   help="write the reference's FID statistics as an ADM-compatible .npz (mu, sigma)")
+    p.add_argument(
+        "--export-reference",
+        type=Path,
+        default=None,
+        help="write the reference's FID statistics as an ADM-compatible .npz (mu, sigma)",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)
@@ -172,22 +204,35 @@ def main(argv: list[str] | None = None) -> int:
         else:
             size = images.shape[-1] if images is not None else 0
             channels = images.shape[1] if images is not None else 3
-            extractor, reference = named_extractor_and_reference(args.extractor, args.reference, args.inception_weights,
-                                                                 size, channels, args.progress)
+            extractor, reference = named_extractor_and_reference(
+                args.extractor, args.reference, args.inception_weights, size, channels, args.progress
+            )
             kid_subsets = 100
         if args.export_reference is not None:
             fidelity.save_reference_npz(reference, args.export_reference)
             print(f"wrote {args.export_reference} (mu, sigma of {reference.id}; {extractor.id})")
         if images is None:
             return 0
-        metrics = score(for_extractor(images, extractor.channels), labels, extractor, reference, kid_subsets=args.kid_subsets or kid_subsets,
-                        device=device, progress=args.progress)
+        metrics = score(
+            for_extractor(images, extractor.channels),
+            labels,
+            extractor,
+            reference,
+            kid_subsets=args.kid_subsets or kid_subsets,
+            device=device,
+            progress=args.progress,
+        )
     except (UsageError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     columns = SCORE_LEAD + metric_columns()
-    row = {"source": str(args.path), "n_samples": len(images), "feature_extractor": extractor.id,
-           "ref_stats": reference.id, **{k: metrics.get(k, math.nan) for k in metric_columns()}}
+    row = {
+        "source": str(args.path),
+        "n_samples": len(images),
+        "feature_extractor": extractor.id,
+        "ref_stats": reference.id,
+        **{k: metrics.get(k, math.nan) for k in metric_columns()},
+    }
     print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if args.append is not None:
         append_rows(args.append, [row], columns, SCORE_KEY)

@@ -11,6 +11,7 @@ writes the reconstruction and prints its PSNR. Exit status 2 for a bad kind, a m
 file that is no checkpoint (empty, an HTML page, truncated) or one refused for safety (it
 references code), 1 for a checkpoint that does not fit the kind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,20 @@ from PIL import Image
 
 from backbones.tokenizers.pretrained import KINDS, CheckpointMismatchError, PretrainedVQ, load_tokenizer, num_parameters
 from backbones.tokenizers.safe_pickle import NotACheckpointError, UnsafeCheckpointError
-from benchmarks.storage.atomic import save_with
 from benchmarks.data.images import center_crop_arr, to_model_range, to_uint8
+from benchmarks.storage.atomic import save_with
 
 
 def describe(tok: PretrainedVQ) -> dict:
     """The numbers ``check`` prints."""
-    return {"kind": tok.kind, "codebook_size": tok.codebook_size, "code_dim": tok.code_dim,
-            "downsample": tok.downsample, "parameters": num_parameters(tok), "normalized": tok.normalized}
+    return {
+        "kind": tok.kind,
+        "codebook_size": tok.codebook_size,
+        "code_dim": tok.code_dim,
+        "downsample": tok.downsample,
+        "parameters": num_parameters(tok),
+        "normalized": tok.normalized,
+    }
 
 
 def reconstruct(tok: PretrainedVQ, image: Image.Image, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +50,7 @@ def reconstruct(tok: PretrainedVQ, image: Image.Image, size: int) -> tuple[np.nd
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--image", type=Path, help="an image to reconstruct")
     check.add_argument("--out", type=Path, help="where to write the reconstruction (PNG); needs --image")
     check.add_argument("--size", type=int, default=256, help="centre-crop size in pixels (default 256)")
-    check.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                       help="where to run the tokenizer (default: cuda if available, else cpu)")
+    check.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to run the tokenizer (default: cuda if available, else cpu)",
+    )
     return p
 
 
@@ -66,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "list":
         for spec in KINDS.values():
-            print(f"{spec.kind:14s} {spec.file_name:15s} K={spec.codebook_size} d={spec.code_dim} "
-                  f"f={spec.downsample} normalised={'yes' if spec.normalized else 'no'}\n{'':15s}from {spec.source}")
+            print(
+                f"{spec.kind:14s} {spec.file_name:15s} K={spec.codebook_size} d={spec.code_dim} "
+                f"f={spec.downsample} normalised={'yes' if spec.normalized else 'no'}\n{'':15s}from {spec.source}"
+            )
         return 0
     if (args.image is None) != (args.out is None):
         p.error("--image and --out go together")
@@ -96,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         with Image.open(args.image) as img:
             crop, recon = reconstruct(tok, img, args.size)
         save_with(lambda tmp: Image.fromarray(recon).save(tmp, format="PNG"), args.out)
-        print(f"reconstruction:     {args.out} ({args.size}x{args.size}, PSNR {psnr(crop, recon):.2f} dB, "
-              f"{args.size // tok.downsample}x{args.size // tok.downsample} codes)")
+        print(
+            f"reconstruction:     {args.out} ({args.size}x{args.size}, PSNR {psnr(crop, recon):.2f} dB, "
+            f"{args.size // tok.downsample}x{args.size // tok.downsample} codes)"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ calls no hook but ``euler_step``, so it runs every method that supports ``euler`
     import examples.cosine_grid_euler  # registers the sampler
     out = method.sample(model, labels, grid, steps=16, sampler="euler-cosine")
 """
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ reference (it can exceed 1); coverage is in [0, 1]. Use it with
 (every registered metric is computed unless ``eval.metrics`` lists some); ``density`` and
 ``coverage`` become columns of ``metrics.csv``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,12 +34,16 @@ class DensityCoverage(Metric):
 
     def compute(self, x: MetricInputs) -> dict[str, float]:
         gen, ref = x.of("fid").double(), x.reference_of("fid").double()
-        radii = torch.cat([torch.cdist(ref[i:i + CHUNK], ref).kthvalue(K + 1, dim=1).values  # +1: itself
-                           for i in range(0, len(ref), CHUNK)])
+        radii = torch.cat(
+            [
+                torch.cdist(ref[i : i + CHUNK], ref).kthvalue(K + 1, dim=1).values  # +1: itself
+                for i in range(0, len(ref), CHUNK)
+            ]
+        )
         inside = torch.zeros(len(ref), dtype=torch.double)
         covered = torch.zeros(len(ref), dtype=torch.bool)
         for i in range(0, len(gen), CHUNK):
-            hit = torch.cdist(gen[i:i + CHUNK], ref) <= radii
+            hit = torch.cdist(gen[i : i + CHUNK], ref) <= radii
             inside += hit.sum(0)
             covered |= hit.any(0)
         return {"density": (inside.sum() / (K * len(gen))).item(), "coverage": covered.double().mean().item()}

@@ -7,6 +7,7 @@ download and no ``data.path``. Use it with
 
     python -m benchmarks.run --plugins examples.digits_dataset --set data.dataset=digits
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +27,6 @@ class Digits(ArrayDataSet):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        grey = np.round(digits.images * (255 / 16)).astype(np.uint8)   # (1797, 8, 8)
-        images = grey.repeat(4, axis=1).repeat(4, axis=2)[:, None]      # (1797, 1, 32, 32)
+        grey = np.round(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8)
+        images = grey.repeat(4, axis=1).repeat(4, axis=2)[:, None]  # (1797, 1, 32, 32)
         return images, digits.target.astype(np.int64)

@@ -6,6 +6,7 @@ nearest-code quantization) is inherited from ``cfm``. Use it with
 
     python -m benchmarks.run --plugins examples.lognormal_cfm --methods cfm,cfm-lognormal
 """
+
 from __future__ import annotations
 
 import torch

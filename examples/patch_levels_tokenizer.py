@@ -12,6 +12,7 @@ Images are read grey (one channel). Use it with
 
     python -m benchmarks.run --plugins examples.patch_levels_tokenizer --set tokenizer.kind=patch-levels
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ class PatchLevels(Tokenizer):
         return self.levels
 
     def encode(self, images: Tensor) -> Tensor:
-        means = F.avg_pool2d(images.mean(1, keepdim=True), PATCH)[:, 0]          # (B, h, w)
+        means = F.avg_pool2d(images.mean(1, keepdim=True), PATCH)[:, 0]  # (B, h, w)
         return (means[..., None] - self.levels[:, 0]).abs().argmin(-1)
 
     def decode(self, codes: Tensor) -> Tensor:

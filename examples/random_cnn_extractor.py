@@ -11,6 +11,7 @@ results record their hash like any extractor's. Use it with
 
     python -m benchmarks.run --plugins examples.random_cnn_extractor --set eval.feature_extractor=random-cnn
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,11 @@ VERSION = 1  # bump when the network or its initialisation changes: part of the 
 class RandomCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1, self.conv2, self.head = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1), nn.Linear(64, 10)
+        self.conv1, self.conv2, self.head = (
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.Linear(64, 10),
+        )
 
     def features(self, images: Tensor) -> Tensor:
         x = images.float().mean(1, keepdim=True) / 127.5 - 1
@@ -49,8 +54,12 @@ def random_cnn_weights() -> Path:
     with built_once(path, path.exists) as from_cache:
         if not from_cache:
             net, generator = RandomCNN(), torch.Generator().manual_seed(0)
-            state = {k: torch.randn(v.shape, generator=generator) / v[0].numel() ** 0.5 if v.dim() > 1 else torch.zeros(v.shape)
-                     for k, v in net.state_dict().items()}
+            state = {
+                k: torch.randn(v.shape, generator=generator) / v[0].numel() ** 0.5
+                if v.dim() > 1
+                else torch.zeros(v.shape)
+                for k, v in net.state_dict().items()
+            }
             save_torch(state, path)
     return path
 
@@ -58,7 +67,9 @@ def random_cnn_weights() -> Path:
 class FeatureExtractorRandomCNN(FeatureExtractorBase):
     """torch-fidelity's side: layers ``pool`` (FID/KID/PR) and ``logits`` (IS)."""
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs):
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs
+    ):
         super().__init__(name, features_list)
         self.net = RandomCNN()
         self.net.load_state_dict(torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True))

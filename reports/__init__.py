@@ -7,5 +7,6 @@ or, from Python, ``reports.build_report([run_dir])``. Reading needs pandas and m
 ``reports.curves`` (which rows each figure uses), ``reports.speedup`` (speed-ups and bootstrap
 intervals), ``reports.figures``, ``reports.tables`` and ``reports.markdown``.
 """
+
 from reports.build import build_report  # noqa: F401
 from reports.load import Results, RunFolderError, load_runs  # noqa: F401

@@ -5,6 +5,7 @@ Several folders are merged (e.g. one per method from a job array, or extra seeds
 later): rows are concatenated, duplicate cells keep the first folder's row with a note.
 Exit status 2 for bad input (missing folder, malformed file, no sweep at --step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,23 @@ from reports.load import MergeWarning, RunFolderError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reports", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m reports", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders written by benchmarks.run")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <first RUN_DIR>/report)")
-    p.add_argument("--step", type=int, default=None,
-                   help="checkpoint for the temperature figure, sample grids and entropy traces "
-                        "(default: each method's last checkpoint with a temperature sweep)")
-    p.add_argument("--plugins", default="",
-                   help="comma-separated modules registering extra methods (for their temperature definitions)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint for the temperature figure, sample grids and entropy traces "
+        "(default: each method's last checkpoint with a temperature sweep)",
+    )
+    p.add_argument(
+        "--plugins",
+        default="",
+        help="comma-separated modules registering extra methods (for their temperature definitions)",
+    )
     return p
 
 

@@ -14,6 +14,7 @@
   share every setting but the temperature and has the most distinct temperatures (at least 2).
 - Means over seeds are plain means with the sample standard deviation (ddof = 1; 0 for one seed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,11 @@ from reports.load import Results
 
 CELL_COLUMNS = ["sampler", "steps", "temperature", "cfg_scale", "n_samples", "feature_extractor", "ref_stats"]
 CURVE_KEY = ["backbone", "variant"]
-X_COLUMNS = {"step": "training iterations", "train_flops": "training FLOPs",
-             "train_wall_s": "training wall-clock time (s)"}
+X_COLUMNS = {
+    "step": "training iterations",
+    "train_flops": "training FLOPs",
+    "train_wall_s": "training wall-clock time (s)",
+}
 
 
 def cell_columns(frame: pd.DataFrame) -> list[str]:
@@ -48,8 +52,12 @@ def _configured_cells(config: dict, method: str) -> dict[tuple, bool]:
     for c in ev.get("cells") or []:
         if c.get("at", "every") != "every":
             continue
-        key = (int(c.get("steps", 0)), round(float(default_tau if c.get("temperature") is None else c["temperature"]), 6),
-               round(float(c.get("cfg_scale", 1.0)), 6), int(c.get("num_samples") or ev.get("num_samples") or 0))
+        key = (
+            int(c.get("steps", 0)),
+            round(float(default_tau if c.get("temperature") is None else c["temperature"]), 6),
+            round(float(c.get("cfg_scale", 1.0)), 6),
+            int(c.get("num_samples") or ev.get("num_samples") or 0),
+        )
         cells[key] = cells.get(key, False) or c.get("temperature") is None
     return cells
 
@@ -66,16 +74,25 @@ def cheap_cells(results: Results) -> pd.DataFrame:
         for source in sorted(group["source"].unique()):
             for key, default in _configured_cells(results.config(int(source)), method).items():
                 configured[key] = configured.get(key, False) or default
-        coverage = (group.groupby(cols, dropna=False)[["seed", "step"]]
-                    .apply(lambda g: len(g.drop_duplicates())).rename("points").reset_index())
+        coverage = (
+            group.groupby(cols, dropna=False)[["seed", "step"]]
+            .apply(lambda g: len(g.drop_duplicates()))
+            .rename("points")
+            .reset_index()
+        )
         n = coverage["n_samples"] if "n_samples" in coverage else pd.Series(0, index=coverage.index)
-        keys = [(int(r["steps"]), round(float(r["temperature"]), 6), round(float(r["cfg_scale"]), 6), int(k))
-                for (_, r), k in zip(coverage.iterrows(), n.fillna(0))]
+        keys = [
+            (int(r["steps"]), round(float(r["temperature"]), 6), round(float(r["cfg_scale"]), 6), int(k))
+            for (_, r), k in zip(coverage.iterrows(), n.fillna(0))
+        ]
         is_configured = pd.Series([k in configured for k in keys], index=coverage.index, dtype=bool)
         coverage["_default"] = [configured.get(k, False) for k in keys]
         pool = coverage[is_configured] if is_configured.any() else coverage
-        best = pool.sort_values(["points", "_default", "steps", "temperature", "cfg_scale"],
-                                ascending=[False, False, False, True, True], kind="stable").iloc[0]
+        best = pool.sort_values(
+            ["points", "_default", "steps", "temperature", "cfg_scale"],
+            ascending=[False, False, False, True, True],
+            kind="stable",
+        ).iloc[0]
         rows.append({"backbone": backbone, "variant": variant, "method": method, **best.drop("_default").to_dict()})
     return pd.DataFrame(rows, columns=CURVE_KEY + ["method"] + cols + ["points"])
 
@@ -130,10 +147,13 @@ def best_temperature_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Per (backbone, variant), the temperature curve (``temperature_curves``) with the lowest mean
     FID over seeds at its last checkpoint; its rows, like ``convergence``'s."""
     last = curves.groupby(CURVE_KEY)["step"].transform("max")
-    final = (curves[curves["step"] == last].groupby(CURVE_KEY + ["temperature"], sort=True)["fid"].mean()
-             .reset_index())
+    final = curves[curves["step"] == last].groupby(CURVE_KEY + ["temperature"], sort=True)["fid"].mean().reset_index()
     best = final.loc[final.groupby(CURVE_KEY, sort=True)["fid"].idxmin(), CURVE_KEY + ["temperature"]]
-    return curves.merge(best, on=CURVE_KEY + ["temperature"]).sort_values(CURVE_KEY + ["seed", "step"]).reset_index(drop=True)
+    return (
+        curves.merge(best, on=CURVE_KEY + ["temperature"])
+        .sort_values(CURVE_KEY + ["seed", "step"])
+        .reset_index(drop=True)
+    )
 
 
 def steps_curves(results: Results, conv: pd.DataFrame) -> pd.DataFrame:
@@ -158,8 +178,11 @@ def mean_curve(rows: pd.DataFrame, x: str = "step", value: str = "fid") -> pd.Da
     """Mean and s.d. over seeds at each (backbone, variant, step): columns backbone, variant,
     step, ``x`` (mean over seeds, e.g. wall-clock seconds), mean, std, n_seeds."""
     keys = CURVE_KEY + ["step"]
-    agg = rows.groupby(keys, sort=True).agg(x_mean=(x, "mean"), mean=(value, "mean"), std=(value, "std"),
-                                            n_seeds=("seed", "nunique")).reset_index()
+    agg = (
+        rows.groupby(keys, sort=True)
+        .agg(x_mean=(x, "mean"), mean=(value, "mean"), std=(value, "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
     agg["std"] = agg["std"].fillna(0.0)
     out = agg.rename(columns={"x_mean": x}) if x != "step" else agg.drop(columns="x_mean")
     return out[keys + ([x] if x != "step" else []) + ["mean", "std", "n_seeds"]]
@@ -216,8 +239,11 @@ def sweeps(results: Results, step: int | None = None) -> pd.DataFrame:
 def sweep_curve(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean/s.d. FID over seeds per (backbone, variant, temperature) of sweep rows."""
     keys = CURVE_KEY + ["sweep_step", "steps", "temperature"]
-    agg = rows.groupby(keys, sort=True).agg(mean=("fid", "mean"), std=("fid", "std"),
-                                            n_seeds=("seed", "nunique")).reset_index()
+    agg = (
+        rows.groupby(keys, sort=True)
+        .agg(mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
     agg["std"] = agg["std"].fillna(0.0)
     return agg
 
@@ -236,16 +262,33 @@ def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
         settings = here.groupby(["steps", "cfg_scale"])["temperature"].nunique().reset_index()
         chosen = settings.sort_values(["temperature", "steps", "cfg_scale"], ascending=[False, False, True]).iloc[0]
         rows = here[(here["steps"] == chosen["steps"]) & (here["cfg_scale"] == chosen["cfg_scale"])]
-        agg = rows.groupby(["temperature", "t"], sort=True).agg(entropy=("entropy", "mean"),
-                                                                n_seeds=("seed", "nunique")).reset_index()
-        out.append(agg.assign(backbone=backbone, variant=variant, step=int(at), steps=int(chosen["steps"]),
-                              cfg_scale=float(chosen["cfg_scale"])))
+        agg = (
+            rows.groupby(["temperature", "t"], sort=True)
+            .agg(entropy=("entropy", "mean"), n_seeds=("seed", "nunique"))
+            .reset_index()
+        )
+        out.append(
+            agg.assign(
+                backbone=backbone,
+                variant=variant,
+                step=int(at),
+                steps=int(chosen["steps"]),
+                cfg_scale=float(chosen["cfg_scale"]),
+            )
+        )
     columns = CURVE_KEY + ["step", "steps", "cfg_scale", "temperature", "t", "entropy", "n_seeds"]
     return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
 
 
-def sample_grids(results: Results, backbone: str, variant: str, step: int, steps: int,
-                 cfg_scale: float = 1.0, n_samples: int | None = None) -> pd.DataFrame:
+def sample_grids(
+    results: Results,
+    backbone: str,
+    variant: str,
+    step: int,
+    steps: int,
+    cfg_scale: float = 1.0,
+    n_samples: int | None = None,
+) -> pd.DataFrame:
     """The sample grids (``benchmarks.storage.run_dir.RunDir.grids``) of one variant at one
     checkpoint and sampler setting (and sample count, where the grid records one), from its lowest
     seed that has grids at two or more temperatures: columns seed, temperature, path, source and
@@ -258,8 +301,15 @@ def sample_grids(results: Results, backbone: str, variant: str, step: int, steps
         for grid in RunDir(run.path).grids(method, run.manifest):
             same_n = n_samples is None or grid.n_samples is None or grid.n_samples == n_samples
             if grid.step == step and grid.steps == steps and abs(grid.cfg_scale - cfg_scale) < 1e-9 and same_n:
-                found.append({"seed": grid.seed, "temperature": grid.temperature, "path": grid.path, "source": source,
-                              "layout": grid.layout})
+                found.append(
+                    {
+                        "seed": grid.seed,
+                        "temperature": grid.temperature,
+                        "path": grid.path,
+                        "source": source,
+                        "layout": grid.layout,
+                    }
+                )
     frame = pd.DataFrame(found, columns=["seed", "temperature", "path", "source", "layout"])
     counts = frame.groupby("seed")["temperature"].nunique()
     seeds = sorted(counts[counts >= 2].index)

@@ -11,6 +11,7 @@ mean over seeds of x at each checkpoint, which ``seaborn.lineplot`` cannot do (i
 with identical x only); one style per variant across figures comes from ``styles``. Importing it
 took 3.5-6.5 s here (it pulls in scipy).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     for fmt in FORMATS:
         path = out_dir / f"{name}.{fmt}"
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-        save_with(lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata), path)
+        save_with(lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata), path)  # noqa: B023 (called at once)
         paths.append(path)
     return paths
 
@@ -76,8 +77,7 @@ def _backbone_panels(curve: pd.DataFrame, width: float = 5.2) -> tuple[Figure, l
 def _band(ax, x, mean, std, style: dict, label) -> None:
     ax.plot(x, mean, marker="o", markersize=3, label=label, **style)
     if np.any(np.asarray(std) > 0):
-        ax.fill_between(x, np.asarray(mean) - std, np.asarray(mean) + std, color=style["color"], alpha=0.2,
-                        linewidth=0)
+        ax.fill_between(x, np.asarray(mean) - std, np.asarray(mean) + std, color=style["color"], alpha=0.2, linewidth=0)
 
 
 def _floor_lines(ax, floors: pd.DataFrame, backbone: str) -> None:
@@ -125,7 +125,8 @@ def _log_y(ax) -> None:
 
 def _cell_text(row: pd.Series) -> str:
     return f"τ={row['temperature']:g}, {int(row['steps'])} steps" + (
-        f", CFG {row['cfg_scale']:g}" if float(row["cfg_scale"]) != 1.0 else "")
+        f", CFG {row['cfg_scale']:g}" if float(row["cfg_scale"]) != 1.0 else ""
+    )
 
 
 def plot_convergence(conv: pd.DataFrame, floors: pd.DataFrame, x: str, out_dir: Path, name: str) -> pd.DataFrame:
@@ -158,16 +159,21 @@ def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: st
     """FID against sampler steps (``reports.curves.steps_curves`` rows), one curve per variant (mean
     over seeds, band ± s.d.), one panel per backbone, log-log with a tick at each step count. Returns
     the plotted means: backbone, variant, step (the checkpoint), temperature, steps, mean, std, n_seeds."""
-    curve = (rows.groupby(CURVE_KEY + ["step", "temperature", "steps"], sort=True)
-             .agg(mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique")).reset_index())
+    curve = (
+        rows.groupby(CURVE_KEY + ["step", "temperature", "steps"], sort=True)
+        .agg(mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
     curve["std"] = curve["std"].fillna(0.0)
     fig, panels, look = _backbone_panels(curve)
     for ax, backbone, here in panels:
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]
             seeds = int(c["n_seeds"].max())
-            label = (f"{variant} (τ={c['temperature'].iloc[0]:g}, step {int(c['step'].iloc[0])}; "
-                     f"{seeds} seed{'s' if seeds > 1 else ''})")
+            label = (
+                f"{variant} (τ={c['temperature'].iloc[0]:g}, step {int(c['step'].iloc[0])}; "
+                f"{seeds} seed{'s' if seeds > 1 else ''})"
+            )
             _band(ax, c["steps"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], label)
         _floor_lines(ax, floors, backbone)
         ax.set_xscale("log")
@@ -177,16 +183,19 @@ def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: st
         _log_y(ax)
         ax.set_xlabel("Euler sampler steps (log scale)")
         ax.set_ylabel("FID (log scale)")
-        ax.set_title(f"{backbone}: FID vs sampler steps at the last checkpoint"
-                     + (f"\n({BAND_NOTE})" if here["n_seeds"].max() > 1 else ""))
+        ax.set_title(
+            f"{backbone}: FID vs sampler steps at the last checkpoint"
+            + (f"\n({BAND_NOTE})" if here["n_seeds"].max() > 1 else "")
+        )
         ax.grid(True, alpha=0.3)
         _legend(ax)
     save(fig, out_dir, name)
     return curve
 
 
-def plot_class_accuracy(conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path,
-                        name: str = "class_accuracy_vs_iterations") -> pd.DataFrame:
+def plot_class_accuracy(
+    conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: str = "class_accuracy_vs_iterations"
+) -> pd.DataFrame:
     """Class accuracy of the cheap cell's samples against training iterations (mean over seeds,
     band ± 1 s.d.), one curve per variant, one panel per backbone; the tokenizer reconstructions'
     class accuracy (the ceiling) as a dashed line. Returns the plotted means (``mean_curve``)."""
@@ -196,11 +205,20 @@ def plot_class_accuracy(conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path,
         for variant in order_variants(here["variant"]):
             c = here[here["variant"] == variant]
             _band(ax, c["step"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy(), look[variant], variant)
-        ceilings = floors[floors["backbones"].str.split(", ").apply(lambda bs: backbone in bs)] if not floors.empty else floors
+        ceilings = (
+            floors[floors["backbones"].str.split(", ").apply(lambda bs, b=backbone: b in bs)]
+            if not floors.empty
+            else floors
+        )
         for _, floor in ceilings.iterrows():
             if pd.notna(floor.get("class_accuracy")):
-                ax.axhline(float(floor["class_accuracy"]), color="black", linestyle="--", linewidth=1,
-                           label="tokenizer reconstructions (ceiling)")
+                ax.axhline(
+                    float(floor["class_accuracy"]),
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    label="tokenizer reconstructions (ceiling)",
+                )
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(X_COLUMNS["step"])
         ax.set_ylabel("class accuracy of samples")
@@ -212,8 +230,13 @@ def plot_class_accuracy(conv: pd.DataFrame, floors: pd.DataFrame, out_dir: Path,
     return curve
 
 
-def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: dict[str, str],
-                     out_dir: Path, name: str = "fid_vs_temperature") -> pd.DataFrame:
+def plot_temperature(
+    sweep_rows: pd.DataFrame,
+    floors: pd.DataFrame,
+    meanings: dict[str, str],
+    out_dir: Path,
+    name: str = "fid_vs_temperature",
+) -> pd.DataFrame:
     """FID against sampling temperature at the sweep checkpoint, one curve per variant (its
     temperature definition in the legend), one panel per backbone. Returns the plotted means."""
     from reports.curves import sweep_curve
@@ -233,8 +256,10 @@ def plot_temperature(sweep_rows: pd.DataFrame, floors: pd.DataFrame, meanings: d
             ax.plot([best["temperature"]], [best["mean"]], marker="*", markersize=11, color=look[variant]["color"])
         _floor_lines(ax, floors, backbone)
         where = f"step {steps_at[0]}" if len(steps_at) == 1 else "each variant's last sweep"
-        ax.set_title(f"{backbone}: FID vs sampling temperature at {where}, {int(here['steps'].iloc[0])} steps"
-                     + (f"\n({BAND_NOTE}; ★ = best)" if here["n_seeds"].max() > 1 else "\n(★ = best)"))
+        ax.set_title(
+            f"{backbone}: FID vs sampling temperature at {where}, {int(here['steps'].iloc[0])} steps"
+            + (f"\n({BAND_NOTE}; ★ = best)" if here["n_seeds"].max() > 1 else "\n(★ = best)")
+        )
         ax.set_xlabel("temperature τ (meaning per method in the legend)")
         ax.set_ylabel("FID")
         ax.grid(True, alpha=0.3)
@@ -250,8 +275,10 @@ def plot_samples(grids: pd.DataFrame, title: str, out_dir: Path, name: str) -> p
     labelled by class. ``grids``: columns temperature, path, layout (a ``GridLayout`` or None; see
     ``reports.curves.sample_grids``). Returns it sorted by temperature."""
     grids = grids.sort_values("temperature").reset_index(drop=True)
-    images = [image_array(path) if layout is None else image_array(path)[:layout.full_height]
-              for path, layout in zip(grids["path"], grids["layout"])]
+    images = [
+        image_array(path) if layout is None else image_array(path)[: layout.full_height]
+        for path, layout in zip(grids["path"], grids["layout"])
+    ]
     labels = [None if layout is None else layout.column_labels() for layout in grids["layout"]]
     height, width = images[0].shape[:2]
     stacked = len(images) * width > 8 * height  # side by side unless the row of panels gets very wide
@@ -284,10 +311,13 @@ def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss")
     iterations from train_log.csv, per variant (mean over seeds, band ± s.d.), a row per backbone.
     Returns the tidy means: backbone, variant, quantity, step, mean, std, n_seeds."""
     quantities = [q for q in TRAIN_PANELS if q in logs.columns and logs[q].notna().any()]
-    tidy = (logs.melt(id_vars=["backbone", "variant", "seed", "step"], value_vars=quantities, var_name="quantity")
-            .dropna(subset=["value"])
-            .groupby(["backbone", "variant", "quantity", "step"], sort=True)
-            .agg(mean=("value", "mean"), std=("value", "std"), n_seeds=("seed", "nunique")).reset_index())
+    tidy = (
+        logs.melt(id_vars=["backbone", "variant", "seed", "step"], value_vars=quantities, var_name="quantity")
+        .dropna(subset=["value"])
+        .groupby(["backbone", "variant", "quantity", "step"], sort=True)
+        .agg(mean=("value", "mean"), std=("value", "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
     tidy["std"] = tidy["std"].fillna(0.0)
     backbones = sorted(tidy["backbone"].unique())
     look = styles(tidy["variant"])
@@ -312,17 +342,24 @@ def plot_train_logs(logs: pd.DataFrame, out_dir: Path, name: str = "train_loss")
     return tidy
 
 
-ENTROPY_MEANING = {"purr": "posterior entropy H(π) over codes", "dfm": "entropy of the jump distribution",
-                   "dfm-uniform": "entropy of the jump distribution"}
+ENTROPY_MEANING = {
+    "purr": "posterior entropy H(π) over codes",
+    "dfm": "entropy of the jump distribution",
+    "dfm-uniform": "entropy of the jump distribution",
+}
 
 
-def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[tuple[str, str], int], out_dir: Path,
-                 name: str = "entropy_vs_t") -> pd.DataFrame:
+def plot_entropy(
+    traces: pd.DataFrame, codebook_sizes: dict[tuple[str, str], int], out_dir: Path, name: str = "entropy_vs_t"
+) -> pd.DataFrame:
     """Mean per-position entropy (nats) along the sampler's t, one curve per temperature (dark = low,
     bright = high), a panel per (backbone, variant); ``log K`` (uniform over the codebook) dashed.
     ``traces``: ``reports.curves.entropy_traces``. Returns it."""
-    panels = [(b, v) for b in sorted(traces["backbone"].unique())
-              for v in order_variants(traces.loc[traces["backbone"] == b, "variant"])]
+    panels = [
+        (b, v)
+        for b in sorted(traces["backbone"].unique())
+        for v in order_variants(traces.loc[traces["backbone"] == b, "variant"])
+    ]
     fig, axes = _grid(1, len(panels), width=4.6)
     cmap = colormaps["plasma"]
     for ax, (backbone, variant) in zip(axes[0], panels):
@@ -337,8 +374,11 @@ def plot_entropy(traces: pd.DataFrame, codebook_sizes: dict[tuple[str, str], int
             ax.axhline(np.log(size), color="gray", linestyle="--", linewidth=1, label=f"log K (K = {size})")
         method = variant.split(" (")[0]
         first = here.iloc[0]
-        ax.set_title(f"{backbone}: {variant}, step {int(first['step'])}, {int(first['steps'])} steps\n"
-                     f"{ENTROPY_MEANING.get(method, 'entropy')}", fontsize=9)
+        ax.set_title(
+            f"{backbone}: {variant}, step {int(first['step'])}, {int(first['steps'])} steps\n"
+            f"{ENTROPY_MEANING.get(method, 'entropy')}",
+            fontsize=9,
+        )
         ax.set_xlabel("t (0 = noise, 1 = data)")
         ax.set_ylabel("mean entropy per position (nats)")
         ax.set_xlim(0, 1)

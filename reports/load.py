@@ -22,6 +22,7 @@ Duplicates. Within one ``(backbone, variant)`` a cell is identified by ``CELL_KE
 of the folder given first is kept and the merge records a note (and warns); likewise for trace
 points (``TRACE_KEY``) and for a ``(variant, seed)`` train log present in several folders.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,20 @@ FLOOR_KEYS = ["n_samples", "tokenizer", "feature_extractor", "ref_stats"]
 
 # Config keys (flattened, dotted) that never define a variant.
 IGNORED_PREFIXES = ("name", "description", "launcher.", "eval.", "backbone", "methods.")
-IGNORED_KEYS = {"train.seed", "train.iterations", "train.checkpoint_every", "train.checkpoint_schedule",
-                "train.num_checkpoints", "train.keep_checkpoints",
-                "train.log_every", "train.device", "train.compile", "data.path", "data.reference",
-                "tokenizer.ckpt"}
+IGNORED_KEYS = {
+    "train.seed",
+    "train.iterations",
+    "train.checkpoint_every",
+    "train.checkpoint_schedule",
+    "train.num_checkpoints",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.device",
+    "train.compile",
+    "data.path",
+    "data.reference",
+    "tokenizer.ckpt",
+}
 
 
 class RunFolderError(ValueError):
@@ -174,8 +185,15 @@ def read_run(run_dir: str | Path) -> Run:
     if not manifest and metrics.empty and logs.empty:
         raise RunFolderError(f"{path}: not a run folder (no {MANIFEST}, {METRICS} or a job's {TRAIN_LOG})")
     name = path.resolve().name
-    return Run(path=path, name=name, manifest=manifest, metrics=metrics, traces=traces, train_logs=logs,
-               floor=_read_json(folder.floor))
+    return Run(
+        path=path,
+        name=name,
+        manifest=manifest,
+        metrics=metrics,
+        traces=traces,
+        train_logs=logs,
+        floor=_read_json(folder.floor),
+    )
 
 
 # ----------------------------------------------------------------------------- variants
@@ -201,7 +219,7 @@ def _recipe_settings(config: dict) -> dict[str, object]:
 def _option_settings(config: dict, method: str) -> dict[str, object]:
     """``methods.<method>.*`` of a config, keyed by the option name."""
     prefix = f"methods.{method}."
-    return {k[len(prefix):]: v for k, v in flatten(config).items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in flatten(config).items() if k.startswith(prefix)}
 
 
 def format_value(value: object) -> str:
@@ -243,8 +261,10 @@ def variant_labels(runs: list[Run]) -> dict[tuple[int, str], Variant]:
     configured = [i for i, run in enumerate(runs) if run.config]
     recipes = _differences({i: _recipe_settings(runs[i].config) for i in configured})
     distinct = list(dict.fromkeys(recipes[i] for i in configured))
-    short = {t: (t if all(len(u) <= RECIPE_LABEL_MAX for u in distinct) else f"recipe {n + 1}")
-             for n, t in enumerate(distinct)}
+    short = {
+        t: (t if all(len(u) <= RECIPE_LABEL_MAX for u in distinct) else f"recipe {n + 1}")
+        for n, t in enumerate(distinct)
+    }
     holders: dict[tuple[str, str], list[int]] = {}
     for i, run in enumerate(runs):
         for method in run.methods():
@@ -264,8 +284,9 @@ def variant_labels(runs: list[Run]) -> dict[tuple[int, str], Variant]:
 
 def _label(frame: pd.DataFrame, run: Run, source: int, labels: dict) -> pd.DataFrame:
     if frame.empty:
-        return frame.assign(backbone=pd.Series(dtype=object), variant=pd.Series(dtype=object),
-                            source=pd.Series(dtype=int))
+        return frame.assign(
+            backbone=pd.Series(dtype=object), variant=pd.Series(dtype=object), source=pd.Series(dtype=int)
+        )
     variants = [labels[(source, m)].label if (source, m) in labels else str(m) for m in frame["method"]]
     # metrics rows carry their own backbone; the config's is the fallback
     backbone = frame["backbone"].astype(str) if "backbone" in frame.columns else run.backbone
@@ -295,9 +316,11 @@ def _dedupe(frame: pd.DataFrame, key: list[str], what: str, runs: list[Run], not
             originals = kept.loc[ident[rows.index]]
             same = rows[value].reset_index(drop=True).equals(originals[value].reset_index(drop=True))
             origin = ", ".join(sorted({runs[int(s)].name for s in originals["source"]}))
-            notes.append(f"{what}: {len(rows)} row(s) of {variant} seed {seed} in run '{runs[int(source)].name}' "
-                         f"duplicate rows of run '{origin}' (given first), which were kept"
-                         + ("" if same else f"; their {value} values differ"))
+            notes.append(
+                f"{what}: {len(rows)} row(s) of {variant} seed {seed} in run '{runs[int(source)].name}' "
+                f"duplicate rows of run '{origin}' (given first), which were kept"
+                + ("" if same else f"; their {value} values differ")
+            )
     return frame[~dup].reset_index(drop=True)
 
 
@@ -311,9 +334,16 @@ def _jobs_table(runs: list[Run], labels: dict, notes: list[str]) -> pd.DataFrame
                 continue
             method, seed = parsed
             variant = labels[(i, method)].label if (i, method) in labels else method
-            rows.append({"backbone": run.backbone, "variant": variant,
-                         "method": method, "seed": seed, "source": i,
-                         **{k: job.get(k) for k in ("step", "params", "flops_per_step", "train_wall_s")}})
+            rows.append(
+                {
+                    "backbone": run.backbone,
+                    "variant": variant,
+                    "method": method,
+                    "seed": seed,
+                    "source": i,
+                    **{k: job.get(k) for k in ("step", "params", "flops_per_step", "train_wall_s")},
+                }
+            )
     columns = ["backbone", "variant", "method", "seed", "source", "step", "params", "flops_per_step", "train_wall_s"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.drop_duplicates(["backbone", "variant", "seed"], keep="first").reset_index(drop=True)
@@ -357,23 +387,38 @@ def merge_runs(runs: list[Run]) -> Results:
     if not logs.empty:
         first = logs.groupby(["backbone", "variant", "seed"])["source"].transform("min")
         for (variant, seed), rows in logs[logs["source"] != first].groupby(["variant", "seed"], sort=True):
-            notes.append(f"{TRAIN_LOG}: duplicate log of {variant} seed {seed} in run(s) "
-                         f"{', '.join(sorted({repr(runs[int(s)].name) for s in rows['source']}))}; kept run "
-                         f"'{runs[int(first[rows.index[0]])].name}' (given first)")
+            notes.append(
+                f"{TRAIN_LOG}: duplicate log of {variant} seed {seed} in run(s) "
+                f"{', '.join(sorted({repr(runs[int(s)].name) for s in rows['source']}))}; kept run "
+                f"'{runs[int(first[rows.index[0]])].name}' (given first)"
+            )
         logs = logs[logs["source"] == first].reset_index(drop=True)
     held: dict[tuple[str, str], dict] = {}
     for (i, method), v in sorted(labels.items()):
-        entry = held.setdefault((runs[i].backbone, v.label), {"method": method, "options": v.options,
-                                                             "recipe": v.recipe, "runs": []})
+        entry = held.setdefault(
+            (runs[i].backbone, v.label), {"method": method, "options": v.options, "recipe": v.recipe, "runs": []}
+        )
         entry["runs"].append(runs[i].name)
-    variants = pd.DataFrame([{"backbone": b, "variant": v, **{k: (", ".join(e[k]) if k == "runs" else e[k]) for k in e}}
-                             for (b, v), e in sorted(held.items())],
-                            columns=["backbone", "variant", "method", "options", "recipe", "runs"])
+    variants = pd.DataFrame(
+        [
+            {"backbone": b, "variant": v, **{k: (", ".join(e[k]) if k == "runs" else e[k]) for k in e}}
+            for (b, v), e in sorted(held.items())
+        ],
+        columns=["backbone", "variant", "method", "options", "recipe", "runs"],
+    )
     for note in notes:
         warnings.warn(note, MergeWarning, stacklevel=3)
-    return Results(runs=runs, metrics=metrics, traces=traces, train_logs=logs, jobs=_jobs_table(runs, labels, notes),
-                   floors=_floors_table(runs), variants=variants,
-                   labels={k: v.label for k, v in labels.items()}, notes=notes)
+    return Results(
+        runs=runs,
+        metrics=metrics,
+        traces=traces,
+        train_logs=logs,
+        jobs=_jobs_table(runs, labels, notes),
+        floors=_floors_table(runs),
+        variants=variants,
+        labels={k: v.label for k, v in labels.items()},
+        notes=notes,
+    )
 
 
 def load_runs(run_dirs: list[str | Path]) -> Results:

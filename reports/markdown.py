@@ -3,6 +3,7 @@
 The text depends only on the inputs: no timestamps, no absolute paths, sorted rows, fixed
 number formats; rebuilding from the same run folders gives a byte-identical file.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from reports.speedup import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 @dataclass(frozen=True)
 class FigureEntry:
-    name: str          # file stem under figures/
+    name: str  # file stem under figures/
     title: str
     caption: str
 
@@ -93,38 +94,67 @@ recipe.
 """
 
 
-def render(*, runs: list[str], setup: pd.DataFrame, results: pd.DataFrame, other_cells: pd.DataFrame, floors: pd.DataFrame,
-           speedups: pd.DataFrame, best_speedups: pd.DataFrame | None, variants: pd.DataFrame, meanings: pd.DataFrame,
-           figures: list[FigureEntry], notes: list[str]) -> str:
+def render(
+    *,
+    runs: list[str],
+    setup: pd.DataFrame,
+    results: pd.DataFrame,
+    other_cells: pd.DataFrame,
+    floors: pd.DataFrame,
+    speedups: pd.DataFrame,
+    best_speedups: pd.DataFrame | None,
+    variants: pd.DataFrame,
+    meanings: pd.DataFrame,
+    figures: list[FigureEntry],
+    notes: list[str],
+) -> str:
     """report.md; ``best_speedups`` None when no method has curves at several temperatures."""
-    parts = ["# Benchmark report\n",
-             "Built by `python -m reports` from the run folders' files alone (in merge order): "
-             + ", ".join(f"`{r}`" for r in runs) + ".\n",
-             "## Setup\n", table(setup)]
+    parts = [
+        "# Benchmark report\n",
+        "Built by `python -m reports` from the run folders' files alone (in merge order): "
+        + ", ".join(f"`{r}`" for r in runs)
+        + ".\n",
+        "## Setup\n",
+        table(setup),
+    ]
     if not variants.empty:
         parts += ["## Variants\n", VARIANTS_TEXT, table(variants)]
     parts += ["## Results\n", RESULTS_METHOD, table(results)]
     if not other_cells.empty:
-        parts += ["### Other evaluations\n",
-                  "Cells that are neither the cheap cell nor the temperature sweep (e.g. the final cell with CFG), "
-                  "FID as mean ± s.d. over seeds, the other metrics as means.\n", table(other_cells)]
-    parts += ["## Tokenizer floor\n",
-              "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
-              "these latents can do better.\n", table(floors),
-              "## Speed-ups\n", SPEEDUP_METHOD]
+        parts += [
+            "### Other evaluations\n",
+            "Cells that are neither the cheap cell nor the temperature sweep (e.g. the final cell with CFG), "
+            "FID as mean ± s.d. over seeds, the other metrics as means.\n",
+            table(other_cells),
+        ]
+    parts += [
+        "## Tokenizer floor\n",
+        "The tokenizer's reconstructions of the reference images, scored like samples: no method on "
+        "these latents can do better.\n",
+        table(floors),
+        "## Speed-ups\n",
+        SPEEDUP_METHOD,
+    ]
     if speedups.empty:
         parts.append("_No Purrception variant and baseline share a backbone and recipe in these runs._\n")
     else:
-        parts += ["### At each method's default temperature\n", DEFAULT_TAU_TEXT, table(speedups),
-                  "### At each method's best temperature\n"]
+        parts += [
+            "### At each method's default temperature\n",
+            DEFAULT_TAU_TEXT,
+            table(speedups),
+            "### At each method's best temperature\n",
+        ]
         parts += [BEST_TAU_TEXT, table(best_speedups)] if best_speedups is not None else [NO_BEST_TAU_TEXT]
-    parts += ["## What temperature means per method\n", table(meanings),
-              "## Figures\n"]
+    parts += ["## What temperature means per method\n", table(meanings), "## Figures\n"]
     for fig in figures:
-        parts.append(f"### {fig.title}\n\n{fig.caption} ([PDF](figures/{fig.name}.pdf), "
-                     f"[data](figures/{fig.name}.csv))\n\n![{fig.title}](figures/{fig.name}.png)\n")
+        parts.append(
+            f"### {fig.title}\n\n{fig.caption} ([PDF](figures/{fig.name}.pdf), "
+            f"[data](figures/{fig.name}.csv))\n\n![{fig.title}](figures/{fig.name}.png)\n"
+        )
     if not figures:
         parts.append("_No figures: the runs hold no evaluations or training logs._\n")
     parts.append("## Merge notes\n")
-    parts.append("".join(f"- {n}\n" for n in notes) if notes else "_None: no duplicate cells, every run has its config._\n")
+    parts.append(
+        "".join(f"- {n}\n" for n in notes) if notes else "_None: no duplicate cells, every run has its config._\n"
+    )
     return "\n".join(parts)

@@ -29,6 +29,7 @@ Definitions (one backbone, one Purrception variant P, one baseline B, FID curves
   uncensored curves both give the same interval up to that interpolation (tests/test_reports.py
   compares them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,12 +100,13 @@ def value_at(x: np.ndarray, fid: np.ndarray, at: float) -> float:
     if x[i] == at:
         return float(fid[i])
     if min(x[i - 1], fid[i - 1], fid[i]) > 0:
-        return float(np.exp(np.interp(np.log(at), np.log(x[i - 1:i + 1]), np.log(fid[i - 1:i + 1]))))
-    return float(np.interp(at, x[i - 1:i + 1], fid[i - 1:i + 1]))
+        return float(np.exp(np.interp(np.log(at), np.log(x[i - 1 : i + 1]), np.log(fid[i - 1 : i + 1]))))
+    return float(np.interp(at, x[i - 1 : i + 1], fid[i - 1 : i + 1]))
 
 
-def speedup(purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndarray, base_fid: np.ndarray,
-            fraction: float = 1.0) -> Speedup:
+def speedup(
+    purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndarray, base_fid: np.ndarray, fraction: float = 1.0
+) -> Speedup:
     """Speed-up from per-seed curves, ``*_fid`` (seeds, points) on checkpoints ``*_x`` (points,), for
     the target the baseline reaches with ``fraction`` of its budget (which must be at or after its
     first checkpoint)."""
@@ -113,17 +115,25 @@ def speedup(purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndarray, base_f
     return _speedup_of_means(purr_x, purr_mean, base_x, base_mean, fraction)
 
 
-def _speedup_of_means(purr_x: np.ndarray, purr_mean: np.ndarray, base_x: np.ndarray, base_mean: np.ndarray,
-                      fraction: float) -> Speedup:
+def _speedup_of_means(
+    purr_x: np.ndarray, purr_mean: np.ndarray, base_x: np.ndarray, base_mean: np.ndarray, fraction: float
+) -> Speedup:
     base_spent = fraction * float(base_x[-1])
     target = value_at(base_x, base_mean, base_spent)
     reach = first_reach(purr_x, purr_mean, target)
     return Speedup(base_spent / reach.x, reach.kind, target, base_spent, reach.x)
 
 
-def bootstrap_interval(purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndarray, base_fid: np.ndarray,
-                       fraction: float = 1.0, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                       confidence: float = CONFIDENCE) -> tuple[Speedup, Speedup] | None:
+def bootstrap_interval(
+    purr_x: np.ndarray,
+    purr_fid: np.ndarray,
+    base_x: np.ndarray,
+    base_fid: np.ndarray,
+    fraction: float = 1.0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[Speedup, Speedup] | None:
     """Percentile bootstrap interval over seeds (see module docstring) of ``speedup(..., fraction)``:
     the resamples at the lower and upper percentiles, or None when both methods have a single seed."""
     purr_fid, base_fid = np.atleast_2d(purr_fid), np.atleast_2d(base_fid)
@@ -137,7 +147,7 @@ def bootstrap_interval(purr_x: np.ndarray, purr_fid: np.ndarray, base_x: np.ndar
     values = np.array([d.sort_value() for d in draws])
     order = np.argsort(values, kind="stable")
     alpha = (1.0 - confidence) / 2.0
-    lo = int(np.ceil(alpha * resamples)) - 1          # the 2.5th percentile: the 50th of 2000 sorted values
+    lo = int(np.ceil(alpha * resamples)) - 1  # the 2.5th percentile: the 50th of 2000 sorted values
     hi = int(np.ceil((1.0 - alpha) * resamples)) - 1  # the 97.5th percentile: the 1950th
     return draws[order[max(lo, 0)]], draws[order[min(hi, resamples - 1)]]
 

@@ -16,6 +16,7 @@
   CFG cell), mean over seeds.
 - ``variants_table``: what each variant label stands for, when runs with different settings merge.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,35 +72,53 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
         final_step = int(steps[-1])
         at_final = group[group["step"] == final_step]
         jobs = results.jobs[(results.jobs["backbone"] == backbone) & (results.jobs["variant"] == variant)]
-        flops_per_step = _first_valid(jobs["flops_per_step"].mean() if not jobs.empty else None,
-                                      (at_final["train_flops"] / final_step).mean() if "train_flops" in at_final else None)
-        params = _first_valid(at_final["params"].iloc[0] if "params" in at_final else None,
-                              jobs["params"].iloc[0] if not jobs.empty else None)
+        flops_per_step = _first_valid(
+            jobs["flops_per_step"].mean() if not jobs.empty else None,
+            (at_final["train_flops"] / final_step).mean() if "train_flops" in at_final else None,
+        )
+        params = _first_valid(
+            at_final["params"].iloc[0] if "params" in at_final else None,
+            jobs["params"].iloc[0] if not jobs.empty else None,
+        )
         b = best[(best["backbone"] == backbone) & (best["variant"] == variant)]
         if b.empty:
             best_tau, best_fid = "-", "-"
         else:
             top = b.loc[b["mean"].idxmin()]
             best_tau = f"{top['temperature']:g} (step {int(top['sweep_step'])}, {int(top['steps'])} steps)"
-            sweep_fids = sweep_rows[(sweep_rows["backbone"] == backbone) & (sweep_rows["variant"] == variant)
-                                    & (sweep_rows["temperature"] == top["temperature"])]["fid"]
+            sweep_fids = sweep_rows[
+                (sweep_rows["backbone"] == backbone)
+                & (sweep_rows["variant"] == variant)
+                & (sweep_rows["temperature"] == top["temperature"])
+            ]["fid"]
             best_fid = mean_sd(sweep_fids)
         cell = group.iloc[0]
-        rows.append({"backbone": backbone, "variant": variant, "seeds": len(seeds), "final step": final_step,
-                     "cell (τ, steps, CFG, samples)": f"{cell['temperature']:g}, {int(cell['steps'])}, "
-                                                      f"{cell['cfg_scale']:g}, {int(cell['n_samples'])}"
-                     if "n_samples" in cell else f"{cell['temperature']:g}, {int(cell['steps'])}, {cell['cfg_scale']:g}",
-                     "final FID": mean_sd(fid[:, -1]), "final class acc.": final_class_accuracy(at_final),
-                     "params": human(params),
-                     "FLOPs/step": human(flops_per_step),
-                     "train wall s": mean_sd(at_final["train_wall_s"], 1) if "train_wall_s" in at_final else "-",
-                     "best τ": best_tau, "FID at best τ": best_fid})
+        rows.append(
+            {
+                "backbone": backbone,
+                "variant": variant,
+                "seeds": len(seeds),
+                "final step": final_step,
+                "cell (τ, steps, CFG, samples)": f"{cell['temperature']:g}, {int(cell['steps'])}, "
+                f"{cell['cfg_scale']:g}, {int(cell['n_samples'])}"
+                if "n_samples" in cell
+                else f"{cell['temperature']:g}, {int(cell['steps'])}, {cell['cfg_scale']:g}",
+                "final FID": mean_sd(fid[:, -1]),
+                "final class acc.": final_class_accuracy(at_final),
+                "params": human(params),
+                "FLOPs/step": human(flops_per_step),
+                "train wall s": mean_sd(at_final["train_wall_s"], 1) if "train_wall_s" in at_final else "-",
+                "best τ": best_tau,
+                "FID at best τ": best_fid,
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     order = {v: i for i, v in enumerate(order_variants(frame["variant"]))}
-    return frame.sort_values(["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
-                             kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        ["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable"
+    ).reset_index(drop=True)
 
 
 def final_class_accuracy(at_final: pd.DataFrame) -> str:
@@ -113,23 +132,46 @@ def final_class_accuracy(at_final: pd.DataFrame) -> str:
 def floor_table(results: Results) -> pd.DataFrame:
     rows = []
     for _, f in results.floors.iterrows():
-        def num(key, digits=3):
+
+        def num(key, digits=3, f=f):
             v = f.get(key)
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
-        rows.append({"tokenizer": str(f["tokenizer"]), "FID": num("fid", 2), "KID": num("kid_mean", 4),
-                     "precision": num("precision"), "recall": num("recall"),
-                     "class acc.": num("class_accuracy"), "PSNR (dB)": num("psnr", 2),
-                     "samples": "-" if pd.isna(f["n_samples"]) else str(int(f["n_samples"])),
-                     "feature extractor": str(f["feature_extractor"]), "reference": str(f["ref_stats"]),
-                     "runs": f["runs"]})
+
+        rows.append(
+            {
+                "tokenizer": str(f["tokenizer"]),
+                "FID": num("fid", 2),
+                "KID": num("kid_mean", 4),
+                "precision": num("precision"),
+                "recall": num("recall"),
+                "class acc.": num("class_accuracy"),
+                "PSNR (dB)": num("psnr", 2),
+                "samples": "-" if pd.isna(f["n_samples"]) else str(int(f["n_samples"])),
+                "feature extractor": str(f["feature_extractor"]),
+                "reference": str(f["ref_stats"]),
+                "runs": f["runs"],
+            }
+        )
     frame = pd.DataFrame(rows)
     return frame.sort_values(list(frame.columns)).reset_index(drop=True) if not frame.empty else frame
 
 
 BUDGET_LABELS = {0.25: "1/4", 0.5: "1/2", 1.0: "all"}
-SPEEDUP_COLUMNS = ["backbone", "Purrception", "baseline", "τ (P/B)", "seeds (P/B)", "budget", "target FID",
-                   "baseline iters", "Purrception iters", "speed-up (iters)", "95% CI (iters)", "speed-up (FLOPs)",
-                   "95% CI (FLOPs)"]
+SPEEDUP_COLUMNS = [
+    "backbone",
+    "Purrception",
+    "baseline",
+    "τ (P/B)",
+    "seeds (P/B)",
+    "budget",
+    "target FID",
+    "baseline iters",
+    "Purrception iters",
+    "speed-up (iters)",
+    "95% CI (iters)",
+    "speed-up (FLOPs)",
+    "95% CI (FLOPs)",
+]
 
 
 def speedup_table(curves: pd.DataFrame, variants: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFrame:
@@ -145,18 +187,29 @@ def speedup_table(curves: pd.DataFrame, variants: pd.DataFrame, fractions=FRACTI
         names = order_variants(here["variant"])
         for purr in filter(_is_purr, names):
             p_rows = here[here["variant"] == purr]
-            for base in (v for v in names if not _is_purr(v) and recipe.get((backbone, v)) == recipe.get((backbone, purr))):
+            for base in (
+                v for v in names if not _is_purr(v) and recipe.get((backbone, v)) == recipe.get((backbone, purr))
+            ):
                 b_rows = here[here["variant"] == base]
                 for fraction in fractions:
                     row = _speedup_row(p_rows, b_rows, fraction)
                     if row:
-                        rows.append({"backbone": backbone, "Purrception": purr, "baseline": base,
-                                     "τ (P/B)": f"{p_rows['temperature'].iloc[0]:g}/{b_rows['temperature'].iloc[0]:g}",
-                                     "budget": BUDGET_LABELS.get(fraction, f"{fraction:g}"), **row})
+                        rows.append(
+                            {
+                                "backbone": backbone,
+                                "Purrception": purr,
+                                "baseline": base,
+                                "τ (P/B)": f"{p_rows['temperature'].iloc[0]:g}/{b_rows['temperature'].iloc[0]:g}",
+                                "budget": BUDGET_LABELS.get(fraction, f"{fraction:g}"),
+                                **row,
+                            }
+                        )
     return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
 
 
-def best_temperature_speedup_table(curves: pd.DataFrame, variants: pd.DataFrame, sweep_rows: pd.DataFrame) -> pd.DataFrame:
+def best_temperature_speedup_table(
+    curves: pd.DataFrame, variants: pd.DataFrame, sweep_rows: pd.DataFrame
+) -> pd.DataFrame:
     """``speedup_table`` of the best-temperature curves (``reports.curves.best_temperature_curves``)
     with a column ``sweep's best τ (P/B)``: the best temperatures of the last-checkpoint sweep, which
     differ from the curves' where the sweep's best was not evaluated along training."""
@@ -166,9 +219,14 @@ def best_temperature_speedup_table(curves: pd.DataFrame, variants: pd.DataFrame,
         means = sweep_curve(sweep_rows)
         for (backbone, variant), group in means.groupby(["backbone", "variant"], sort=True):
             best[(backbone, variant)] = f"{group.loc[group['mean'].idxmin(), 'temperature']:g}"
-    table.insert(4, "sweep's best τ (P/B)",
-                 [f"{best.get((b, p), '-')}/{best.get((b, v), '-')}"
-                  for b, p, v in zip(table["backbone"], table["Purrception"], table["baseline"])])
+    table.insert(
+        4,
+        "sweep's best τ (P/B)",
+        [
+            f"{best.get((b, p), '-')}/{best.get((b, v), '-')}"
+            for b, p, v in zip(table["backbone"], table["Purrception"], table["baseline"])
+        ],
+    )
     return table
 
 
@@ -185,9 +243,14 @@ def _speedup_row(p_rows: pd.DataFrame, b_rows: pd.DataFrame, fraction: float) ->
         point = speedup(p_x, p_fid, b_x, b_fid, fraction)
         bounds = bootstrap_interval(p_x, p_fid, b_x, b_fid, fraction)
         if axis == "step":
-            row.update({"target FID": f"{point.target:.2f}", "baseline iters": f"{point.baseline_x:,.0f}",
-                        "Purrception iters": ("" if point.kind == "exact" else "<=" if point.kind == "at_least" else ">")
-                        + f"{point.purr_x:,.0f}"})
+            row.update(
+                {
+                    "target FID": f"{point.target:.2f}",
+                    "baseline iters": f"{point.baseline_x:,.0f}",
+                    "Purrception iters": ("" if point.kind == "exact" else "<=" if point.kind == "at_least" else ">")
+                    + f"{point.purr_x:,.0f}",
+                }
+            )
         row[f"speed-up ({label})"] = format_speedup(point)
         row[f"95% CI ({label})"] = format_interval(bounds)
         row["seeds (P/B)"] = f"{len(p_seeds)}/{len(b_seeds)}"
@@ -198,12 +261,20 @@ def variants_table(results: Results) -> pd.DataFrame:
     """Variants whose runs differ in settings: the label, its runs and the full settings."""
     v = results.variants
     v = v[(v["options"] != "") | (v["recipe"] != "")]
-    rows = [{"backbone": r.backbone, "variant": r.variant, "runs": r.runs,
-             "settings": ", ".join(p for p in (r.options, r.recipe) if p)} for r in v.itertuples()]
+    rows = [
+        {
+            "backbone": r.backbone,
+            "variant": r.variant,
+            "runs": r.runs,
+            "settings": ", ".join(p for p in (r.options, r.recipe) if p),
+        }
+        for r in v.itertuples()
+    ]
     frame = pd.DataFrame(rows, columns=["backbone", "variant", "runs", "settings"])
     order = {name: i for i, name in enumerate(order_variants(frame["variant"]))}
-    return frame.sort_values(["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
-                             kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        ["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable"
+    ).reset_index(drop=True)
 
 
 def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame) -> pd.DataFrame:
@@ -220,17 +291,34 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
     rows = []
     for values, group in rest.groupby(["backbone", "variant", "step", *cols], sort=True, dropna=False):
         setting = dict(zip(["backbone", "variant", "step", *cols], values))
-        rows.append({"backbone": setting["backbone"], "variant": setting["variant"], "step": int(setting["step"]),
-                     "τ": f"{setting['temperature']:g}", "steps": int(setting["steps"]),
-                     "CFG": f"{setting['cfg_scale']:g}",
-                     "samples": str(int(setting["n_samples"])) if "n_samples" in setting else "-",
-                     "seeds": group["seed"].nunique(), "FID": mean_sd(group["fid"]),
-                     **{label: (f"{group[c].mean():.3f}" if c in group and group[c].notna().any() else "-")
-                        for label, c in (("precision", "precision"), ("recall", "recall"), ("IS", "isc"),
-                                         ("class acc.", "class_accuracy"))}})
+        rows.append(
+            {
+                "backbone": setting["backbone"],
+                "variant": setting["variant"],
+                "step": int(setting["step"]),
+                "τ": f"{setting['temperature']:g}",
+                "steps": int(setting["steps"]),
+                "CFG": f"{setting['cfg_scale']:g}",
+                "samples": str(int(setting["n_samples"])) if "n_samples" in setting else "-",
+                "seeds": group["seed"].nunique(),
+                "FID": mean_sd(group["fid"]),
+                **{
+                    label: (f"{group[c].mean():.3f}" if c in group and group[c].notna().any() else "-")
+                    for label, c in (
+                        ("precision", "precision"),
+                        ("recall", "recall"),
+                        ("IS", "isc"),
+                        ("class acc.", "class_accuracy"),
+                    )
+                },
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     order = {v: i for i, v in enumerate(order_variants(frame["variant"]))}
-    return frame.sort_values(["backbone", "variant", "step", "steps", "CFG", "τ"],
-                             key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        ["backbone", "variant", "step", "steps", "CFG", "τ"],
+        key=lambda s: s.map(order) if s.name == "variant" else s,
+        kind="stable",
+    ).reset_index(drop=True)

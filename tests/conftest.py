@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated project cache and a toy latent space that needs no training."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,14 @@ def toy_latents(tmp_path):
     shard_dir = tmp_path / "shards"
     entry = write_shard(shard_dir, 0, codes, labels)
     write_meta(shard_dir, grid=(8, 8), codebook_size=16, num_classes=10, shards=[entry])
-    return LatentSpace(tokenizer=tokenizer, shards=CodeShards(shard_dir), images=None, num_classes=10,
-                       image_size=32, info={"tokenizer": "toy"})
+    return LatentSpace(
+        tokenizer=tokenizer,
+        shards=CodeShards(shard_dir),
+        images=None,
+        num_classes=10,
+        image_size=32,
+        info={"tokenizer": "toy"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +65,19 @@ def run_cli(shared_cache):
 
     def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, "VQFLOW_CACHE": str(shared_cache), "PYTHONPATH": str(root)}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     return run

@@ -1,5 +1,6 @@
 """The repository stands on its own: no references to files outside it, links that resolve, a
 licence and a citation file."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,9 @@ does not match itself)."""
 
 
 def tracked_text_files() -> list[Path]:
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    names = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     files = []
     for name in names:
         path = ROOT / name
@@ -31,8 +33,12 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_nothing_refers_to_files_outside_the_repository():
-    hits = [f"{path.relative_to(ROOT)}: {needle}" for path in tracked_text_files()
-            for needle in OUTSIDE if needle in path.read_text()]
+    hits = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in tracked_text_files()
+        for needle in OUTSIDE
+        if needle in path.read_text()
+    ]
     assert not hits, hits
 
 
@@ -168,9 +174,12 @@ TEST_NAME_MAX = 60
 def test_test_names_are_at_most_60_characters():
     import ast
 
-    long = [f"{path.relative_to(ROOT)}: {node.name}" for path in sorted((ROOT / "tests").rglob("test_*.py"))
-            for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and len(node.name) > TEST_NAME_MAX]
+    long = [
+        f"{path.relative_to(ROOT)}: {node.name}"
+        for path in sorted((ROOT / "tests").rglob("test_*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and len(node.name) > TEST_NAME_MAX
+    ]
     assert not long, long
 
 

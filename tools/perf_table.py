@@ -8,6 +8,7 @@ and JSON-lines from ``python -m tools.profile_step``. Prints one table per group
 the matmul peak was recorded) and, for every training group with a ``cfm`` entry, each method's
 peak memory and achieved FLOP/s relative to ``cfm``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,27 @@ def rows_from_file(path: Path) -> list[dict]:
                 group = f"train-{r['workload']}-b{r['batch']}"
                 if r.get("interleaved_with"):  # one table per interleaved run: its ratios are paired
                     group += f" ({', '.join(sorted([r['label'], *r['interleaved_with']]))} interleaved)"
-                rows.append({**r, "group": group, "name": r["label"], "seconds": r["seconds_per_step"],
-                             "unit": "steps", "items": 1})
+                rows.append(
+                    {
+                        **r,
+                        "group": group,
+                        "name": r["label"],
+                        "seconds": r["seconds_per_step"],
+                        "unit": "steps",
+                        "items": 1,
+                    }
+                )
         return rows
     data = json.loads(path.read_text())
-    return [{**b["extra_info"], "group": b["group"], "seconds": b["stats"]["median"],
-             "name": b["extra_info"].get("label", b["name"].removeprefix("test_"))} for b in data["benchmarks"]]
+    return [
+        {
+            **b["extra_info"],
+            "group": b["group"],
+            "seconds": b["stats"]["median"],
+            "name": b["extra_info"].get("label", b["name"].removeprefix("test_")),
+        }
+        for b in data["benchmarks"]
+    ]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -40,7 +56,7 @@ def fmt(value, digits: int = 3) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+        return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return str(value)
 
 
@@ -54,9 +70,13 @@ def group_table(rows: list[dict]) -> list[str]:
     for r in rows:
         cells = [r["name"], fmt(r["seconds"]), fmt(r["items"] / r["seconds"])]
         if train:
-            cells += [fmt(r.get("batch")), f"{r['peak_tensor_mib']:.0f}", f"{r['flops_per_step'] / 1e9:.1f}",
-                      f"{r['flops_per_step'] / r['seconds'] / 1e9:.1f}",
-                      f"{r['flops_per_step'] / r['seconds'] / r['peak_flops']:.2f}" if r.get("peak_flops") else ""]
+            cells += [
+                fmt(r.get("batch")),
+                f"{r['peak_tensor_mib']:.0f}",
+                f"{r['flops_per_step'] / 1e9:.1f}",
+                f"{r['flops_per_step'] / r['seconds'] / 1e9:.1f}",
+                f"{r['flops_per_step'] / r['seconds'] / r['peak_flops']:.2f}" if r.get("peak_flops") else "",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -70,8 +90,10 @@ def ratio_table(rows: list[dict]) -> list[str]:
     ref_rate = ref["flops_per_step"] / ref["seconds"]
     for r in rows:
         rate = r["flops_per_step"] / r["seconds"]
-        lines.append(f"| {r['name']} | {r['peak_tensor_mib'] / ref['peak_tensor_mib']:.2f} | "
-                     f"{rate / ref_rate:.2f} | {r['seconds'] / ref['seconds']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {r['peak_tensor_mib'] / ref['peak_tensor_mib']:.2f} | "
+            f"{rate / ref_rate:.2f} | {r['seconds'] / ref['seconds']:.2f} |"
+        )
     return lines
 
 

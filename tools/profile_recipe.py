@@ -8,6 +8,7 @@ holds two runs of it, column ``repeat``, on a loaded machine):
 
     python -m tools.profile_recipe
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,8 +37,14 @@ def latents(root: Path) -> LatentSpace:
     codes = np.random.default_rng(0).integers(0, 128, size=(512, 8, 8))
     entry = write_shard(root, 0, codes, np.arange(512) % 10)
     write_meta(root, grid=(8, 8), codebook_size=128, num_classes=10, shards=[entry])
-    return LatentSpace(tokenizer=tokenizer, shards=CodeShards(root), images=None, num_classes=10, image_size=32,
-                       info={"tokenizer": "random"})
+    return LatentSpace(
+        tokenizer=tokenizer,
+        shards=CodeShards(root),
+        images=None,
+        num_classes=10,
+        image_size=32,
+        info={"tokenizer": "random"},
+    )
 
 
 def cpu_seconds(fn, repeats: int) -> float:
@@ -49,11 +56,13 @@ def cpu_seconds(fn, repeats: int) -> float:
 
 def train_step_cost(space, root, method, batch, backbone="mini/2", optimizer="for-loop") -> float:
     cfg = load_config("default", [f"train.batch_size={batch}", f"backbone={backbone}", "eval.enabled=false"])
-    trainer = Trainer(cfg, method, 0, root / f"{method}-{batch}-{backbone.replace('/', '')}-{optimizer}", space,
-                      progress=False)
+    trainer = Trainer(
+        cfg, method, 0, root / f"{method}-{batch}-{backbone.replace('/', '')}-{optimizer}", space, progress=False
+    )
     t = cfg.train
-    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=t.lr, betas=t.betas,
-                                          weight_decay=t.weight_decay, **ADAMW[optimizer])
+    trainer.optimizer = torch.optim.AdamW(
+        trainer.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, **ADAMW[optimizer]
+    )
     cpu_seconds(trainer.train_step, WARMUP)
     return cpu_seconds(trainer.train_step, STEPS)
 
@@ -64,9 +73,23 @@ def sample_cost(space, root, method, n=250, steps=20) -> float:
     labels = torch.arange(n) % 10
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        return cpu_seconds(lambda: space.tokenizer.decode(trainer.method.sample(
-            trainer.ema, labels, space.shards.grid, steps=steps, temperature=1.0, cfg_scale=1.0,
-            generator=generator).codes), 2) / n
+        return (
+            cpu_seconds(
+                lambda: space.tokenizer.decode(
+                    trainer.method.sample(
+                        trainer.ema,
+                        labels,
+                        space.shards.grid,
+                        steps=steps,
+                        temperature=1.0,
+                        cfg_scale=1.0,
+                        generator=generator,
+                    ).codes
+                ),
+                2,
+            )
+            / n
+        )
 
 
 def main() -> None:
@@ -75,14 +98,18 @@ def main() -> None:
     space = latents(root / "shards")
     print("what,method,setting,cpu_s", flush=True)
     for method in ("purr", "cfm", "dfm"):
-        print(f"train_step,{method},mini/2 batch 32 AdamW for-loop,{train_step_cost(space, root, method, 32):.4f}",
-              flush=True)
-    for setting, kw in (("mini/2 batch 32 AdamW foreach", {"batch": 32, "optimizer": "foreach"}),
-                        ("mini/2 batch 32 AdamW fused", {"batch": 32, "optimizer": "fused"}),
-                        ("mini/2 batch 64 AdamW for-loop", {"batch": 64}),
-                        ("mini/2 batch 128 AdamW for-loop", {"batch": 128}),
-                        ("mini/4 batch 32 AdamW for-loop", {"batch": 32, "backbone": "mini/4"}),
-                        ("tiny/2 batch 32 AdamW for-loop", {"batch": 32, "backbone": "tiny/2"})):
+        print(
+            f"train_step,{method},mini/2 batch 32 AdamW for-loop,{train_step_cost(space, root, method, 32):.4f}",
+            flush=True,
+        )
+    for setting, kw in (
+        ("mini/2 batch 32 AdamW foreach", {"batch": 32, "optimizer": "foreach"}),
+        ("mini/2 batch 32 AdamW fused", {"batch": 32, "optimizer": "fused"}),
+        ("mini/2 batch 64 AdamW for-loop", {"batch": 64}),
+        ("mini/2 batch 128 AdamW for-loop", {"batch": 128}),
+        ("mini/4 batch 32 AdamW for-loop", {"batch": 32, "backbone": "mini/4"}),
+        ("tiny/2 batch 32 AdamW for-loop", {"batch": 32, "backbone": "tiny/2"}),
+    ):
         print(f"train_step,purr,{setting},{train_step_cost(space, root, 'purr', **kw):.4f}", flush=True)
     for method in ("purr", "cfm", "dfm"):
         print(f"sample_and_decode_per_image,{method},20 Euler steps,{sample_cost(space, root, method):.5f}", flush=True)

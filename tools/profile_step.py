@@ -14,6 +14,7 @@ of a steady-state step (``benchmarks.training.utilisation.TensorMemory``; ``torc
 on CUDA) and, for a single variant, the process's peak resident set size (``ru_maxrss``, which
 includes Python, torch and the setup; it never goes down, so use one process per measurement).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def parse_variant(text: str) -> tuple[str, str]:
     method, _, head = text.rpartition("-")
     if method in names and head in HEADS:
         return method, head
-    raise SystemExit(f"unknown variant {text!r}: expected a method ({', '.join(names)}), optionally with "
-                     f"-{' or -'.join(HEADS)}")
+    raise SystemExit(
+        f"unknown variant {text!r}: expected a method ({', '.join(names)}), optionally with -{' or -'.join(HEADS)}"
+    )
 
 
 def measure(variants: list[tuple[str, str]], workload, steps: int, device: str) -> list[dict]:
@@ -59,14 +61,28 @@ def measure(variants: list[tuple[str, str]], workload, steps: int, device: str) 
     rows = []
     for (method, head), run, record in zip(variants, runs, times):
         seconds = statistics.median(record)
-        rows.append({
-            "method": method, "head": head, "label": label(method, head), "workload": workload.name,
-            "backbone": workload.backbone, "codes": workload.codes, "grid": list(workload.grid),
-            "batch": workload.batch, "device": device, "threads": torch.get_num_threads(), "params": run.params,
-            "flops_per_step": run.flops, "seconds_per_step": seconds, "step_times": record,
-            "achieved_flops": run.flops / seconds, "peak_flops": process_peak_flops(device),
-            "peak_tensor_mib": run.peak_memory() / 2 ** 20,
-            "interleaved_with": [label(*v) for v in variants if v != (method, head)]})
+        rows.append(
+            {
+                "method": method,
+                "head": head,
+                "label": label(method, head),
+                "workload": workload.name,
+                "backbone": workload.backbone,
+                "codes": workload.codes,
+                "grid": list(workload.grid),
+                "batch": workload.batch,
+                "device": device,
+                "threads": torch.get_num_threads(),
+                "params": run.params,
+                "flops_per_step": run.flops,
+                "seconds_per_step": seconds,
+                "step_times": record,
+                "achieved_flops": run.flops / seconds,
+                "peak_flops": process_peak_flops(device),
+                "peak_tensor_mib": run.peak_memory() / 2**20,
+                "interleaved_with": [label(*v) for v in variants if v != (method, head)],
+            }
+        )
     if len(runs) == 1:
         rows[0].update(rss_peak_mib=rss_mib(), rss_at_start_mib=rss_start)
     return rows

@@ -8,6 +8,7 @@ reference path, i.e. "before"); ``"fused"`` is the methods' default with the sha
 Weights are DiT's init (zero head), codebooks and codes are random: speed and memory do not
 depend on the values.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,8 @@ from torch import nn
 import methods
 from backbones.dit import build_dit
 from benchmarks.core.config import load_config
-from benchmarks.training.flops import model_flops, parameter_count
 from benchmarks.core.device import device_autocast
+from benchmarks.training.flops import model_flops, parameter_count
 from benchmarks.training.utilisation import TensorMemory
 from methods.heads import DenseHead
 
@@ -39,7 +40,7 @@ class Workload:
     batch: int
     num_classes: int = 10
 
-    def with_batch(self, batch: int) -> "Workload":
+    def with_batch(self, batch: int) -> Workload:
         return Workload(self.name, self.backbone, self.codes, self.code_dim, self.grid, batch, self.num_classes)
 
 
@@ -84,8 +85,15 @@ class TrainStep:
     """``step()`` runs one training step; ``flops`` is the model's FLOPs per step (forward and
     backward, counted once: ``benchmarks.training.flops.model_flops``)."""
 
-    def __init__(self, method_name: str, workload: Workload, head: str = "fused", *,
-                 device: str | torch.device = "cpu", seed: int = 0):
+    def __init__(
+        self,
+        method_name: str,
+        workload: Workload,
+        head: str = "fused",
+        *,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
         self.device = torch.device(device)
@@ -142,8 +150,17 @@ class TrainStep:
 class SampleRun:
     """``run()`` samples ``batch`` code grids with ``steps`` Euler steps (EMA model, eval mode)."""
 
-    def __init__(self, method_name: str, workload: Workload, head: str = "fused", *, steps: int = 20,
-                 cfg_scale: float = 1.0, device: str | torch.device = "cpu", seed: int = 0):
+    def __init__(
+        self,
+        method_name: str,
+        workload: Workload,
+        head: str = "fused",
+        *,
+        steps: int = 20,
+        cfg_scale: float = 1.0,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
         train = TrainStep(method_name, workload, head, device=device, seed=seed)
         self.method, self.device, self.workload = train.method, train.device, workload
         self.model = train.ema.eval() if head == "fused" else DenseHead(train.ema.eval())
@@ -152,7 +169,13 @@ class SampleRun:
 
     def run(self) -> torch.Tensor:
         with torch.no_grad(), device_autocast(self.device):
-            out = self.method.sample(self.model, self.labels, self.workload.grid, steps=self.steps,
-                                     temperature=0.9, cfg_scale=self.cfg_scale,
-                                     generator=torch.Generator(device=self.device).manual_seed(0))
+            out = self.method.sample(
+                self.model,
+                self.labels,
+                self.workload.grid,
+                steps=self.steps,
+                temperature=0.9,
+                cfg_scale=self.cfg_scale,
+                generator=torch.Generator(device=self.device).manual_seed(0),
+            )
         return out.codes

@@ -37,6 +37,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -124,8 +125,10 @@ class Layout:
             raise ClusterError(f"cluster directory {self.root!s} contains whitespace; Slurm configs cannot quote it")
         longest = max(self.munge_socket, self.db_socket, key=lambda p: len(str(p)))
         if len(str(longest)) > MAX_SOCKET_PATH:
-            raise ClusterError(f"cluster directory {self.root!s} is too long: socket path {longest} is over "
-                               f"{MAX_SOCKET_PATH} characters (the limit of a unix socket address)")
+            raise ClusterError(
+                f"cluster directory {self.root!s} is too long: socket path {longest} is over "
+                f"{MAX_SOCKET_PATH} characters (the limit of a unix socket address)"
+            )
 
     etc = property(lambda self: self.root / "etc")
     conf = property(lambda self: self.root / "etc" / "slurm.conf")
@@ -164,7 +167,7 @@ class Settings:
     user: str = field(default_factory=lambda: pwd.getpwuid(os.geteuid()).pw_name)
 
     @classmethod
-    def choose(cls, cpus: int | None) -> "Settings":
+    def choose(cls, cpus: int | None) -> Settings:
         available = os.cpu_count() or 1
         cpus = min(2, available) if cpus is None else cpus
         if not 1 <= cpus <= available:
@@ -242,15 +245,31 @@ def up(root: str | Path, *, cpus: int | None = None, install: bool = False, time
         _start_munge(lay, env, deadline)
         _start_mariadb(lay, settings, env, deadline)
         _start(lay, "slurmdbd", ["slurmdbd", "-D"], env)
-        _wait(lay, "slurmdbd", lambda: _ok(["sacctmgr", "-n", "-P", "show", "cluster"], env), deadline,
-              "slurmdbd to answer `sacctmgr show cluster`")
+        _wait(
+            lay,
+            "slurmdbd",
+            lambda: _ok(["sacctmgr", "-n", "-P", "show", "cluster"], env),
+            deadline,
+            "slurmdbd to answer `sacctmgr show cluster`",
+        )
         _register_accounting(settings, env)
         _start(lay, "slurmctld", ["slurmctld", "-D", "-f", str(lay.conf)], env)
-        _wait(lay, "slurmctld", lambda: "is UP" in _out(["scontrol", "ping"], env), deadline,
-              "slurmctld to answer `scontrol ping`")
+        _wait(
+            lay,
+            "slurmctld",
+            lambda: "is UP" in _out(["scontrol", "ping"], env),
+            deadline,
+            "slurmctld to answer `scontrol ping`",
+        )
         _start(lay, "slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(lay.conf)], env)
-        _wait(lay, "slurmd", lambda: _out(["sinfo", "-h", "-n", NODE, "-o", "%T"], env).strip() == "idle",
-              deadline, f"node {NODE} to be idle in sinfo", also=("slurmctld",))
+        _wait(
+            lay,
+            "slurmd",
+            lambda: _out(["sinfo", "-h", "-n", NODE, "-o", "%T"], env).strip() == "idle",
+            deadline,
+            f"node {NODE} to be idle in sinfo",
+            also=("slurmctld",),
+        )
     except BaseException:
         stop(lay)
         raise
@@ -286,8 +305,8 @@ def _write_configs(lay: Layout, s: Settings) -> None:
 # Written by .ci/slurm/cluster.py; every path is under {lay.root}.
 ClusterName={CLUSTER_NAME}
 SlurmctldHost={NODE}(127.0.0.1)
-SlurmctldPort={s.ports['slurmctld']}
-SlurmdPort={s.ports['slurmd']}
+SlurmctldPort={s.ports["slurmctld"]}
+SlurmdPort={s.ports["slurmd"]}
 SlurmUser={s.user}
 SlurmdUser={s.user}
 AuthType=auth/munge
@@ -295,10 +314,10 @@ CredType=cred/munge
 AuthInfo=socket={sock},cred_expire={CRED_EXPIRE_S}
 StateSaveLocation={lay.state}
 SlurmdSpoolDir={lay.spool}
-SlurmctldPidFile={lay.root / 'slurmctld.pid'}
-SlurmdPidFile={lay.root / 'slurmd.pid'}
-SlurmctldLogFile={lay.log('slurmctld')}
-SlurmdLogFile={lay.log('slurmd')}
+SlurmctldPidFile={lay.root / "slurmctld.pid"}
+SlurmdPidFile={lay.root / "slurmd.pid"}
+SlurmctldLogFile={lay.log("slurmctld")}
+SlurmdLogFile={lay.log("slurmd")}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -317,7 +336,7 @@ PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort={s.ports['slurmdbd']}
+AccountingStoragePort={s.ports["slurmdbd"]}
 AccountingStoragePass={sock}
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
@@ -331,13 +350,13 @@ AuthType=auth/munge
 AuthInfo=socket={sock}
 DbdHost={NODE}
 DbdAddr=127.0.0.1
-DbdPort={s.ports['slurmdbd']}
+DbdPort={s.ports["slurmdbd"]}
 SlurmUser={s.user}
-LogFile={lay.log('slurmdbd')}
-PidFile={lay.root / 'slurmdbd.pid'}
+LogFile={lay.log("slurmdbd")}
+PidFile={lay.root / "slurmdbd.pid"}
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={s.ports['mariadbd']}
+StoragePort={s.ports["mariadbd"]}
 StorageUser={DB_USER}
 StoragePass={s.db_password}
 StorageLoc={DB_NAME}
@@ -348,11 +367,11 @@ user={s.user}
 datadir={lay.db_data}
 tmpdir={lay.db_tmp}
 socket={lay.db_socket}
-port={s.ports['mariadbd']}
+port={s.ports["mariadbd"]}
 bind-address=127.0.0.1
 skip-name-resolve
-pid-file={lay.root / 'db' / 'mariadbd.pid'}
-log-error={lay.log('mariadbd')}
+pid-file={lay.root / "db" / "mariadbd.pid"}
+log-error={lay.log("mariadbd")}
 # The lock wait Slurm recommends for slurmdbd; a smaller buffer pool and log file than it recommends
 # (slurmdbd logs a warning) keep the datadir at ~25 MB; no log flush per commit (a throwaway database).
 innodb-buffer-pool-size=64M
@@ -368,9 +387,20 @@ socket={lay.db_socket}
     lay.dbd_conf.touch(mode=0o600)
     lay.dbd_conf.chmod(0o600)
     lay.dbd_conf.write_text(dbd_conf)
-    lay.info.write_text(json.dumps({"cluster": CLUSTER_NAME, "partition": PARTITION,
-                                    "urgent_partition": URGENT_PARTITION, "cpus": s.cpus,
-                                    "real_memory_mb": s.real_memory_mb, "ports": s.ports}, indent=2) + "\n")
+    lay.info.write_text(
+        json.dumps(
+            {
+                "cluster": CLUSTER_NAME,
+                "partition": PARTITION,
+                "urgent_partition": URGENT_PARTITION,
+                "cpus": s.cpus,
+                "real_memory_mb": s.real_memory_mb,
+                "ports": s.ports,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _start_munge(lay: Layout, env: dict[str, str], deadline: float) -> None:
@@ -382,13 +412,27 @@ def _start_munge(lay: Layout, env: dict[str, str], deadline: float) -> None:
     """
     lay.munge_socket.unlink(missing_ok=True)
     closed = [p for p in lay.munge_socket.parent.parents if not p.stat().st_mode & 0o001]
-    _start(lay, "munged", ["munged", "--foreground", f"--socket={lay.munge_socket}",
-                           f"--key-file={lay.munge_key}",
-                           f"--seed-file={lay.munge_seed}",
-                           f"--pid-file={lay.munge_socket.parent / 'munged.pid'}",
-                           *(["--force"] if closed else [])], env)
-    _wait(lay, "munged", lambda: _ok(["munge", "-n", "-S", str(lay.munge_socket)], env), deadline,
-          f"munged to answer on {lay.munge_socket}")
+    _start(
+        lay,
+        "munged",
+        [
+            "munged",
+            "--foreground",
+            f"--socket={lay.munge_socket}",
+            f"--key-file={lay.munge_key}",
+            f"--seed-file={lay.munge_seed}",
+            f"--pid-file={lay.munge_socket.parent / 'munged.pid'}",
+            *(["--force"] if closed else []),
+        ],
+        env,
+    )
+    _wait(
+        lay,
+        "munged",
+        lambda: _ok(["munge", "-n", "-S", str(lay.munge_socket)], env),
+        deadline,
+        f"munged to answer on {lay.munge_socket}",
+    )
 
 
 def _start_mariadb(lay: Layout, s: Settings, env: dict[str, str], deadline: float) -> None:
@@ -401,9 +445,18 @@ def _start_mariadb(lay: Layout, s: Settings, env: dict[str, str], deadline: floa
         with os.fdopen(os.open(grants, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(_db_grants_sql(s.db_password))
         try:
-            _run(["mariadb-install-db", f"--defaults-file={lay.my_cnf}", "--skip-test-db",
-                  "--auth-root-authentication-method=socket", f"--extra-file={grants}"],
-                 env=env, timeout=max(1.0, deadline - time.monotonic()), log=lay.out("mariadb-install-db"))
+            _run(
+                [
+                    "mariadb-install-db",
+                    f"--defaults-file={lay.my_cnf}",
+                    "--skip-test-db",
+                    "--auth-root-authentication-method=socket",
+                    f"--extra-file={grants}",
+                ],
+                env=env,
+                timeout=max(1.0, deadline - time.monotonic()),
+                log=lay.out("mariadb-install-db"),
+            )
         finally:
             grants.unlink(missing_ok=True)
         initialised.touch()
@@ -411,8 +464,13 @@ def _start_mariadb(lay: Layout, s: Settings, env: dict[str, str], deadline: floa
     else:  # a fresh password was chosen for this bring-up: set it once the server is up
         init_sql = _db_grants_sql(s.db_password)
     _start(lay, "mariadbd", ["mariadbd", f"--defaults-file={lay.my_cnf}"], env)
-    _wait(lay, "mariadbd", lambda: _ok(["mariadb-admin", f"--defaults-file={lay.my_cnf}", "ping"], env),
-          deadline, f"mariadbd to answer on {lay.db_socket}")
+    _wait(
+        lay,
+        "mariadbd",
+        lambda: _ok(["mariadb-admin", f"--defaults-file={lay.my_cnf}", "ping"], env),
+        deadline,
+        f"mariadbd to answer on {lay.db_socket}",
+    )
     if init_sql:
         _run(["mariadb", f"--defaults-file={lay.my_cnf}", "-e", init_sql], env=env, timeout=30)
 
@@ -434,8 +492,7 @@ def _register_accounting(s: Settings, env: dict[str, str]) -> None:
         _run(["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME], env=env, timeout=30)
     users = _out(["sacctmgr", "-n", "-P", "show", "user", "format=user"], env).split()
     if s.user not in users:
-        _run(["sacctmgr", "-i", "add", "user", s.user, "account=root", f"cluster={CLUSTER_NAME}"],
-             env=env, timeout=30)
+        _run(["sacctmgr", "-i", "add", "user", s.user, "account=root", f"cluster={CLUSTER_NAME}"], env=env, timeout=30)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,8 +521,9 @@ def attach(conf: str | Path, timeout: float = 15.0) -> Cluster:
     tier = int(default.get("PriorityTier", 1))
     preemptable = default.get("PreemptMode", "").upper().startswith("REQUEUE")
     urgent = next((p["PartitionName"] for p in parts if preemptable and int(p.get("PriorityTier", 1)) > tier), None)
-    return Cluster(conf=conf, partition=default["PartitionName"], urgent_partition=urgent,
-                   cpus=int(default.get("TotalCPUs", 1)))
+    return Cluster(
+        conf=conf, partition=default["PartitionName"], urgent_partition=urgent, cpus=int(default.get("TotalCPUs", 1))
+    )
 
 
 def status(root: str | Path) -> dict[str, object]:
@@ -509,10 +567,8 @@ def stop(lay: Layout, timeout: float = 60.0) -> list[str]:
 def _signal_all(records: dict[str, tuple[int, int]], sig: int) -> None:
     for pid, start in records.values():
         if _alive(pid, start):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited since the check
                 os.kill(pid, sig)
-            except ProcessLookupError:  # exited since the check
-                pass
 
 
 def _wait_gone(records: dict[str, tuple[int, int]], timeout: float) -> bool:
@@ -542,8 +598,15 @@ def _cancel_all_jobs(lay: Layout, deadline: float) -> None:
 def _start(lay: Layout, name: str, argv: list[str], env: dict[str, str]) -> None:
     """Start a daemon in the foreground mode, detached from our session; record its pid."""
     with open(lay.out(name), "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=lay.root, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=lay.root,
+            start_new_session=True,
+        )
     start = _start_ticks(proc.pid)
     lay.pid_file(name).write_text(f"{proc.pid} {start}\n")
     _CHILDREN[proc.pid] = proc
@@ -577,7 +640,7 @@ def _proc_stat(pid: int) -> list[str] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def _start_ticks(pid: int) -> int:
@@ -619,22 +682,25 @@ def _log_tails(lay: Layout, *daemons: str) -> str:
 # small helpers
 
 
-def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float, check: bool = True,
-         log: Path | None = None) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout: float, check: bool = True, log: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a command to completion (stdin closed) within `timeout` s; ClusterError on failure if `check`."""
     exe = _which(argv[0])
     if exe is None:
         raise ClusterError(f"command {argv[0]!r} not found on PATH")
     try:
-        res = subprocess.run([exe, *argv[1:]], env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=timeout)
+        res = subprocess.run(
+            [exe, *argv[1:]], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
         raise ClusterError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s") from e
     if log is not None:
         log.write_text(res.stdout + res.stderr)
     if check and res.returncode != 0:
-        raise ClusterError(f"`{' '.join(argv)}` failed with exit code {res.returncode}:\n"
-                           f"{(res.stdout + res.stderr).strip()[-4000:]}")
+        raise ClusterError(
+            f"`{' '.join(argv)}` failed with exit code {res.returncode}:\n{(res.stdout + res.stderr).strip()[-4000:]}"
+        )
     return res
 
 
@@ -681,13 +747,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("install", help="apt-get install the missing packages (root)")
-    for name, help_ in [("up", "start the cluster"), ("down", "stop the cluster's daemons"),
-                        ("status", "daemons and sinfo"), ("env", "print `export SLURM_CONF=...`")]:
+    for name, help_ in [
+        ("up", "start the cluster"),
+        ("down", "stop the cluster's daemons"),
+        ("status", "daemons and sinfo"),
+        ("env", "print `export SLURM_CONF=...`"),
+    ]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--dir", required=True, type=Path, help="cluster directory")
         if name in ("up", "down"):
-            p.add_argument("--timeout", type=float, default=120.0 if name == "up" else 60.0,
-                           help="seconds to wait for the daemons (default: 120 up, 60 down)")
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=120.0 if name == "up" else 60.0,
+                help="seconds to wait for the daemons (default: 120 up, 60 down)",
+            )
         if name == "up":
             p.add_argument("--install", action="store_true", help="install missing packages first (root)")
             p.add_argument("--cpus", type=int, default=None, help="CPUs of the node (default min(2, nproc))")
@@ -699,8 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "up":
             t0 = time.monotonic()
             cluster = up(args.dir, cpus=args.cpus, install=args.install, timeout=args.timeout)
-            print(f"# cluster up in {time.monotonic() - t0:.1f} s: partition {cluster.partition}, "
-                  f"urgent partition {cluster.urgent_partition}, {cluster.cpus} CPUs", file=sys.stderr)
+            print(
+                f"# cluster up in {time.monotonic() - t0:.1f} s: partition {cluster.partition}, "
+                f"urgent partition {cluster.urgent_partition}, {cluster.cpus} CPUs",
+                file=sys.stderr,
+            )
             print(f"export SLURM_CONF={cluster.conf}")
         elif args.cmd == "env":
             print(f"export SLURM_CONF={Layout(args.dir).conf}")

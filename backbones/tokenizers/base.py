@@ -7,6 +7,7 @@ true the codebook is the *L2-normalised* table, and nearest-code search is by co
 
 Channel convention at this boundary: embedding grids are channel-first (B, d, h, w).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -36,12 +37,12 @@ def nearest_codes(z: Tensor, codebook: Tensor, normalized: bool, chunk: int = 81
         sq_norms = (codebook * codebook).sum(-1)  # (K,)
         out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
         for start in range(0, flat.shape[0], chunk):
-            q = flat[start:start + chunk]
+            q = flat[start : start + chunk]
             if normalized:
                 score = q @ codebook.T  # cosine, larger is nearer
             else:
                 score = 2 * q @ codebook.T - sq_norms  # -||q - e||^2 up to a per-row constant
-            out[start:start + chunk] = score.argmax(-1)
+            out[start : start + chunk] = score.argmax(-1)
     return out.view(b, h, w)
 
 

@@ -36,6 +36,7 @@ The widths ``ch``, ``z_channels``, ``codebook_size`` and ``code_dim`` are read f
 tensor shapes (so a reduced-width test checkpoint loads); depth and topology come from the kind,
 and a file whose widths differ from the published ones loads with a warning.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,9 +49,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from backbones.tokenizers.base import Tokenizer, nearest_codes
 from backbones.tokenizers.safe_pickle import safe_load
 from backbones.tokenizers.taming import Decoder, Encoder
-from backbones.tokenizers.base import Tokenizer, nearest_codes
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,15 @@ class TokenizerSpec:
     """Architecture and provenance of one pretrained tokenizer kind."""
 
     kind: str
-    codebook_size: int          # K
-    code_dim: int               # d
+    codebook_size: int  # K
+    code_dim: int  # d
     ch_mult: tuple[int, ...]
     z_channels: int
     attn_levels: tuple[int, ...]  # resolution levels (0 = full resolution) with attention blocks
-    normalized: bool            # L2-normalised codebook, cosine nearest neighbour
-    file_name: str              # the published file name
-    container: str              # "lightning" (taming naming, code-free unpickler) or "llamagen"
-    source: str                 # where to obtain the file
+    normalized: bool  # L2-normalised codebook, cosine nearest neighbour
+    file_name: str  # the published file name
+    container: str  # "lightning" (taming naming, code-free unpickler) or "llamagen"
+    source: str  # where to obtain the file
     ch: int = 128
     num_res_blocks: int = 2
 
@@ -79,28 +80,63 @@ class TokenizerSpec:
         return 2 ** (self.num_levels - 1)
 
 
-KINDS: dict[str, TokenizerSpec] = {spec.kind: spec for spec in [
-    TokenizerSpec(
-        kind="vq-f8", codebook_size=16384, code_dim=4, ch_mult=(1, 2, 2, 4), z_channels=4, attn_levels=(3,),
-        normalized=False, file_name="vq-f8.ckpt", container="lightning",
-        source="the Latent Diffusion (LDM) model zoo, https://ommer-lab.com/files/latent-diffusion/vq-f8.zip "
-               "(unzip it and rename its model.ckpt to vq-f8.ckpt)"),
-    TokenizerSpec(
-        kind="llamagen-vq8", codebook_size=16384, code_dim=8, ch_mult=(1, 2, 2, 4), z_channels=256,
-        attn_levels=(3,), normalized=True, file_name="vq_ds8_c2i.pt", container="llamagen",
-        source="the LlamaGen HuggingFace repository FoundationVision/LlamaGen, "
-               "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds8_c2i.pt"),
-    TokenizerSpec(
-        kind="llamagen-vq16", codebook_size=16384, code_dim=8, ch_mult=(1, 1, 2, 2, 4), z_channels=256,
-        attn_levels=(4,), normalized=True, file_name="vq_ds16_c2i.pt", container="llamagen",
-        source="the LlamaGen HuggingFace repository FoundationVision/LlamaGen, "
-               "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt"),
-    TokenizerSpec(
-        kind="taming-f16", codebook_size=16384, code_dim=256, ch_mult=(1, 1, 2, 2, 4), z_channels=256,
-        attn_levels=(4,), normalized=False, file_name="last.ckpt", container="lightning",
-        source="taming-transformers' ImageNet VQGAN f=16 with 16384 codes, "
-               "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/ (file ckpts/last.ckpt)"),
-]}
+KINDS: dict[str, TokenizerSpec] = {
+    spec.kind: spec
+    for spec in [
+        TokenizerSpec(
+            kind="vq-f8",
+            codebook_size=16384,
+            code_dim=4,
+            ch_mult=(1, 2, 2, 4),
+            z_channels=4,
+            attn_levels=(3,),
+            normalized=False,
+            file_name="vq-f8.ckpt",
+            container="lightning",
+            source="the Latent Diffusion (LDM) model zoo, https://ommer-lab.com/files/latent-diffusion/vq-f8.zip "
+            "(unzip it and rename its model.ckpt to vq-f8.ckpt)",
+        ),
+        TokenizerSpec(
+            kind="llamagen-vq8",
+            codebook_size=16384,
+            code_dim=8,
+            ch_mult=(1, 2, 2, 4),
+            z_channels=256,
+            attn_levels=(3,),
+            normalized=True,
+            file_name="vq_ds8_c2i.pt",
+            container="llamagen",
+            source="the LlamaGen HuggingFace repository FoundationVision/LlamaGen, "
+            "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds8_c2i.pt",
+        ),
+        TokenizerSpec(
+            kind="llamagen-vq16",
+            codebook_size=16384,
+            code_dim=8,
+            ch_mult=(1, 1, 2, 2, 4),
+            z_channels=256,
+            attn_levels=(4,),
+            normalized=True,
+            file_name="vq_ds16_c2i.pt",
+            container="llamagen",
+            source="the LlamaGen HuggingFace repository FoundationVision/LlamaGen, "
+            "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt",
+        ),
+        TokenizerSpec(
+            kind="taming-f16",
+            codebook_size=16384,
+            code_dim=256,
+            ch_mult=(1, 1, 2, 2, 4),
+            z_channels=256,
+            attn_levels=(4,),
+            normalized=False,
+            file_name="last.ckpt",
+            container="lightning",
+            source="taming-transformers' ImageNet VQGAN f=16 with 16384 codes, "
+            "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/ (file ckpts/last.ckpt)",
+        ),
+    ]
+}
 
 WIDTH_FIELDS = ("ch", "z_channels", "codebook_size", "code_dim")
 """The spec fields a checkpoint's tensor shapes determine (and ``build_tokenizer`` may override)."""
@@ -164,6 +200,7 @@ def to_checkpoint_key(spec: TokenizerSpec, key: str) -> str:
 
 # ----------------------------------------------------------------------------- the module
 
+
 class Quantizer(nn.Module):
     """Holds the code table as ``embedding.weight`` (K, d), the checkpoints' name for it."""
 
@@ -186,8 +223,13 @@ class PretrainedVQ(Tokenizer):
         self.kind = spec.kind
         self.normalized = spec.normalized
         self.downsample = spec.downsample
-        arch = dict(ch=spec.ch, ch_mult=spec.ch_mult, num_res_blocks=spec.num_res_blocks,
-                    attn_levels=spec.attn_levels, z_channels=spec.z_channels)
+        arch = dict(
+            ch=spec.ch,
+            ch_mult=spec.ch_mult,
+            num_res_blocks=spec.num_res_blocks,
+            attn_levels=spec.attn_levels,
+            z_channels=spec.z_channels,
+        )
         self.encoder = Encoder(**arch, in_channels=3)
         self.quant_conv = nn.Conv2d(spec.z_channels, spec.code_dim, 1)
         self.quantize = Quantizer(spec.codebook_size, spec.code_dim)
@@ -208,8 +250,10 @@ class PretrainedVQ(Tokenizer):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.kind}: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[2] % self.downsample or images.shape[3] % self.downsample:
-            raise ValueError(f"{self.kind}: image size {tuple(images.shape[2:])} is not a multiple of the "
-                             f"downsampling factor {self.downsample}")
+            raise ValueError(
+                f"{self.kind}: image size {tuple(images.shape[2:])} is not a multiple of the "
+                f"downsampling factor {self.downsample}"
+            )
         z = self.quant_conv(self.encoder(images.to(self.quant_conv.weight.dtype)))  # (B, d, h, w)
         return nearest_codes(z, self.codebook, self.normalized)
 
@@ -219,8 +263,10 @@ class PretrainedVQ(Tokenizer):
         if codes.ndim != 3:
             raise ValueError(f"{self.kind}: expected codes of shape (B, h, w), got {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"{self.kind}: code indices must lie in [0, {self.codebook_size}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"{self.kind}: code indices must lie in [0, {self.codebook_size}), got "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
         z = self.post_quant_conv(self.embed(codes.long()))  # (B, z_channels, h, w)
         return self.decoder(z).clamp(-1, 1)
 
@@ -245,6 +291,7 @@ def build_tokenizer(kind: str, device: str | torch.device = "meta", **widths: in
 
 # ----------------------------------------------------------------------------- loading
 
+
 def resolve_checkpoint(kind: str, ckpt: str | Path) -> Path:
     """The checkpoint file: ``ckpt`` itself, or ``ckpt/<published file name>`` for a folder."""
     spec = get_spec(kind)
@@ -252,8 +299,9 @@ def resolve_checkpoint(kind: str, ckpt: str | Path) -> Path:
     if path.is_dir():
         path = path / spec.file_name
     if not path.is_file():
-        raise FileNotFoundError(f"no {kind} checkpoint at {path}: expected the file {spec.file_name}; "
-                                f"get it from {spec.source}")
+        raise FileNotFoundError(
+            f"no {kind} checkpoint at {path}: expected the file {spec.file_name}; get it from {spec.source}"
+        )
     return path
 
 
@@ -269,8 +317,10 @@ def read_state_dict(kind: str, path: Path) -> dict[str, Tensor]:
             return obj[key]
     if obj and all(isinstance(v, Tensor) for v in obj.values()):
         return obj  # a bare state dict
-    raise ValueError(f"{path}: no weights found for {kind}: expected a dict under "
-                     f"{' or '.join(repr(k) for k in containers)}; top-level keys: {sorted(map(str, obj))[:10]}")
+    raise ValueError(
+        f"{path}: no weights found for {kind}: expected a dict under "
+        f"{' or '.join(repr(k) for k in containers)}; top-level keys: {sorted(map(str, obj))[:10]}"
+    )
 
 
 def _infer_widths(spec: TokenizerSpec, state: dict[str, Tensor]) -> TokenizerSpec:
@@ -285,8 +335,9 @@ def _infer_widths(spec: TokenizerSpec, state: dict[str, Tensor]) -> TokenizerSpe
     return dataclasses.replace(spec, **found)
 
 
-def _mismatch_report(spec: TokenizerSpec, path: Path, expected: dict[str, tuple], state: dict[str, Tensor],
-                     limit: int = 5) -> str | None:
+def _mismatch_report(
+    spec: TokenizerSpec, path: Path, expected: dict[str, tuple], state: dict[str, Tensor], limit: int = 5
+) -> str | None:
     """A description of missing/unexpected keys and shape mismatches (file names), or None."""
     got = {k: tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for k, v in state.items()}
     name = lambda k: to_checkpoint_key(spec, k)  # noqa: E731
@@ -304,14 +355,26 @@ def _mismatch_report(spec: TokenizerSpec, path: Path, expected: dict[str, tuple]
     if missing:
         parts.append(f"{len(missing)} missing key(s): " + some(missing, lambda k: f"{name(k)} {list(expected[k])}"))
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): " + some(
-            unexpected, lambda k: f"{name(k)} {list(got[k]) if isinstance(got[k], tuple) else got[k]}"))
+        parts.append(
+            f"{len(unexpected)} unexpected key(s): "
+            + some(unexpected, lambda k: f"{name(k)} {list(got[k]) if isinstance(got[k], tuple) else got[k]}")
+        )
     if wrong:
-        parts.append(f"{len(wrong)} shape mismatch(es): " + some(
-            wrong, lambda k: f"{name(k)} file {list(got[k]) if isinstance(got[k], tuple) else got[k]} "
-                             f"vs model {list(expected[k])}"))
-    return (f"{path} does not match tokenizer kind {spec.kind!r} ({spec.file_name}): " + "; ".join(parts)
-            + ". Is this the right file for this kind?")
+        parts.append(
+            f"{len(wrong)} shape mismatch(es): "
+            + some(
+                wrong,
+                lambda k: (
+                    f"{name(k)} file {list(got[k]) if isinstance(got[k], tuple) else got[k]} "
+                    f"vs model {list(expected[k])}"
+                ),
+            )
+        )
+    return (
+        f"{path} does not match tokenizer kind {spec.kind!r} ({spec.file_name}): "
+        + "; ".join(parts)
+        + ". Is this the right file for this kind?"
+    )
 
 
 def load_tokenizer(kind: str, ckpt: str | Path, device: str | torch.device = "cpu") -> PretrainedVQ:
@@ -325,24 +388,36 @@ def load_tokenizer(kind: str, ckpt: str | Path, device: str | torch.device = "cp
     """
     spec = get_spec(kind)
     path = resolve_checkpoint(kind, ckpt)
-    state = {from_checkpoint_key(spec, k): v for k, v in read_state_dict(kind, path).items()
-             if not k.startswith("loss.") and k not in IGNORED_KEYS}
+    state = {
+        from_checkpoint_key(spec, k): v
+        for k, v in read_state_dict(kind, path).items()
+        if not k.startswith("loss.") and k not in IGNORED_KEYS
+    }
     # float32 copies: the model owns its weights instead of pages of the memory-mapped file
-    state = {k: v.to(torch.float32, copy=True) if isinstance(v, Tensor) and v.is_floating_point() else v
-             for k, v in state.items()}
+    state = {
+        k: v.to(torch.float32, copy=True) if isinstance(v, Tensor) and v.is_floating_point() else v
+        for k, v in state.items()
+    }
     actual = _infer_widths(spec, state)
     if actual.ch % 32:
-        raise CheckpointMismatchError(f"{path}: encoder.conv_in.weight has {actual.ch} output channels; "
-                                      f"{kind} needs a multiple of 32 (GroupNorm with 32 groups)")
+        raise CheckpointMismatchError(
+            f"{path}: encoder.conv_in.weight has {actual.ch} output channels; "
+            f"{kind} needs a multiple of 32 (GroupNorm with 32 groups)"
+        )
     with torch.device("meta"):
         model = PretrainedVQ(actual)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     report = _mismatch_report(spec, path, expected, state)
     if report:
         raise CheckpointMismatchError(report)
-    changed = {f: (getattr(actual, f), getattr(spec, f)) for f in WIDTH_FIELDS if getattr(actual, f) != getattr(spec, f)}
+    changed = {
+        f: (getattr(actual, f), getattr(spec, f)) for f in WIDTH_FIELDS if getattr(actual, f) != getattr(spec, f)
+    }
     if changed:
-        warnings.warn(f"{path}: widths differ from the published {kind} tokenizer: "
-                      + ", ".join(f"{f} {a} (published {p})" for f, (a, p) in changed.items()), stacklevel=2)
+        warnings.warn(
+            f"{path}: widths differ from the published {kind} tokenizer: "
+            + ", ".join(f"{f} {a} (published {p})" for f, (a, p) in changed.items()),
+            stacklevel=2,
+        )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False).to(device)

@@ -25,6 +25,7 @@ through :meth:`RestrictedUnpickler.find_class`, which
 So the only callables the file can reach are the allowlisted tensor/container builders.
 TorchScript archives (which ``torch.load`` would hand to ``torch.jit.load``) are refused.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -38,7 +39,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["safe_load", "describe_non_checkpoint", "NotACheckpointError", "Placeholder", "UnsafeCheckpointError", "Unpickler", "load"]
+__all__ = [
+    "safe_load",
+    "describe_non_checkpoint",
+    "NotACheckpointError",
+    "Placeholder",
+    "UnsafeCheckpointError",
+    "Unpickler",
+    "load",
+]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -53,26 +62,35 @@ def _latin1_encode(obj: str, encoding: str = "utf-8") -> bytes:
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    rebuilders = ["_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
-                  "_rebuild_parameter_with_state", "_rebuild_meta_tensor_no_storage"]
-    allowed = {("torch._utils", name): getattr(torch._utils, name) for name in rebuilders
-               if hasattr(torch._utils, name)}
-    allowed.update({
-        ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
-        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
-        ("torch", "Tensor"): torch.Tensor,
-        ("torch", "UntypedStorage"): torch.UntypedStorage,
-        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "bytearray"): bytearray,
-        ("builtins", "complex"): complex,
-        ("builtins", "slice"): slice,
-        ("_codecs", "encode"): _latin1_encode,
-    })
+    rebuilders = [
+        "_rebuild_tensor",
+        "_rebuild_tensor_v2",
+        "_rebuild_tensor_v3",
+        "_rebuild_parameter",
+        "_rebuild_parameter_with_state",
+        "_rebuild_meta_tensor_no_storage",
+    ]
+    allowed = {
+        ("torch._utils", name): getattr(torch._utils, name) for name in rebuilders if hasattr(torch._utils, name)
+    }
+    allowed.update(
+        {
+            ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
+            ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+            ("torch", "Size"): torch.Size,
+            ("torch", "device"): torch.device,
+            ("torch", "Tensor"): torch.Tensor,
+            ("torch", "UntypedStorage"): torch.UntypedStorage,
+            ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+            ("collections", "OrderedDict"): collections.OrderedDict,
+            ("builtins", "set"): set,
+            ("builtins", "frozenset"): frozenset,
+            ("builtins", "bytearray"): bytearray,
+            ("builtins", "complex"): complex,
+            ("builtins", "slice"): slice,
+            ("_codecs", "encode"): _latin1_encode,
+        }
+    )
     return allowed
 
 
@@ -80,15 +98,75 @@ _ALLOWED = _allowed_globals()
 
 # Modules whose globals exist to execute code or reach the system: a checkpoint naming one of
 # them is refused outright (matched on the top-level package name).
-_REFUSED_MODULES = frozenset({
-    "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "_posixsubprocess", "importlib",
-    "runpy", "shutil", "socket", "ctypes", "pty", "code", "codeop", "marshal", "pickle", "_pickle", "dill",
-    "cloudpickle", "copyreg", "types", "operator", "functools", "io", "_io", "pdb", "bdb", "webbrowser",
-    "multiprocessing", "signal", "asyncio", "threading", "_thread", "timeit", "platform", "inspect", "ast",
-    "gc", "pkgutil", "zipimport", "site", "tempfile", "glob", "urllib", "http", "ftplib", "smtplib", "ssl",
-    "mmap", "fcntl", "resource", "sqlite3", "shelve", "dbm", "tarfile", "zipfile", "pip", "setuptools",
-    "distutils", "ensurepip", "compileall", "py_compile", "torch",
-})
+_REFUSED_MODULES = frozenset(
+    {
+        "builtins",
+        "__builtin__",
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "_posixsubprocess",
+        "importlib",
+        "runpy",
+        "shutil",
+        "socket",
+        "ctypes",
+        "pty",
+        "code",
+        "codeop",
+        "marshal",
+        "pickle",
+        "_pickle",
+        "dill",
+        "cloudpickle",
+        "copyreg",
+        "types",
+        "operator",
+        "functools",
+        "io",
+        "_io",
+        "pdb",
+        "bdb",
+        "webbrowser",
+        "multiprocessing",
+        "signal",
+        "asyncio",
+        "threading",
+        "_thread",
+        "timeit",
+        "platform",
+        "inspect",
+        "ast",
+        "gc",
+        "pkgutil",
+        "zipimport",
+        "site",
+        "tempfile",
+        "glob",
+        "urllib",
+        "http",
+        "ftplib",
+        "smtplib",
+        "ssl",
+        "mmap",
+        "fcntl",
+        "resource",
+        "sqlite3",
+        "shelve",
+        "dbm",
+        "tarfile",
+        "zipfile",
+        "pip",
+        "setuptools",
+        "distutils",
+        "ensurepip",
+        "compileall",
+        "py_compile",
+        "torch",
+    }
+)
 
 
 class Placeholder:
@@ -148,13 +226,15 @@ class Unpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
-                                                                          torch.memory_format)):
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
             return getattr(torch, name)  # a dtype/layout constant, looked up on the imported torch
         if module.split(".")[0] in _REFUSED_MODULES:
             raise UnsafeCheckpointError(
                 f"refusing to load: the pickle references {module}.{name}, which could run code "
-                "(a checkpoint only needs tensors and plain data); nothing from the file was executed")
+                "(a checkpoint only needs tensors and plain data); nothing from the file was executed"
+            )
         return _placeholder(module, name)
 
 
@@ -184,11 +264,19 @@ def describe_non_checkpoint(path: str | os.PathLike) -> str | None:
     if not head:
         return f"{path} is empty (0 bytes; an interrupted download?): download it again"
     if head.lstrip()[:1] == b"<" or b"<html" in head.lower():
-        return (f"{path} is an HTML page, not a checkpoint (a download that saved a login, redirect or error "
-                "page?): download the file itself")
+        return (
+            f"{path} is an HTML page, not a checkpoint (a download that saved a login, redirect or error "
+            "page?): download the file itself"
+        )
     if head.startswith(b"PK"):
-        return None if zipfile.is_zipfile(path) else (
-            f"{path} is a truncated zip archive (an interrupted download or a full disk?): download or copy it again")
+        return (
+            None
+            if zipfile.is_zipfile(path)
+            else (
+                f"{path} is a truncated zip archive (an interrupted download or a full disk?): "
+                "download or copy it again"
+            )
+        )
     if head[:1] == b"\x80":
         return None
     return f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}): check the path, or download it again"
@@ -212,17 +300,26 @@ def safe_load(path: str | os.PathLike) -> dict:
     if problem:
         raise NotACheckpointError(problem)
     if _is_torchscript(path):
-        raise UnsafeCheckpointError(f"{path} is a TorchScript archive (loading it runs its code); "
-                                    "expected a torch.save / Lightning checkpoint")
+        raise UnsafeCheckpointError(
+            f"{path} is a TorchScript archive (loading it runs its code); expected a torch.save / Lightning checkpoint"
+        )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__],
-                         mmap=zipfile.is_zipfile(path))
+        obj = torch.load(
+            path,
+            map_location="cpu",
+            weights_only=False,
+            pickle_module=sys.modules[__name__],
+            mmap=zipfile.is_zipfile(path),
+        )
     except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(f"{path}: {err}; the file is refused for safety: use a checkpoint "
-                                    "that holds only weights and plain data") from None
+        raise UnsafeCheckpointError(
+            f"{path}: {err}; the file is refused for safety: use a checkpoint that holds only weights and plain data"
+        ) from None
     except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged pickle or archive
-        raise NotACheckpointError(f"{path} is a damaged checkpoint ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else 'ends early'}): download or copy it again") from None
+        raise NotACheckpointError(
+            f"{path} is a damaged checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'ends early'}): download or copy it again"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a checkpoint dict at the top level, got {type(obj).__name__}")
     return obj

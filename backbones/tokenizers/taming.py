@@ -31,6 +31,7 @@ Module names follow taming/LDM (``down.{i}.block.{j}``, ``up.{j}.attn.{k}``,
 ``mid.block_1``, ...); ``up`` is indexed by resolution level (``up[L-1]`` is the
 lowest resolution, run first).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -143,16 +144,30 @@ class Level(nn.Module):
 class Encoder(nn.Module):
     """Images (B, in_channels, H, W) -> latents (B, z_channels, H/f, W/f), f = 2^(L-1)."""
 
-    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_levels: tuple[int, ...],
-                 z_channels: int, in_channels: int = 3):
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_levels: tuple[int, ...],
+        z_channels: int,
+        in_channels: int = 3,
+    ):
         super().__init__()
         levels = len(ch_mult)
         widths = [ch * m for m in ch_mult]
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList(
-            Level(ch if i == 0 else widths[i - 1], widths[i], num_res_blocks, i in attn_levels,
-                  "down" if i < levels - 1 else None)
-            for i in range(levels))
+            Level(
+                ch if i == 0 else widths[i - 1],
+                widths[i],
+                num_res_blocks,
+                i in attn_levels,
+                "down" if i < levels - 1 else None,
+            )
+            for i in range(levels)
+        )
         self.mid = Mid(widths[-1])
         self.norm_out = group_norm(widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], z_channels, 3, padding=1)
@@ -168,8 +183,16 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latents (B, z_channels, h, w) -> images (B, out_channels, h*f, w*f), f = 2^(L-1)."""
 
-    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_levels: tuple[int, ...],
-                 z_channels: int, out_channels: int = 3):
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_levels: tuple[int, ...],
+        z_channels: int,
+        out_channels: int = 3,
+    ):
         super().__init__()
         levels = len(ch_mult)
         widths = [ch * m for m in ch_mult]
@@ -177,9 +200,11 @@ class Decoder(nn.Module):
         self.mid = Mid(widths[-1])
         # up[j] runs at level j; it receives the width of level j+1 (or the mid width for j = L-1)
         self.up = nn.ModuleList(
-            Level(widths[min(j + 1, levels - 1)], widths[j], num_res_blocks + 1, j in attn_levels,
-                  "up" if j > 0 else None)
-            for j in range(levels))
+            Level(
+                widths[min(j + 1, levels - 1)], widths[j], num_res_blocks + 1, j in attn_levels, "up" if j > 0 else None
+            )
+            for j in range(levels)
+        )
         self.norm_out = group_norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
 

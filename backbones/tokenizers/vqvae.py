@@ -31,6 +31,7 @@ on either side), which leaves nearest-code assignments and reconstructions uncha
 flow-matching methods data embeddings ``z1 = C[c]`` of zero mean and unit variance, matching their
 N(0, I) source noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,15 +60,15 @@ class VQVAEConfig:
     codes from K = 128 entries of dimension 4).
     """
 
-    codebook_size: int = 128      # K
-    code_dim: int = 4             # d
-    downsample: int = 4           # f: 32x32 images -> 8x8 code grids
-    channels: int = 32            # width of the conv stacks
+    codebook_size: int = 128  # K
+    code_dim: int = 4  # d
+    downsample: int = 4  # f: 32x32 images -> 8x8 code grids
+    channels: int = 32  # width of the conv stacks
     train_steps: int = 600
     batch_size: int = 32
-    lr: float = 2e-3              # Adam, cosine-annealed to 0 over train_steps
-    commitment: float = 0.25      # beta
-    ema_decay: float = 0.99       # gamma of the codebook EMA
+    lr: float = 2e-3  # Adam, cosine-annealed to 0 over train_steps
+    commitment: float = 0.25  # beta
+    ema_decay: float = 0.99  # gamma of the codebook EMA
     seed: int = 0
 
     def __post_init__(self):
@@ -171,8 +172,11 @@ class EMAQuantizer(nn.Module):
     def init_from(self, z_flat: Tensor, generator: torch.Generator | None = None) -> None:
         """Data-dependent start: every code at a random encoder output z_flat (n, d), N_k = 1."""
         k = self.embedding.shape[0]
-        idx = torch.randint(len(z_flat), (k,), generator=generator) if len(z_flat) < k else \
-            torch.randperm(len(z_flat), generator=generator)[:k]
+        idx = (
+            torch.randint(len(z_flat), (k,), generator=generator)
+            if len(z_flat) < k
+            else torch.randperm(len(z_flat), generator=generator)[:k]
+        )
         self.embedding.copy_(z_flat[idx])
         self.embed_sum.copy_(z_flat[idx])
         self.cluster_size.fill_(1.0)
@@ -262,14 +266,16 @@ class VQVAE(Tokenizer):
         return {"config": asdict(self.cfg), "in_channels": self.in_channels, "state_dict": self.state_dict()}
 
     @classmethod
-    def load(cls, path: str | Path) -> "VQVAE":
+    def load(cls, path: str | Path) -> VQVAE:
         """Rebuild a saved VQ-VAE (``torch.load(weights_only=True)``), frozen, in eval mode."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VQ-VAE weights {path} do not exist")
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or not {"config", "in_channels", "state_dict"} <= blob.keys():
-            raise ValueError(f"{path} is not a VQ-VAE file of this suite (expected keys config, in_channels, state_dict)")
+            raise ValueError(
+                f"{path} is not a VQ-VAE file of this suite (expected keys config, in_channels, state_dict)"
+            )
         model = cls(VQVAEConfig(**blob["config"]), in_channels=blob["in_channels"])
         model.load_state_dict(blob["state_dict"])
         return model.eval().requires_grad_(False)
@@ -296,7 +302,7 @@ def evaluate_vqvae(model: VQVAE, x_all: Tensor, batch_size: int = 500) -> tuple[
     """Codes of every image x_all (N, C, H, W) in [-1, 1] -> (codes (N, h, w) int64, recon MSE)."""
     codes, sq_err = [], 0.0
     for start in range(0, len(x_all), batch_size):
-        x = x_all[start:start + batch_size]
+        x = x_all[start : start + batch_size]
         c = model.encode(x)
         sq_err += float((model.decode(c) - x).square().sum())
         codes.append(c)
@@ -342,16 +348,21 @@ def train_vqvae(cfg: VQVAEConfig, images: np.ndarray, progress: bool = True) -> 
             bar.set_postfix(loss=f"{loss.item():.4f}", ppl=f"{code_usage(counts)[0]:.1f}")
     model.eval().requires_grad_(False)
     with torch.no_grad():
-        codes = torch.cat([model.encode(x_all[i:i + 500]) for i in range(0, len(x_all), 500)])
+        codes = torch.cat([model.encode(x_all[i : i + 500]) for i in range(0, len(x_all), 500)])
     z1 = model.codebook[codes.flatten()]  # (N*h*w, d): the data embeddings
     mean = z1.mean(0)
     std = float((z1 - mean).std())
     model.standardize_latents_(mean, std)
     codes, mse = evaluate_vqvae(model, x_all)
     perplexity, used = code_usage(np.bincount(codes.ravel(), minlength=cfg.codebook_size))
-    info = {"recon_mse": mse, "perplexity": perplexity, "codes_used": used,
-            "train_seconds": time.perf_counter() - start,
-            "latent_mean": mean.tolist(), "latent_std": std}
+    info = {
+        "recon_mse": mse,
+        "perplexity": perplexity,
+        "codes_used": used,
+        "train_seconds": time.perf_counter() - start,
+        "latent_mean": mean.tolist(),
+        "latent_std": std,
+    }
     return model, info
 
 

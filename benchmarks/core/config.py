@@ -5,6 +5,7 @@ A config is the matched budget every method shares (data, tokenizer, backbone, `
 wrong types and method options that try to change the shared budget are errors naming the key.
 Command-line overrides use dotted keys: ``--set train.iterations=200 methods.purr.z_loss=0``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -200,6 +201,7 @@ SHARED_SECTIONS = ("data", "tokenizer", "train", "eval", "backbone")
 
 # ----------------------------------------------------------------------------- building
 
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -262,8 +264,10 @@ def build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}'; valid keys"
-                          f"{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'; valid keys"
+            f"{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -284,8 +288,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    raise ConfigError(f"unknown config {name_or_path!r}; available: {', '.join(available_configs())} "
-                      "(or a path to a .yaml file)")
+    raise ConfigError(
+        f"unknown config {name_or_path!r}; available: {', '.join(available_configs())} (or a path to a .yaml file)"
+    )
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -344,11 +349,15 @@ def validate(cfg: BenchmarkConfig) -> None:
             raise ConfigError(f"methods.{name}: expected a mapping of options, got {options!r}")
         for key in options:
             if key in shared:
-                raise ConfigError(f"methods.{name}.{key}: {key!r} is a shared budget key; every method "
-                                  f"must use the same value, set it once in the shared section instead")
+                raise ConfigError(
+                    f"methods.{name}.{key}: {key!r} is a shared budget key; every method "
+                    f"must use the same value, set it once in the shared section instead"
+                )
             if key not in cls.option_names():
-                raise ConfigError(f"methods.{name}.{key}: unknown option for method {name!r}; "
-                                  f"valid options: {', '.join(cls.option_names()) or '(none)'}")
+                raise ConfigError(
+                    f"methods.{name}.{key}: unknown option for method {name!r}; "
+                    f"valid options: {', '.join(cls.option_names()) or '(none)'}"
+                )
     t = cfg.train
     for ok, message in value_checks(cfg):
         if not ok:
@@ -359,8 +368,10 @@ def validate(cfg: BenchmarkConfig) -> None:
         _check_log_schedule(t)
     sweep_at, steps = cfg.eval.sweep_at, t.checkpoint_steps()
     if sweep_at is not None and not (1 <= sweep_at <= t.iterations and t.is_checkpoint_step(sweep_at)):
-        raise ConfigError(f"eval.sweep_at={sweep_at} is not a checkpoint step (train.checkpoint_schedule="
-                          f"{t.checkpoint_schedule}: {', '.join(map(str, steps[:8]))}{' ...' if len(steps) > 8 else ''})")
+        raise ConfigError(
+            f"eval.sweep_at={sweep_at} is not a checkpoint step (train.checkpoint_schedule="
+            f"{t.checkpoint_schedule}: {', '.join(map(str, steps[:8]))}{' ...' if len(steps) > 8 else ''})"
+        )
 
 
 def _check_log_schedule(t: TrainConfig) -> None:
@@ -368,68 +379,95 @@ def _check_log_schedule(t: TrainConfig) -> None:
     if t.num_checkpoints < 2:
         raise ConfigError(f"train.num_checkpoints must be >= 2 for the log schedule, got {t.num_checkpoints}")
     if t.checkpoint_every >= t.iterations:
-        raise ConfigError(f"train.checkpoint_every ({t.checkpoint_every}) is the log schedule's first checkpoint "
-                          f"and must be below train.iterations ({t.iterations})")
+        raise ConfigError(
+            f"train.checkpoint_every ({t.checkpoint_every}) is the log schedule's first checkpoint "
+            f"and must be below train.iterations ({t.iterations})"
+        )
     steps = t.checkpoint_steps()
     if len(steps) < t.num_checkpoints:
-        raise ConfigError(f"train.num_checkpoints={t.num_checkpoints}: only {len(steps)} distinct multiples of "
-                          f"train.log_every={t.log_every} fit log-spaced between train.checkpoint_every="
-                          f"{t.checkpoint_every} and train.iterations={t.iterations} ({steps}); lower "
-                          "num_checkpoints or log_every, or raise iterations")
+        raise ConfigError(
+            f"train.num_checkpoints={t.num_checkpoints}: only {len(steps)} distinct multiples of "
+            f"train.log_every={t.log_every} fit log-spaced between train.checkpoint_every="
+            f"{t.checkpoint_every} and train.iterations={t.iterations} ({steps}); lower "
+            "num_checkpoints or log_every, or raise iterations"
+        )
 
 
 def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
     """(holds, message naming the key and the valid range) for every value range of a config,
     so a bad value stops the run at load time rather than after training."""
     t, ev, launcher = cfg.train, cfg.eval, cfg.launcher
-    taus = [("eval.temperatures", tau) for tau in ev.temperatures] + \
-        [(f"eval.cells[{i}].temperature", c.temperature) for i, c in enumerate(ev.cells) if c.temperature is not None] + \
-        [(f"eval.method_temperature.{m}", tau) for m, tau in ev.method_temperature.items()]
-    samples = [("eval.num_samples", ev.num_samples), ("eval.sweep_samples", ev.sweep_samples)] + \
-        [(f"eval.cells[{i}].num_samples", c.num_samples) for i, c in enumerate(ev.cells)]
+    taus = (
+        [("eval.temperatures", tau) for tau in ev.temperatures]
+        + [(f"eval.cells[{i}].temperature", c.temperature) for i, c in enumerate(ev.cells) if c.temperature is not None]
+        + [(f"eval.method_temperature.{m}", tau) for m, tau in ev.method_temperature.items()]
+    )
+    samples = [("eval.num_samples", ev.num_samples), ("eval.sweep_samples", ev.sweep_samples)] + [
+        (f"eval.cells[{i}].num_samples", c.num_samples) for i, c in enumerate(ev.cells)
+    ]
     ranks = max(launcher.gpus_per_job, 1)
-    return [(t.iterations >= 1, "train.iterations must be >= 1"),
-            (t.batch_size >= 1, "train.batch_size must be >= 1"),
-            (t.batch_size % ranks == 0, f"train.batch_size={t.batch_size} must be divisible by "
-                                        f"launcher.gpus_per_job={ranks} (one equal share per rank)"),
-            (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a finite number > 0, got {t.lr}"),
-            (t.lr_schedule in LR_SCHEDULES,
-             f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}"),
-            (0 <= t.warmup < t.iterations, "train.warmup must be in [0, train.iterations)"),
-            (all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}"),
-            (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
-            (t.grad_clip > 0, "train.grad_clip must be > 0"),
-            (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
-            (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
-            (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-            (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
-            (t.log_every >= 1, "train.log_every must be >= 1"),
-            (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
-            (t.checkpoint_schedule in ("every", "log"),
-             f"train.checkpoint_schedule must be every or log, got {t.checkpoint_schedule!r}"),
-            (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
-            (cfg.data.image_size >= 1, "data.image_size must be >= 1"),
-            (all(c.at in ("every", "last") for c in ev.cells), "eval.cells[].at must be 'every' or 'last'"),
-            *[(tau > 0 and math.isfinite(tau), f"{key} must be > 0 (a sampling temperature), got {tau}")
-              for key, tau in taus],
-            *[(c.steps >= 1, f"eval.cells[{i}].steps must be >= 1, got {c.steps}") for i, c in enumerate(ev.cells)],
-            *[(c.cfg_scale >= 0 and math.isfinite(c.cfg_scale), f"eval.cells[{i}].cfg_scale must be >= 0, got {c.cfg_scale}")
-              for i, c in enumerate(ev.cells)],
-            (ev.sweep_steps >= 1, f"eval.sweep_steps must be >= 1, got {ev.sweep_steps}"),
-            *[(n is None or n >= 10, f"{key} must be >= 10, got {n}") for key, n in samples],
-            (ev.batch_size >= 1, "eval.batch_size must be >= 1"),
-            (ev.decode_batch_size >= 1, "eval.decode_batch_size must be >= 1"),
-            (ev.kid_subsets >= 1, "eval.kid_subsets must be >= 1"),
-            (ev.grid_samples >= 1, "eval.grid_samples must be >= 1"),
-            (ev.metrics is None or len(ev.metrics) >= 1,
-             "eval.metrics must name at least one metric, or be null for every registered metric"),
-            (launcher.kind in ("local", "submitit-local", "slurm"),
-             f"launcher.kind must be local, submitit-local or slurm, got {launcher.kind!r}"),
-            (launcher.gpus_per_job >= 0, "launcher.gpus_per_job must be >= 0"),
-            (launcher.cpus_per_task >= 1, "launcher.cpus_per_task must be >= 1"),
-            (launcher.timeout_min >= 1, "launcher.timeout_min must be >= 1"),
-            (launcher.signal_delay_s >= 1, "launcher.signal_delay_s must be >= 1"),
-            (launcher.preemption_check_every >= 1, "launcher.preemption_check_every must be >= 1")]
+    return [
+        (t.iterations >= 1, "train.iterations must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (
+            t.batch_size % ranks == 0,
+            f"train.batch_size={t.batch_size} must be divisible by "
+            f"launcher.gpus_per_job={ranks} (one equal share per rank)",
+        ),
+        (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a finite number > 0, got {t.lr}"),
+        (
+            t.lr_schedule in LR_SCHEDULES,
+            f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}",
+        ),
+        (0 <= t.warmup < t.iterations, "train.warmup must be in [0, train.iterations)"),
+        (all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (t.grad_clip > 0, "train.grad_clip must be > 0"),
+        (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (0 <= t.label_dropout < 1, "train.label_dropout must be in [0, 1)"),
+        (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (t.log_every >= 1, "train.log_every must be >= 1"),
+        (t.checkpoint_every % t.log_every == 0, "train.checkpoint_every must be a multiple of train.log_every"),
+        (
+            t.checkpoint_schedule in ("every", "log"),
+            f"train.checkpoint_schedule must be every or log, got {t.checkpoint_schedule!r}",
+        ),
+        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (cfg.data.image_size >= 1, "data.image_size must be >= 1"),
+        (all(c.at in ("every", "last") for c in ev.cells), "eval.cells[].at must be 'every' or 'last'"),
+        *[
+            (tau > 0 and math.isfinite(tau), f"{key} must be > 0 (a sampling temperature), got {tau}")
+            for key, tau in taus
+        ],
+        *[(c.steps >= 1, f"eval.cells[{i}].steps must be >= 1, got {c.steps}") for i, c in enumerate(ev.cells)],
+        *[
+            (
+                c.cfg_scale >= 0 and math.isfinite(c.cfg_scale),
+                f"eval.cells[{i}].cfg_scale must be >= 0, got {c.cfg_scale}",
+            )
+            for i, c in enumerate(ev.cells)
+        ],
+        (ev.sweep_steps >= 1, f"eval.sweep_steps must be >= 1, got {ev.sweep_steps}"),
+        *[(n is None or n >= 10, f"{key} must be >= 10, got {n}") for key, n in samples],
+        (ev.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (ev.decode_batch_size >= 1, "eval.decode_batch_size must be >= 1"),
+        (ev.kid_subsets >= 1, "eval.kid_subsets must be >= 1"),
+        (ev.grid_samples >= 1, "eval.grid_samples must be >= 1"),
+        (
+            ev.metrics is None or len(ev.metrics) >= 1,
+            "eval.metrics must name at least one metric, or be null for every registered metric",
+        ),
+        (
+            launcher.kind in ("local", "submitit-local", "slurm"),
+            f"launcher.kind must be local, submitit-local or slurm, got {launcher.kind!r}",
+        ),
+        (launcher.gpus_per_job >= 0, "launcher.gpus_per_job must be >= 0"),
+        (launcher.cpus_per_task >= 1, "launcher.cpus_per_task must be >= 1"),
+        (launcher.timeout_min >= 1, "launcher.timeout_min must be >= 1"),
+        (launcher.signal_delay_s >= 1, "launcher.signal_delay_s must be >= 1"),
+        (launcher.preemption_check_every >= 1, "launcher.preemption_check_every must be >= 1"),
+    ]
 
 
 def method_options(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:

@@ -15,14 +15,15 @@ the trainer sees it at the step boundary (``requested()``, agreed by all ranks),
 there and calls ``act()``, which runs the original handler. Everywhere else (setting up, evaluating
 after a checkpoint: the newest checkpoint is current there) the handler runs at once.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -54,7 +55,7 @@ class DistEnv:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, env: dict[str, str] | None = None) -> "DistEnv":
+    def from_environment(cls, env: dict[str, str] | None = None) -> DistEnv:
         """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK (and MASTER_ADDR/MASTER_PORT). srun (and so
         submitit on SLURM) sets SLURM_PROCID/SLURM_LOCALID and the step's task count
         SLURM_STEP_NUM_TASKS; submitit's local executor sets SUBMITIT_LOCAL_GLOBALID/LOCALID/NTASKS.
@@ -66,12 +67,22 @@ class DistEnv:
         tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
         if tasks > 1 and "SLURM_PROCID" in env:
             host = first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1")
-            return cls(int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", 0)),
-                       master_addr=host, master_port=rendezvous_port(env["SLURM_JOB_ID"]))
+            return cls(
+                int(env["SLURM_PROCID"]),
+                tasks,
+                int(env.get("SLURM_LOCALID", 0)),
+                master_addr=host,
+                master_port=rendezvous_port(env["SLURM_JOB_ID"]),
+            )
         tasks = int(env.get("SUBMITIT_LOCAL_NTASKS", "1"))
         if tasks > 1 and "SUBMITIT_LOCAL_GLOBALID" in env:
-            return cls(int(env["SUBMITIT_LOCAL_GLOBALID"]), tasks, int(env.get("SUBMITIT_LOCAL_LOCALID", 0)),
-                       master_addr="127.0.0.1", master_port=rendezvous_port(env["SUBMITIT_LOCAL_JOB_ID"]))
+            return cls(
+                int(env["SUBMITIT_LOCAL_GLOBALID"]),
+                tasks,
+                int(env.get("SUBMITIT_LOCAL_LOCALID", 0)),
+                master_addr="127.0.0.1",
+                master_port=rendezvous_port(env["SUBMITIT_LOCAL_JOB_ID"]),
+            )
         return cls()
 
     def local_slice(self, batch: int) -> slice:
@@ -87,8 +98,9 @@ class DistEnv:
                 os.environ.setdefault("MASTER_ADDR", self.master_addr)
                 os.environ.setdefault("MASTER_PORT", str(self.master_port))
             backend = "nccl" if device.type == "cuda" else "gloo"
-            torch_dist.init_process_group(backend, rank=self.rank, world_size=self.world_size,
-                                          timeout=COLLECTIVE_TIMEOUT)
+            torch_dist.init_process_group(
+                backend, rank=self.rank, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
+            )
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """All-reduce mean of a scalar tensor across ranks (identity on one process)."""
@@ -172,8 +184,10 @@ class PreemptionNotice:
             raise RuntimeError(f"a preemption notice is already installed for signal {self._signal}")
         previous = signal.getsignal(sig)
         if not callable(previous):
-            raise RuntimeError(f"no Python handler is installed for signal {signal.Signals(sig).name} "
-                               "(submitit installs one in its jobs): nothing to defer")
+            raise RuntimeError(
+                f"no Python handler is installed for signal {signal.Signals(sig).name} "
+                "(submitit installs one in its jobs): nothing to defer"
+            )
         self._signal, self._handler, self._pending = sig, previous, None
         signal.signal(sig, self._on_signal)
 

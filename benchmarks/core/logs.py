@@ -9,13 +9,14 @@ a library user who never calls it sees nothing (Python's default for INFO lines)
 ``show_progress()`` is the process-wide progress-bar switch for bars whose callers have no
 ``progress`` argument to pass (the feature extractor's training); ``--no-progress`` turns it off.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 ROOT = "vqflow"
 _progress = True

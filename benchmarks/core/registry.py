@@ -11,6 +11,7 @@ registered names. The registries live on the floors that own them (``benchmarks.
 ``benchmarks.evaluation``); this floor only holds the mechanism, so a config validates against the
 registries imported so far (every command-line entry point imports all of them first).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,10 @@ class Registry(Generic[T]):
         obj = entry() if isinstance(entry, type) else entry
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
-            raise TypeError(f"{getattr(entry, '__qualname__', entry)!r} must set a non-empty string `name` "
-                            f"to register as a {self.what}")
+            raise TypeError(
+                f"{getattr(entry, '__qualname__', entry)!r} must set a non-empty string `name` "
+                f"to register as a {self.what}"
+            )
         old = self._entries.get(name)
         if old is not None and _origin(old) != _origin(obj):  # the same class again (a module reload) replaces it
             raise ValueError(f"a {self.what} named {name!r} is already registered ({type(old).__qualname__})")
@@ -105,4 +108,3 @@ def config_value(cfg: Any, key: str) -> Any:
 def registry_errors(cfg: Any) -> list[str]:
     """Messages for every keyed registry whose config value is not registered."""
     return [m for key, reg in _KEYED.items() if (m := reg.check(config_value(cfg, key))) is not None]
-

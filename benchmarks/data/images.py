@@ -3,6 +3,7 @@
 Every dataset here yields ``(image, label)`` with image a uint8 (C, H, W) tensor and label an
 int; ``to_model_range`` maps uint8 to the models' [-1, 1].
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,7 +63,7 @@ class MNIST5k(ArrayImages):
         super().__init__(*load_mnist5k())
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
@@ -93,8 +94,12 @@ class ImageFolder(Dataset):
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not self.classes:
             raise ValueError(f"image folder {self.root} has no class subfolders (expected ROOT/<class>/<image>)")
-        self.samples = [(p, label) for label, cls in enumerate(self.classes)
-                        for p in sorted((self.root / cls).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.samples = [
+            (p, label)
+            for label, cls in enumerate(self.classes)
+            for p in sorted((self.root / cls).rglob("*"))
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
         if not self.samples:
             raise ValueError(f"image folder {self.root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.size, self.mode = size, mode

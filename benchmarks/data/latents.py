@@ -19,6 +19,7 @@ codebook geometry), ``data`` (dataset, id, image size) and ``quality`` (recon_ms
 codes_used) in ``meta.json``. They are written shard by shard with ``complete: false`` until the
 last one, so an interrupted encoding resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,10 @@ from backbones.tokenizers.vqvae import VQVAEConfig, code_usage
 from benchmarks.core import logs
 from benchmarks.core.config import DataConfig, TokenizerConfig
 from benchmarks.data.datasets import get_dataset
+from benchmarks.data.images import to_model_range
 from benchmarks.data.shards import CodeShards, read_meta, write_meta, write_shard
 from benchmarks.data.tokenizers import get_tokenizer
 from benchmarks.data.tokenizers.vqvae import load_or_train_vqvae, vqvae_cache_key  # noqa: F401  (the API's old home)
-from benchmarks.data.images import to_model_range
 from benchmarks.storage.atomic import built_once
 from benchmarks.storage.cache import cache_dir, content_hash
 
@@ -67,9 +68,17 @@ class LatentSpace:
     info: dict
 
 
-def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_kind: str, ckpt: str | None,
-                    vqvae: VQVAEConfig, progress: bool = True, *,
-                    device: str | torch.device | None = None) -> LatentSpace:
+def prepare_latents(
+    dataset: str,
+    path: str | None,
+    image_size: int,
+    tokenizer_kind: str,
+    ckpt: str | None,
+    vqvae: VQVAEConfig,
+    progress: bool = True,
+    *,
+    device: str | torch.device | None = None,
+) -> LatentSpace:
     """Resolve the tokenizer and the code shards of ``dataset`` (cached; see the module docstring).
 
     dataset: a registered data set (``benchmarks.data.datasets``: ``"mnist5k"``, ``"imagefolder"``
@@ -83,8 +92,10 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
     except KeyError as err:
         raise ValueError(err.args[0]) from None
     if kind.needs_ckpt and not ckpt:
-        raise ValueError(f"tokenizer.ckpt is required for tokenizer kind {tokenizer_kind!r}: "
-                         "the path to its checkpoint file on this machine")
+        raise ValueError(
+            f"tokenizer.ckpt is required for tokenizer kind {tokenizer_kind!r}: "
+            "the path to its checkpoint file on this machine"
+        )
     data = DataConfig(dataset=dataset, path=path, image_size=image_size)
     tok = TokenizerConfig(kind=tokenizer_kind, ckpt=ckpt, vqvae=vqvae)
     if source_set.encoded:
@@ -93,7 +104,12 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
     what = f"the downsampling f of tokenizer {tokenizer_kind!r}"
     _check_divisible(image_size, kind.geometry(tok)[2], what)
     built = kind.build(tok, lambda channels: source_set.load(data, channels), progress=progress)
-    tokenizer, reference, num_classes, data_id = built.tokenizer, built.source.images, built.source.num_classes, built.source.id
+    tokenizer, reference, num_classes, data_id = (
+        built.tokenizer,
+        built.source.images,
+        built.source.num_classes,
+        built.source.id,
+    )
     _check_divisible(image_size, tokenizer.downsample, what)
     quality = built.quality
 
@@ -101,16 +117,36 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
     with built_once(shard_dir / "meta.json", lambda: _complete(shard_dir)) as from_cache:
         if not from_cache:
             if quality is None:
-                quality = {"recon_mse": _recon_mse(tokenizer, reference, device), "recon_mse_images":
-                           min(RECON_SAMPLE, len(reference))}
-            extra = {"tokenizer": {**_tokenizer_meta(tokenizer), "kind": tokenizer_kind, "key": built.key,
-                                   "ckpt": str(ckpt) if ckpt else None},
-                     "data": {"dataset": dataset, "id": data_id, "image_size": image_size,
-                              "path": str(path) if path else None},
-                     "quality": quality}
+                quality = {
+                    "recon_mse": _recon_mse(tokenizer, reference, device),
+                    "recon_mse_images": min(RECON_SAMPLE, len(reference)),
+                }
+            extra = {
+                "tokenizer": {
+                    **_tokenizer_meta(tokenizer),
+                    "kind": tokenizer_kind,
+                    "key": built.key,
+                    "ckpt": str(ckpt) if ckpt else None,
+                },
+                "data": {
+                    "dataset": dataset,
+                    "id": data_id,
+                    "image_size": image_size,
+                    "path": str(path) if path else None,
+                },
+                "quality": quality,
+            }
             with logs.stage(f"tokenizer: encode {len(reference)} images to codes", part="data"):
-                encode_to_shards(tokenizer, reference, shard_dir, grid=tokenizer.latent_grid(image_size),
-                                 num_classes=num_classes, extra=extra, device=device, progress=progress)
+                encode_to_shards(
+                    tokenizer,
+                    reference,
+                    shard_dir,
+                    grid=tokenizer.latent_grid(image_size),
+                    num_classes=num_classes,
+                    extra=extra,
+                    device=device,
+                    progress=progress,
+                )
         else:
             logs.reused("tokenizer: encode images to codes", f"codes in the cache ({shard_dir})", part="data")
     shards = CodeShards(shard_dir)
@@ -120,9 +156,19 @@ def prepare_latents(dataset: str, path: str | None, image_size: int, tokenizer_k
 
 
 @torch.no_grad()
-def encode_to_shards(tokenizer: Tokenizer, dataset: Dataset, out_dir: str | Path, *, grid: tuple[int, int],
-                     num_classes: int, extra: dict, device: torch.device, progress: bool = True,
-                     batch_size: int = 256, shard_size: int = SHARD_SIZE) -> None:
+def encode_to_shards(
+    tokenizer: Tokenizer,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    grid: tuple[int, int],
+    num_classes: int,
+    extra: dict,
+    device: torch.device,
+    progress: bool = True,
+    batch_size: int = 256,
+    shard_size: int = SHARD_SIZE,
+) -> None:
     """Encode ``dataset`` ((uint8 image, label) items) in order into shard files of ``shard_size`` images.
 
     ``meta.json`` is rewritten after every shard with ``complete: false`` and finally with
@@ -134,8 +180,12 @@ def encode_to_shards(tokenizer: Tokenizer, dataset: Dataset, out_dir: str | Path
     start = sum(s["count"] for s in shards)
     common = {"grid": grid, "codebook_size": tokenizer.codebook_size, "num_classes": num_classes}
     tokenizer.to(device).eval()
-    loader = DataLoader(Subset(dataset, range(start, len(dataset))), batch_size=batch_size, shuffle=False,
-                        num_workers=0 if len(dataset) < 4 * SHARD_SIZE else min(8, os.cpu_count() or 1))
+    loader = DataLoader(
+        Subset(dataset, range(start, len(dataset))),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0 if len(dataset) < 4 * SHARD_SIZE else min(8, os.cpu_count() or 1),
+    )
     codes_buf: list[np.ndarray] = []
     labels_buf: list[np.ndarray] = []
 
@@ -169,15 +219,19 @@ def _open_encoded(shards: CodeShards, data: DataConfig, tok: TokenizerConfig) ->
     path, kind, image_size = data.path, tok.kind, data.image_size
     recorded = shards.meta.get("tokenizer") or {}
     if recorded.get("kind") not in (None, kind):
-        raise ValueError(f"shards at {path} were encoded with tokenizer {recorded['kind']!r}, "
-                         f"but tokenizer.kind is {kind!r}")
+        raise ValueError(
+            f"shards at {path} were encoded with tokenizer {recorded['kind']!r}, but tokenizer.kind is {kind!r}"
+        )
     tokenizer = get_tokenizer(kind).open(tok, recorded, str(path))
     if tokenizer.codebook_size != shards.codebook_size:
-        raise ValueError(f"shards at {path} have codebook size {shards.codebook_size}, the tokenizer has "
-                         f"{tokenizer.codebook_size}")
+        raise ValueError(
+            f"shards at {path} have codebook size {shards.codebook_size}, the tokenizer has {tokenizer.codebook_size}"
+        )
     if tuple(shards.grid) != tokenizer.latent_grid(image_size):
-        raise ValueError(f"shards at {path} have a {tuple(shards.grid)} code grid, but data.image_size={image_size} "
-                         f"gives {tokenizer.latent_grid(image_size)} with this tokenizer")
+        raise ValueError(
+            f"shards at {path} have a {tuple(shards.grid)} code grid, but data.image_size={image_size} "
+            f"gives {tokenizer.latent_grid(image_size)} with this tokenizer"
+        )
     info = {**_info_from_meta(shards), "tokenizer": kind, "from_cache": True}
     return LatentSpace(tokenizer, shards, None, shards.num_classes, image_size, info)
 
@@ -205,17 +259,30 @@ def _complete(shard_dir: Path) -> bool:
 
 
 def _tokenizer_meta(tokenizer: Tokenizer) -> dict:
-    return {"codebook_size": tokenizer.codebook_size, "code_dim": tokenizer.code_dim,
-            "downsample": tokenizer.downsample, "in_channels": tokenizer.in_channels,
-            "normalized": tokenizer.normalized}
+    return {
+        "codebook_size": tokenizer.codebook_size,
+        "code_dim": tokenizer.code_dim,
+        "downsample": tokenizer.downsample,
+        "in_channels": tokenizer.in_channels,
+        "normalized": tokenizer.normalized,
+    }
 
 
 def _info_from_meta(shards: CodeShards) -> dict:
     meta = shards.meta
     tok, data, quality = meta.get("tokenizer") or {}, meta.get("data") or {}, meta.get("quality") or {}
-    return {"tokenizer": tok.get("kind"), "tokenizer_key": tok.get("key"), "shard_dir": str(shards.shard_dir),
-            "dataset": data.get("dataset"), "data_id": data.get("id"),
-            "recon_mse": quality.get("recon_mse"), "recon_mse_images": quality.get("recon_mse_images"),
-            "perplexity": quality.get("perplexity"), "codes_used": quality.get("codes_used"),
-            "codebook_size": shards.codebook_size, "grid": list(shards.grid),
-            "num_images": len(shards), "num_classes": shards.num_classes}
+    return {
+        "tokenizer": tok.get("kind"),
+        "tokenizer_key": tok.get("key"),
+        "shard_dir": str(shards.shard_dir),
+        "dataset": data.get("dataset"),
+        "data_id": data.get("id"),
+        "recon_mse": quality.get("recon_mse"),
+        "recon_mse_images": quality.get("recon_mse_images"),
+        "perplexity": quality.get("perplexity"),
+        "codes_used": quality.get("codes_used"),
+        "codebook_size": shards.codebook_size,
+        "grid": list(shards.grid),
+        "num_images": len(shards),
+        "num_classes": shards.num_classes,
+    }

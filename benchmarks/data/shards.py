@@ -13,6 +13,7 @@ Format of a shard folder (readable with numpy alone)::
 a shard file is only listed once it is complete, so an interrupted writer leaves a folder a
 resumed writer can continue. Training memory-maps the arrays (``np.load(mmap_mode="r")``).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,19 +45,27 @@ def write_shard(out_dir: str | Path, index: int, codes: np.ndarray, labels: np.n
     return {"index": index, "count": int(codes.shape[0]), **names}
 
 
-def write_meta(out_dir: str | Path, *, grid: tuple[int, int], codebook_size: int, num_classes: int,
-               shards: list[dict], **extra) -> None:
-    meta = {"format": FORMAT_VERSION, "grid": list(grid), "codebook_size": int(codebook_size),
-            "num_classes": int(num_classes), "count": int(sum(s["count"] for s in shards)),
-            "shards": sorted(shards, key=lambda s: s["index"]), **extra}
+def write_meta(
+    out_dir: str | Path, *, grid: tuple[int, int], codebook_size: int, num_classes: int, shards: list[dict], **extra
+) -> None:
+    meta = {
+        "format": FORMAT_VERSION,
+        "grid": list(grid),
+        "codebook_size": int(codebook_size),
+        "num_classes": int(num_classes),
+        "count": int(sum(s["count"] for s in shards)),
+        "shards": sorted(shards, key=lambda s: s["index"]),
+        **extra,
+    }
     save_json(meta, Path(out_dir) / "meta.json")
 
 
 def read_meta(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / "meta.json"
     if not path.exists():
-        raise FileNotFoundError(f"no code shards at {shard_dir}: {path} is missing "
-                                "(create shards with `python -m benchmarks.encode`)")
+        raise FileNotFoundError(
+            f"no code shards at {shard_dir}: {path} is missing (create shards with `python -m benchmarks.encode`)"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported shard format {meta.get('format')!r} (expected {FORMAT_VERSION})")

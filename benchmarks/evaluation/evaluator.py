@@ -13,6 +13,7 @@ sidecar describing it, goes to ``samples/<method>/seed<k>/`` (``benchmarks.stora
 The tokenizer's own reconstruction metrics (the floor no method can beat) are computed once per
 run into ``tokenizer_floor.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,20 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
+from benchmarks.core.config import BenchmarkConfig
+from benchmarks.core.distributed import DistEnv
+from benchmarks.data.latents import LatentSpace
 from benchmarks.evaluation import fidelity
 from benchmarks.evaluation.metrics import metric_columns
-from benchmarks.evaluation.sampling import (Samples, balanced_labels, mean_trace, sample_images, sample_seeds,
-                                            shard_range)
-from benchmarks.core.distributed import DistEnv
+from benchmarks.evaluation.sampling import (
+    Samples,
+    balanced_labels,
+    mean_trace,
+    sample_images,
+    sample_seeds,
+    shard_range,
+)
 from benchmarks.storage.atomic import save_json, save_with
-from benchmarks.core.config import BenchmarkConfig
-from benchmarks.data.latents import LatentSpace
 from benchmarks.storage.manifest import git_commit
 from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells, metrics_csv_columns
 from benchmarks.storage.run_dir import GridLayout, RunDir, SampleGrid, write_sidecar
@@ -57,15 +64,27 @@ class Cell:
 def cell_seed(seed: int, step: int, cell: Cell) -> int:
     """A fixed sampling seed per (training seed, checkpoint, cell): reruns give identical images.
     Sample i of the cell is drawn with ``sample_seeds(cell_seed(...), [i])``."""
-    return (seed * 1_000_003 + step * 7919 + cell.steps * 131
-            + int(round(cell.temperature * 1000)) * 17 + int(round(cell.cfg_scale * 1000))) % (2**63 - 1)
+    return (
+        seed * 1_000_003
+        + step * 7919
+        + cell.steps * 131
+        + int(round(cell.temperature * 1000)) * 17
+        + int(round(cell.cfg_scale * 1000))
+    ) % (2**63 - 1)
 
 
 class Evaluator:
     """Called by the trainer after each checkpoint (see ``benchmarks.training.trainer.CheckpointEvent``)."""
 
-    def __init__(self, cfg: BenchmarkConfig, latents: LatentSpace, run_dir: str | Path, *, progress: bool = True,
-                 dist: DistEnv | None = None):
+    def __init__(
+        self,
+        cfg: BenchmarkConfig,
+        latents: LatentSpace,
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        dist: DistEnv | None = None,
+    ):
         self.cfg, self.latents, self.run = cfg, latents, RunDir(run_dir)
         self.dist = dist or DistEnv()
         self.progress = progress and self.dist.is_main
@@ -89,10 +108,14 @@ class Evaluator:
                 if ref is not None:
                     from benchmarks.data.images import ImageFolder
 
-                    images = ImageFolder(ref, self.cfg.data.image_size, mode="L" if self.latents.tokenizer.in_channels == 1 else "RGB")
+                    images = ImageFolder(
+                        ref, self.cfg.data.image_size, mode="L" if self.latents.tokenizer.in_channels == 1 else "RGB"
+                    )
                 if images is None:
-                    raise ValueError(f"evaluation needs reference images: data.dataset {self.cfg.data.dataset!r} has "
-                                     "none, so set data.reference to an image folder or an ADM-style .npz reference batch")
+                    raise ValueError(
+                        f"evaluation needs reference images: data.dataset {self.cfg.data.dataset!r} has "
+                        "none, so set data.reference to an image folder or an ADM-style .npz reference batch"
+                    )
                 hint = self.cfg.data.dataset if ref is None else Path(ref).name
                 self._reference = fidelity.reference_from_images(images, self.extractor(), hint, progress=self.progress)
         return self._reference
@@ -108,12 +131,24 @@ class Evaluator:
         n = min(self.cfg.eval.num_samples, len(self.latents.images))
         indices = np.linspace(0, len(self.latents.images) - 1, n).astype(int)
         subset = torch.utils.data.Subset(self.latents.images, indices)
-        metrics = fidelity.reconstruction_metrics(self.latents.tokenizer, subset, self.reference(), self.extractor(),
-                                                  labels=image_labels(self.latents.images)[indices], progress=self.progress, kid_subsets=self.cfg.eval.kid_subsets,
-                                                  metrics=self.cfg.eval.metrics)
-        floor = {**metrics, "n_samples": n, "tokenizer": self.latents.info.get("tokenizer"),
-                 "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
-                 "eval_wall_s": round(time.perf_counter() - start, 2)}
+        metrics = fidelity.reconstruction_metrics(
+            self.latents.tokenizer,
+            subset,
+            self.reference(),
+            self.extractor(),
+            labels=image_labels(self.latents.images)[indices],
+            progress=self.progress,
+            kid_subsets=self.cfg.eval.kid_subsets,
+            metrics=self.cfg.eval.metrics,
+        )
+        floor = {
+            **metrics,
+            "n_samples": n,
+            "tokenizer": self.latents.info.get("tokenizer"),
+            "feature_extractor": self.extractor().id,
+            "ref_stats": self.reference().id,
+            "eval_wall_s": round(time.perf_counter() - start, 2),
+        }
         save_json(floor, path)
         return floor
 
@@ -121,44 +156,77 @@ class Evaluator:
     def cells(self, event: CheckpointEvent) -> list[Cell]:
         ev = self.cfg.eval
         default_tau = ev.method_temperature.get(event.method.name, 1.0)
-        cells = [Cell(c.steps, c.temperature if c.temperature is not None else default_tau, c.cfg_scale,
-                      c.num_samples or ev.num_samples)
-                 for c in ev.cells if c.at == "every" or (c.at == "last" and event.is_last)]
+        cells = [
+            Cell(
+                c.steps,
+                c.temperature if c.temperature is not None else default_tau,
+                c.cfg_scale,
+                c.num_samples or ev.num_samples,
+            )
+            for c in ev.cells
+            if c.at == "every" or (c.at == "last" and event.is_last)
+        ]
         sweep_here = event.step == ev.sweep_at if ev.sweep_at is not None else event.is_last
         if sweep_here:
             cells += [Cell(ev.sweep_steps, tau, 1.0, ev.sweep_samples or ev.num_samples) for tau in ev.temperatures]
         return list(dict.fromkeys(cells))
 
     def row(self, event: CheckpointEvent, cell: Cell, nfe: int) -> dict:
-        return {"run": self.run.path.name, "method": event.method.name, "seed": event.seed, "step": event.step,
-                "images_seen": event.images_seen, "train_flops": event.train_flops,
-                "train_wall_s": round(event.train_wall_s, 3), "backbone": self.cfg.backbone, "params": event.params,
-                "tokenizer": self.latents.info.get("tokenizer"), "sampler": SAMPLER, "steps": cell.steps, "nfe": nfe,
-                "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "n_samples": cell.num_samples,
-                "feature_extractor": self.extractor().id, "ref_stats": self.reference().id,
-                "git_commit": self.commit}
+        return {
+            "run": self.run.path.name,
+            "method": event.method.name,
+            "seed": event.seed,
+            "step": event.step,
+            "images_seen": event.images_seen,
+            "train_flops": event.train_flops,
+            "train_wall_s": round(event.train_wall_s, 3),
+            "backbone": self.cfg.backbone,
+            "params": event.params,
+            "tokenizer": self.latents.info.get("tokenizer"),
+            "sampler": SAMPLER,
+            "steps": cell.steps,
+            "nfe": nfe,
+            "temperature": cell.temperature,
+            "cfg_scale": cell.cfg_scale,
+            "n_samples": cell.num_samples,
+            "feature_extractor": self.extractor().id,
+            "ref_stats": self.reference().id,
+            "git_commit": self.commit,
+        }
 
     @torch.no_grad()
     def generate(self, event: CheckpointEvent, cell: Cell) -> Samples:
         """Sample and decode this rank's block of the cell's ``num_samples`` images."""
         ev = self.cfg.eval
         block = shard_range(cell.num_samples, self.dist.rank, self.dist.world_size)
-        labels = balanced_labels(cell.num_samples, self.latents.num_classes)[block.start:block.stop]
-        return sample_images(event.method, event.ema, self.latents.tokenizer.to(event.device),
-                             self.latents.shards.grid, labels, sample_seeds(cell_seed(event.seed, event.step, cell), block),
-                             steps=cell.steps, temperature=cell.temperature, cfg_scale=cell.cfg_scale,
-                             batch_size=ev.batch_size, decode_batch_size=ev.decode_batch_size, device=event.device,
-                             progress=self.progress,
-                             desc=f"sample {event.method.name} seed {event.seed} step {event.step} {cell.tag}")
+        labels = balanced_labels(cell.num_samples, self.latents.num_classes)[block.start : block.stop]
+        return sample_images(
+            event.method,
+            event.ema,
+            self.latents.tokenizer.to(event.device),
+            self.latents.shards.grid,
+            labels,
+            sample_seeds(cell_seed(event.seed, event.step, cell), block),
+            steps=cell.steps,
+            temperature=cell.temperature,
+            cfg_scale=cell.cfg_scale,
+            batch_size=ev.batch_size,
+            decode_batch_size=ev.decode_batch_size,
+            device=event.device,
+            progress=self.progress,
+            desc=f"sample {event.method.name} seed {event.seed} step {event.step} {cell.tag}",
+        )
 
     def shard_result(self, event: CheckpointEvent, cell: Cell, samples: Samples) -> dict:
         """What this rank sends to rank 0 for a cell: features of its images, the grid's share of
         its images (global index < ``eval.grid_samples``), its traces and NFE."""
         start = shard_range(cell.num_samples, self.dist.rank, self.dist.world_size).start
-        features = (fidelity.extract_features(samples.images, self.extractor(), device=event.device,
-                                              progress=self.progress)
-                    if len(samples.images) else {})  # a rank can have no samples when there are more ranks
-        grid = samples.images[:max(0, self.cfg.eval.grid_samples - start)]
+        features = (
+            fidelity.extract_features(samples.images, self.extractor(), device=event.device, progress=self.progress)
+            if len(samples.images)
+            else {}
+        )  # a rank can have no samples when there are more ranks
+        grid = samples.images[: max(0, self.cfg.eval.grid_samples - start)]
         return {"features": features, "grid": grid, "traces": samples.traces, "nfe": samples.nfe}
 
     def save_grid(self, images: torch.Tensor, event: CheckpointEvent, cell: Cell) -> Path:
@@ -166,13 +234,26 @@ class Evaluator:
         (8 columns beyond 16 classes), then its sidecar (``benchmarks.storage.run_dir``)."""
         n = min(self.cfg.eval.grid_samples, len(images))
         classes = self.latents.num_classes
-        layout = GridLayout.tiled(balanced_labels(n, classes).tolist(), per_row=classes if classes <= 16 else 8,
-                                  tile=images.shape[-1])
+        layout = GridLayout.tiled(
+            balanced_labels(n, classes).tolist(), per_row=classes if classes <= 16 else 8, tile=images.shape[-1]
+        )
         grid = make_grid(images[:n].float() / 255.0, nrow=layout.columns, padding=layout.padding, pad_value=1.0)
         path = self.run.job(event.method.name, event.seed).grid(event.step, cell.tag)
         save_with(lambda tmp: save_image(grid, tmp, format="png"), path)
-        write_sidecar(SampleGrid(path, event.method.name, event.seed, event.step, SAMPLER, cell.steps,
-                                 cell.temperature, cell.cfg_scale, cell.num_samples, layout))
+        write_sidecar(
+            SampleGrid(
+                path,
+                event.method.name,
+                event.seed,
+                event.step,
+                SAMPLER,
+                cell.steps,
+                cell.temperature,
+                cell.cfg_scale,
+                cell.num_samples,
+                layout,
+            )
+        )
         return path
 
     def todo(self, event: CheckpointEvent) -> list[Cell]:
@@ -193,22 +274,47 @@ class Evaluator:
 
     def record(self, event: CheckpointEvent, cell: Cell, shards: list[dict], start: float) -> None:
         """Rank 0: metrics of the gathered features, the grid, the trace and the ``metrics.csv`` row."""
-        features = {k: torch.cat([s["features"][k] for s in shards if s["features"]])
-                    for k in next(s["features"] for s in shards if s["features"])}
+        features = {
+            k: torch.cat([s["features"][k] for s in shards if s["features"]])
+            for k in next(s["features"] for s in shards if s["features"])
+        }
         self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
         labels = balanced_labels(cell.num_samples, self.latents.num_classes)  # rank blocks are in order
-        metrics = fidelity.metrics_from_features(features, self.reference(), self.extractor(), labels=labels,
-                                                 kid_subsets=self.cfg.eval.kid_subsets, metrics=self.cfg.eval.metrics)
+        metrics = fidelity.metrics_from_features(
+            features,
+            self.reference(),
+            self.extractor(),
+            labels=labels,
+            kid_subsets=self.cfg.eval.kid_subsets,
+            metrics=self.cfg.eval.metrics,
+        )
         trace = mean_trace([t for s in shards for t in s["traces"]])
         entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
         row = self.row(event, cell, nfe=max(s["nfe"] for s in shards))
-        row.update(entropy=entropy, eval_wall_s=round(time.perf_counter() - start, 3),
-                   **{k: metrics.get(k, float("nan")) for k in metric_columns()})
+        row.update(
+            entropy=entropy,
+            eval_wall_s=round(time.perf_counter() - start, 3),
+            **{k: metrics.get(k, float("nan")) for k in metric_columns()},
+        )
         if trace.get("entropy"):
-            append_rows(self.run.traces,
-                        [{"method": event.method.name, "seed": event.seed, "step": event.step, "steps": cell.steps,
-                          "temperature": cell.temperature, "cfg_scale": cell.cfg_scale, "t": t, "entropy": h}
-                         for t, h in zip(trace["t"], trace["entropy"])], TRACE_COLUMNS, TRACE_KEY)
+            append_rows(
+                self.run.traces,
+                [
+                    {
+                        "method": event.method.name,
+                        "seed": event.seed,
+                        "step": event.step,
+                        "steps": cell.steps,
+                        "temperature": cell.temperature,
+                        "cfg_scale": cell.cfg_scale,
+                        "t": t,
+                        "entropy": h,
+                    }
+                    for t, h in zip(trace["t"], trace["entropy"])
+                ],
+                TRACE_COLUMNS,
+                TRACE_KEY,
+            )
         append_rows(self.run.metrics, [row], metrics_csv_columns(metric_columns()))
         line = f"  {event.method.name} seed {event.seed} step {event.step} {cell.tag}: FID {row['fid']:.3f}"
         if np.isfinite(row["class_accuracy"]):
@@ -241,4 +347,3 @@ def image_labels(images) -> np.ndarray:
     if hasattr(images, "labels"):
         return np.asarray(images.labels)
     return np.asarray([label for _, label in images.samples])
-

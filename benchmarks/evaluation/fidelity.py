@@ -30,6 +30,7 @@ Inputs are uint8 images (C, H, W): a tensor / array (N, C, H, W) or a Dataset yi
   fid=kid=prc=isc=True)`` with the same extractor (tested); doing the two steps here lets one
   extraction of the generated set serve references given only as statistics (ADM's ``mu``/``sigma``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,22 +51,25 @@ from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from benchmarks.core import logs
+from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_uint8
 from benchmarks.evaluation import metrics as metric_registry
 from benchmarks.evaluation.extractors import ExtractorSpec, get_feature_extractor
-from benchmarks.evaluation.extractors.inception import (INCEPTION, INCEPTION_ENV, INCEPTION_FILE,  # noqa: F401
-                                                        inception_extractor)
+from benchmarks.evaluation.extractors.inception import INCEPTION, INCEPTION_ENV, INCEPTION_FILE, inception_extractor  # noqa: F401
 from benchmarks.evaluation.extractors.mnist_cnn import mnist_extractor  # noqa: F401
 from benchmarks.evaluation.metrics import class_accuracy  # noqa: F401
 from benchmarks.storage.atomic import built_once, save_with
 from benchmarks.storage.cache import cache_dir, content_hash
-from benchmarks.data.images import ArrayImages, ImageFolder, to_model_range, to_uint8
 
-CLASS_ACCURACY_NOTE = ("class accuracy needs an extractor whose logits are the dataset's classes (its class_layer); "
-                       f"{INCEPTION}'s 1008 logits follow TensorFlow's 2015 ImageNet label map, not the "
-                       "dataset's class indices")
+CLASS_ACCURACY_NOTE = (
+    "class accuracy needs an extractor whose logits are the dataset's classes (its class_layer); "
+    f"{INCEPTION}'s 1008 logits follow TensorFlow's 2015 ImageNet label map, not the "
+    "dataset's class indices"
+)
 MIN_IMAGES = 10  # IS uses 10 splits; KID and the k-NN balls of precision/recall need a few samples
-STATS_ONLY_NOTE = ("stats-only reference (mu, sigma): FID and IS are computed; KID and precision/recall "
-                   "need reference images and are NaN")
+STATS_ONLY_NOTE = (
+    "stats-only reference (mu, sigma): FID and IS are computed; KID and precision/recall "
+    "need reference images and are NaN"
+)
 
 
 def get_extractor(name: str, weights_path: str | os.PathLike | None = None) -> ExtractorSpec:
@@ -123,8 +127,10 @@ def images_fingerprint(images) -> str:
     every image's shape and pixels, so the same pixels give the same hash from a tensor or a Dataset.
     """
     if isinstance(images, ImageFolder):
-        files = [(str(p.relative_to(images.root)), p.stat().st_size, p.stat().st_mtime_ns, label)
-                 for p, label in images.samples]
+        files = [
+            (str(p.relative_to(images.root)), p.stat().st_size, p.stat().st_mtime_ns, label)
+            for p, label in images.samples
+        ]
         return content_hash("image-folder", images.size, images.mode, files)
     h = hashlib.sha256()
     for image in ImageSet(images):
@@ -138,17 +144,28 @@ def _device_context(device: str | torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def extract_features(images, extractor: ExtractorSpec, *, layers: list[str] | None = None,
-                     device: str | torch.device = "cpu", progress: bool = True,
-                     batch_size: int = 64) -> dict[str, Tensor]:
+def extract_features(
+    images,
+    extractor: ExtractorSpec,
+    *,
+    layers: list[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 64,
+) -> dict[str, Tensor]:
     """Features {layer: (N, D) float32 on the CPU} of uint8 images, by torch-fidelity's extractor
     ``extractor.name`` and its batch loop (a DataLoader; worker processes unless in memory).
     ``layers`` defaults to every layer the metrics use."""
     dataset = ImageSet(images, extractor.channels)
     cuda = torch.device(device).type == "cuda"
     with _device_context(device):
-        fe = create_feature_extractor(extractor.name, layers or extractor.layers, cuda=cuda,
-                                      feature_extractor_weights_path=extractor.weights_path, verbose=progress)
+        fe = create_feature_extractor(
+            extractor.name,
+            layers or extractor.layers,
+            cuda=cuda,
+            feature_extractor_weights_path=extractor.weights_path,
+            verbose=progress,
+        )
         return get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, dataset.in_memory, progress)
 
 
@@ -175,8 +192,9 @@ class Reference:
 
     def check_extractor(self, extractor: ExtractorSpec) -> None:
         if self.extractor not in (extractor.id, extractor.name):
-            raise ValueError(f"reference {self.id} was computed with feature extractor {self.extractor}, "
-                             f"not {extractor.id}")
+            raise ValueError(
+                f"reference {self.id} was computed with feature extractor {self.extractor}, not {extractor.id}"
+            )
 
 
 def _check_name(name: str) -> str:
@@ -185,9 +203,15 @@ def _check_name(name: str) -> str:
     return name
 
 
-def reference_from_images(images, extractor: ExtractorSpec, name_hint: str = "ref", *,
-                          device: str | torch.device = "cpu", progress: bool = True,
-                          batch_size: int = 64) -> Reference:
+def reference_from_images(
+    images,
+    extractor: ExtractorSpec,
+    name_hint: str = "ref",
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 64,
+) -> Reference:
     """Reference features and FID statistics of uint8 images, computed once and cached as
     ``<cache>/refstats/<name_hint>-<images hash>-<extractor>-<weights hash>.npz``.
 
@@ -201,8 +225,14 @@ def reference_from_images(images, extractor: ExtractorSpec, name_hint: str = "re
             logs.reused(what, f"statistics in the cache ({path.name})", part="eval")
         else:
             with logs.stage(what, part="eval"):
-                feats = extract_features(images, extractor, layers=extractor.reference_layers, device=device,
-                                         progress=progress, batch_size=batch_size)
+                feats = extract_features(
+                    images,
+                    extractor,
+                    layers=extractor.reference_layers,
+                    device=device,
+                    progress=progress,
+                    batch_size=batch_size,
+                )
             stats = fid_features_to_statistics(feats[extractor.layer("fid")])
             arrays = {f"features/{k}": v.numpy() for k, v in feats.items()} | {f"fid/{k}": v for k, v in stats.items()}
             save_with(lambda tmp: _savez(tmp, arrays), path)
@@ -217,9 +247,15 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def reference_from_npz(path: str | os.PathLike, extractor: ExtractorSpec | None = None, *,
-                       stats_extractor: str = INCEPTION, device: str | torch.device = "cpu",
-                       progress: bool = True, batch_size: int = 64) -> Reference:
+def reference_from_npz(
+    path: str | os.PathLike,
+    extractor: ExtractorSpec | None = None,
+    *,
+    stats_extractor: str = INCEPTION,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 64,
+) -> Reference:
     """A reference from an ADM-style reference batch ``.npz``: ``mu`` (D,) and ``sigma`` (D, D),
     the Gaussian fit of ``stats_extractor`` features (ADM: Inception pool features, D = 2048), and
     optionally ``arr_0``, the images (N, H, W, C) uint8 (N, C, H, W is accepted too).
@@ -244,14 +280,16 @@ def reference_from_npz(path: str | os.PathLike, extractor: ExtractorSpec | None 
     rid = f"adm-npz:{path.name}-{content_hash(mu.tobytes(), sigma.tobytes())}"
     stats = {"mu": mu, "sigma": sigma}
     if extractor is not None and extractor.name != stats_extractor:
-        raise ValueError(f"reference batch {path} holds {stats_extractor} statistics; extractor {extractor.id} "
-                         "does not match")
+        raise ValueError(
+            f"reference batch {path} holds {stats_extractor} statistics; extractor {extractor.id} does not match"
+        )
     if images is None:
         unused = " (the file has images arr_0: pass an extractor to use them)" if has_images else ""
         return Reference(rid, stats_extractor, stats, note=STATS_ONLY_NOTE + unused)
     if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"reference batch {path}: arr_0 must be uint8 images (N, H, W, C), got "
-                         f"{images.dtype} {images.shape}")
+        raise ValueError(
+            f"reference batch {path}: arr_0 must be uint8 images (N, H, W, C), got {images.dtype} {images.shape}"
+        )
     if images.shape[-1] in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # a strided view, not a copy
     name = "npz-" + re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
@@ -268,20 +306,27 @@ def save_reference_npz(reference: Reference, path: str | os.PathLike) -> None:
 # Metrics
 
 
-def metrics_from_features(features: dict[str, Tensor], reference: Reference, extractor: ExtractorSpec, *,
-                          labels=None, kid_subset_size: int | None = None,
-                          kid_subsets: int = DEFAULTS["kid_subsets"], metrics: list[str] | None = None) -> dict[str, float]:
+def metrics_from_features(
+    features: dict[str, Tensor],
+    reference: Reference,
+    extractor: ExtractorSpec,
+    *,
+    labels=None,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = DEFAULTS["kid_subsets"],
+    metrics: list[str] | None = None,
+) -> dict[str, float]:
     """Metrics of generated-set features (from ``extract_features``) against ``reference``.
 
     Returns {column: value} of the registered metrics ``metrics`` (None: all;
     ``benchmarks.evaluation.metrics``), the built-ins' ``fid``, ``kid_mean``, ``kid_std``,
     ``precision``, ``recall``, ``isc``, ``isc_std``, ``class_accuracy``; KID and precision/recall
-    are NaN for a stats-only reference. KID averages ``kid_subsets`` (100) random subsets of ``kid_subset_size`` (default
-    min(1000, N_generated, N_reference)) from each side; if the subsets are both whole sets they
-    are all the same set, and one is computed. ``labels`` (N,): the class each image was generated
-    for; class accuracy is computed from the same features (the extractor's class logits,
-    ``ExtractorSpec.class_layer``) and is NaN without labels or for an extractor without class
-    logits (``CLASS_ACCURACY_NOTE``).
+    are NaN for a stats-only reference. KID averages ``kid_subsets`` (100) random subsets of
+    ``kid_subset_size`` (default min(1000, N_generated, N_reference)) from each side; if the
+    subsets are both whole sets they are all the same set, and one is computed. ``labels`` (N,):
+    the class each image was generated for; class accuracy is computed from the same features
+    (the extractor's class logits, ``ExtractorSpec.class_layer``) and is NaN without labels or
+    for an extractor without class logits (``CLASS_ACCURACY_NOTE``).
     """
     reference.check_extractor(extractor)
     fid_layer = extractor.layer("fid")
@@ -290,16 +335,27 @@ def metrics_from_features(features: dict[str, Tensor], reference: Reference, ext
         raise ValueError(f"at least {MIN_IMAGES} generated images are needed, got {n_gen}")
     ref_mu = reference.fid_stats["mu"]
     if features[fid_layer].shape[1] != ref_mu.shape[0]:
-        raise ValueError(f"reference {reference.id} has {ref_mu.shape[0]}-d statistics; extractor {extractor.id} "
-                         f"gives {features[fid_layer].shape[1]}-d features")
+        raise ValueError(
+            f"reference {reference.id} has {ref_mu.shape[0]}-d statistics; extractor {extractor.id} "
+            f"gives {features[fid_layer].shape[1]}-d features"
+        )
     inputs = metric_registry.MetricInputs(features, extractor, reference, labels, kid_subset_size, kid_subsets)
     return metric_registry.evaluate(inputs, metrics)
 
 
-def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *, labels=None,
-                    kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
-                    device: str | torch.device = "cpu", progress: bool = True,
-                    batch_size: int = 64, metrics: list[str] | None = None) -> dict[str, float]:
+def compute_metrics(
+    generated,
+    reference: Reference,
+    extractor: ExtractorSpec,
+    *,
+    labels=None,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = DEFAULTS["kid_subsets"],
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 64,
+    metrics: list[str] | None = None,
+) -> dict[str, float]:
     """FID, KID, precision/recall and IS of uint8 generated images (a (N, C, H, W) tensor or a
     Dataset of (C, H, W)) against ``reference``, and the class accuracy of images generated for
     ``labels`` (N,); see ``metrics_from_features``. ``device`` "cuda"
@@ -308,13 +364,19 @@ def compute_metrics(generated, reference: Reference, extractor: ExtractorSpec, *
     if reference.features is None:
         warnings.warn(f"reference {reference.id}: {reference.note}", stacklevel=2)
     features = extract_features(generated, extractor, device=device, progress=progress, batch_size=batch_size)
-    return metrics_from_features(features, reference, extractor, labels=labels, kid_subset_size=kid_subset_size,
-                                 kid_subsets=kid_subsets, metrics=metrics)
+    return metrics_from_features(
+        features,
+        reference,
+        extractor,
+        labels=labels,
+        kid_subset_size=kid_subset_size,
+        kid_subsets=kid_subsets,
+        metrics=metrics,
+    )
 
 
 @torch.no_grad()
-def reconstruct(tokenizer, images, *, batch_size: int = 64,
-                device: str | torch.device = "cpu") -> tuple[Tensor, float]:
+def reconstruct(tokenizer, images, *, batch_size: int = 64, device: str | torch.device = "cpu") -> tuple[Tensor, float]:
     """decode(encode(x)) of uint8 images: the reconstructions, uint8 (N, C, H, W) on the CPU, and
     their mean squared error in uint8 units over all pixels. The tokenizer takes and gives [-1, 1]
     and must already be on ``device``."""
@@ -330,16 +392,36 @@ def reconstruct(tokenizer, images, *, batch_size: int = 64,
     return torch.cat(out), sq_err / count
 
 
-def reconstruction_metrics(tokenizer, images, reference: Reference, extractor: ExtractorSpec, *, labels=None,
-                           batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
-                           kid_subset_size: int | None = None, kid_subsets: int = DEFAULTS["kid_subsets"],
-                           metrics: list[str] | None = None) -> dict[str, float]:
+def reconstruction_metrics(
+    tokenizer,
+    images,
+    reference: Reference,
+    extractor: ExtractorSpec,
+    *,
+    labels=None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = DEFAULTS["kid_subsets"],
+    metrics: list[str] | None = None,
+) -> dict[str, float]:
     """The tokenizer floor: metrics of the reconstructions decode(encode(x)) of the reference images
     against ``reference`` (a generator over the tokenizer's codes cannot be expected to beat it), plus
     ``psnr`` = 10 log10(255^2 / MSE) over all pixels of the uint8 reconstructions. With the images'
     ``labels``, ``class_accuracy`` is the reconstructions' (the ceiling for generated images)."""
     recon, mse = reconstruct(tokenizer, images, batch_size=batch_size, device=device)
-    out = compute_metrics(recon, reference, extractor, labels=labels, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                          device=device, progress=progress, batch_size=batch_size, metrics=metrics)
-    out["psnr"] = 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf
+    out = compute_metrics(
+        recon,
+        reference,
+        extractor,
+        labels=labels,
+        kid_subset_size=kid_subset_size,
+        kid_subsets=kid_subsets,
+        device=device,
+        progress=progress,
+        batch_size=batch_size,
+        metrics=metrics,
+    )
+    out["psnr"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
     return out

@@ -16,6 +16,7 @@ reference):
   isc             IS = exp E_x KL(p(c|x) || p(c)); mean/std over 10 splits
   class_accuracy  (1/N) sum_i [argmax_c logits_c(x_i) == y_i], if the extractor has a class layer
 """
+
 from __future__ import annotations
 
 import math
@@ -87,7 +88,6 @@ def metric_names() -> list[str]:
     return REGISTRY.names()
 
 
-
 def selected(names: list[str] | None = None) -> list[Metric]:
     """The metrics ``names`` (None: every registered one), in registration order."""
     if names is None:
@@ -123,8 +123,10 @@ def evaluate(x: MetricInputs, names: list[str] | None = None) -> dict[str, float
 def _same_dtype(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """torch-fidelity's FID asserts equal dtypes; promote (e.g. float32 mu vs ADM's float64)."""
     cast = {k: np.result_type(a[k], b[k]) for k in ("mu", "sigma")}
-    return ({k: a[k].astype(t, copy=False) for k, t in cast.items()},
-            {k: b[k].astype(t, copy=False) for k, t in cast.items()})
+    return (
+        {k: a[k].astype(t, copy=False) for k, t in cast.items()},
+        {k: b[k].astype(t, copy=False) for k, t in cast.items()},
+    )
 
 
 @register
@@ -152,9 +154,16 @@ class KID(Metric):
         gen, ref = x.of("kid"), x.reference_of("kid")
         subset = x.kid_subset_size or min(DEFAULTS["kid_subset_size"], len(gen), len(ref))
         if not 2 <= subset <= min(len(gen), len(ref)):
-            raise ValueError(f"kid_subset_size={subset} must be in [2, min(generated={len(gen)}, reference={len(ref)})]")
-        kid = kid_features_to_metric(gen, ref, kid_subset_size=subset, verbose=False,
-                                     kid_subsets=1 if subset == len(gen) == len(ref) else x.kid_subsets)
+            raise ValueError(
+                f"kid_subset_size={subset} must be in [2, min(generated={len(gen)}, reference={len(ref)})]"
+            )
+        kid = kid_features_to_metric(
+            gen,
+            ref,
+            kid_subset_size=subset,
+            verbose=False,
+            kid_subsets=1 if subset == len(gen) == len(ref) else x.kid_subsets,
+        )
         return {"kid_mean": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
 
 
@@ -179,7 +188,9 @@ class InceptionScore(Metric):
     columns = ("isc", "isc_std")
 
     def compute(self, x: MetricInputs) -> dict[str, float]:
-        isc = isc_features_to_metric(x.of("isc"), DEFAULTS["isc_splits"], DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"])
+        isc = isc_features_to_metric(
+            x.of("isc"), DEFAULTS["isc_splits"], DEFAULTS["samples_shuffle"], DEFAULTS["rng_seed"]
+        )
         return {"isc": isc[KEY_METRIC_ISC_MEAN], "isc_std": isc[KEY_METRIC_ISC_STD]}
 
 
@@ -189,8 +200,10 @@ def class_accuracy(logits: Tensor, labels) -> float:
     if len(labels) != len(logits):
         raise ValueError(f"{len(labels)} labels for {len(logits)} images")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
-        raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) of the extractor's logits, "
-                         f"got [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must be class indices in [0, {logits.shape[1]}) of the extractor's logits, "
+            f"got [{int(labels.min())}, {int(labels.max())}]"
+        )
     return (logits.argmax(dim=1) == labels.to(logits.device)).double().mean().item()
 
 

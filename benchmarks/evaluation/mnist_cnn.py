@@ -16,6 +16,7 @@ Training: MNIST-5k (``benchmarks.data.images.load_mnist5k``) with a seeded, stra
 translations of up to ``max_shift`` pixels. The weights are cached in ``cache_dir("extractors")``
 under a content hash of the data, the training config and the architecture version.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,9 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm.auto import tqdm
 
 from benchmarks.core import logs
+from benchmarks.data.images import load_mnist5k
 from benchmarks.storage.atomic import built_once, save_json, save_torch
 from benchmarks.storage.cache import cache_dir, content_hash
-from benchmarks.data.images import load_mnist5k
 
 NAME = "mnist-cnn"
 INPUT_SIZE = 32
@@ -117,8 +118,9 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     """Stratified split: ``round(fraction * n_c)`` random indices of every class c are held out.
     Returns (train indices, held-out indices), both sorted."""
     rng = np.random.default_rng(seed)
-    held = [rng.permutation(np.flatnonzero(labels == c))[:round(fraction * np.sum(labels == c))]
-            for c in np.unique(labels)]
+    held = [
+        rng.permutation(np.flatnonzero(labels == c))[: round(fraction * np.sum(labels == c))] for c in np.unique(labels)
+    ]
     held = np.sort(np.concatenate(held))
     return np.setdiff1d(np.arange(len(labels)), held), held
 
@@ -131,21 +133,24 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 @torch.no_grad()
 def accuracy(model: MnistCNN, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` on uint8 images (N, C, H, W) with labels (N,)."""
     model.eval()
-    correct = sum((model(to_input(images[i:i + batch_size])).argmax(-1) == labels[i:i + batch_size]).sum().item()
-                  for i in range(0, len(images), batch_size))
+    correct = sum(
+        (model(to_input(images[i : i + batch_size])).argmax(-1) == labels[i : i + batch_size]).sum().item()
+        for i in range(0, len(images), batch_size)
+    )
     return correct / len(images)
 
 
 @one_thread()
-def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig,
-                     progress: bool = True) -> tuple[MnistCNN, dict]:
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, progress: bool = True
+) -> tuple[MnistCNN, dict]:
     """Train on uint8 images (N, 1, 32, 32) / int labels (N,) minus the hold-out split; cross-entropy,
     AdamW, one-cycle learning rate, with a progress bar over the steps. Returns the model (eval
     mode) and ``{"holdout_accuracy", "train_accuracy", "train_seconds", "num_train", "num_holdout"}``."""
@@ -160,12 +165,17 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
     model.train()
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"train {NAME} feature extractor", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        desc=f"train {NAME} feature extractor",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for _ in range(config.epochs):
         order = torch.randperm(len(train_idx), generator=generator)
         for i in range(0, len(order), config.batch_size):
-            batch = order[i:i + config.batch_size]
+            batch = order[i : i + config.batch_size]
             loss = F.cross_entropy(model(random_shift(x_train[batch], config.max_shift, generator)), y_train[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,8 +197,12 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, config: TrainConfig
 
 def weights_key(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> str:
     """Content hash of the training data, the config and the architecture version."""
-    return content_hash(images.tobytes(), labels.astype(np.int64).tobytes(), asdict(config),
-                        {"arch_version": ARCH_VERSION, "shape": list(images.shape)})
+    return content_hash(
+        images.tobytes(),
+        labels.astype(np.int64).tobytes(),
+        asdict(config),
+        {"arch_version": ARCH_VERSION, "shape": list(images.shape)},
+    )
 
 
 def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
@@ -213,10 +227,12 @@ def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config
         else:
             with logs.stage(f"feature extractor: train {name} ({config.epochs} epochs)", part="eval"):
                 model, info = train_classifier(images, labels, config, progress=logs.show_progress())
-            logs.get_logger("eval").info("feature extractor: %s hold-out accuracy %.1f%%", name,
-                                         100 * info["holdout_accuracy"])
-            save_json({"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info},
-                      folder / "info.json")
+            logs.get_logger("eval").info(
+                "feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"]
+            )
+            save_json(
+                {"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info}, folder / "info.json"
+            )
             save_torch({"arch": model.arch, "state_dict": model.state_dict()}, path)
     return path
 
@@ -244,12 +260,15 @@ class FeatureExtractorMnistCNN(FeatureExtractorBase):
     probabilities are the softmax of the biased logits, so IS uses ``"logits"``.)
     """
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 **kwargs):
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs
+    ):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
-            raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path "
-                             "(see benchmarks.evaluation.mnist_cnn.mnist_cnn_weights)")
+            raise ValueError(
+                f"feature extractor {name!r} needs feature_extractor_weights_path "
+                "(see benchmarks.evaluation.mnist_cnn.mnist_cnn_weights)"
+            )
         self.net = load_classifier(feature_extractor_weights_path)
         self.requires_grad_(False)
         self.eval()

@@ -7,6 +7,7 @@ so a cell's set of samples, and every metric of it, does not depend on the world
 W takes the contiguous block ``shard_range(n, r, W)`` of the indices. Used by the evaluator
 and by ``python -m benchmarks.sample``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.data.images import to_uint8
 from benchmarks.core.device import device_autocast
+from benchmarks.data.images import to_uint8
 from methods.base import Method, SampleNoise
 
 
@@ -55,19 +56,34 @@ class Samples:
     traces: list[tuple[int, dict[str, list[float]]]] = field(default_factory=list)
 
 
-def sample_images(method: Method, model, tokenizer, grid: tuple[int, int], labels: torch.Tensor, seeds: list[int], *,
-                  steps: int, temperature: float, cfg_scale: float, batch_size: int, decode_batch_size: int,
-                  device: torch.device, progress: bool = False, desc: str = "sample") -> Samples:
+def sample_images(
+    method: Method,
+    model,
+    tokenizer,
+    grid: tuple[int, int],
+    labels: torch.Tensor,
+    seeds: list[int],
+    *,
+    steps: int,
+    temperature: float,
+    cfg_scale: float,
+    batch_size: int,
+    decode_batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "sample",
+) -> Samples:
     """Sample and decode one image per (label, seed), ``batch_size`` at a time, under the suite's
     sampling precision (``device_autocast``). The progress bar counts samples."""
     images, traces, nfe = [], [], 0
     with tqdm(total=len(labels), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for start in range(0, len(labels), batch_size):
-            batch = labels[start:start + batch_size].to(device)
-            noise = SampleNoise.per_sample(seeds[start:start + batch_size], device)
+            batch = labels[start : start + batch_size].to(device)
+            noise = SampleNoise.per_sample(seeds[start : start + batch_size], device)
             with device_autocast(device):
-                out = method.sample(model, batch, grid, steps=steps, temperature=temperature,
-                                    cfg_scale=cfg_scale, generator=noise)
+                out = method.sample(
+                    model, batch, grid, steps=steps, temperature=temperature, cfg_scale=cfg_scale, generator=noise
+                )
             images.append(decode_codes(tokenizer, out.codes, decode_batch_size))
             traces.append((len(batch), out.trace))
             nfe = out.nfe

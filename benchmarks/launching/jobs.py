@@ -3,15 +3,16 @@
 Every launcher (in-process, submitit subprocesses, SLURM job arrays) runs this same function,
 so a job's results do not depend on where it ran.
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from benchmarks.core import logs
 from benchmarks.core.config import BenchmarkConfig
 from benchmarks.core.distributed import DistEnv
 from benchmarks.data.latents import LatentSpace, prepare_latents
-from benchmarks.core import logs
 from benchmarks.storage.manifest import add_timings, now_iso, update_manifest
 from benchmarks.training.trainer import Trainer
 from benchmarks.training.utilisation import mfu, process_peak_flops
@@ -24,7 +25,9 @@ def latents_for(cfg: BenchmarkConfig, progress: bool = True) -> LatentSpace:
     return prepare_latents(d.dataset, d.path, d.image_size, tok.kind, tok.ckpt, tok.vqvae, progress=progress)
 
 
-def prepare_recorded_latents(cfg: BenchmarkConfig, run_dir: Path, *, progress: bool, record: bool = True) -> LatentSpace:
+def prepare_recorded_latents(
+    cfg: BenchmarkConfig, run_dir: Path, *, progress: bool, record: bool = True
+) -> LatentSpace:
     """Open (or build) the run's latent space and record its info and cost in the manifest."""
     start, started = time.perf_counter(), now_iso()
     latents = latents_for(cfg, progress=progress)
@@ -34,9 +37,9 @@ def prepare_recorded_latents(cfg: BenchmarkConfig, run_dir: Path, *, progress: b
     return latents
 
 
-
-def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool,
-                   dist: DistEnv | None = None):
+def make_evaluator(
+    cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, progress: bool, dist: DistEnv | None = None
+):
     if not cfg.eval.enabled:
         return None
     from benchmarks.evaluation.evaluator import Evaluator
@@ -44,9 +47,17 @@ def make_evaluator(cfg: BenchmarkConfig, latents: LatentSpace, run_dir: Path, pr
     return Evaluator(cfg, latents, run_dir, progress=progress, dist=dist)
 
 
-def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *,
-            latents: LatentSpace | None = None, evaluator=None, progress: bool = True,
-            tensorboard: bool = False) -> dict:
+def run_job(
+    cfg: BenchmarkConfig,
+    method: str,
+    seed: int,
+    run_dir: str | Path,
+    *,
+    latents: LatentSpace | None = None,
+    evaluator=None,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> dict:
     """Train (resuming from the newest checkpoint if any) and evaluate one job; returns its summary.
     ``tensorboard``: also copy the job's logs, FIDs and sample grids into TensorBoard event files
     after each checkpoint (``benchmarks.launching.tensorboard_log``)."""
@@ -80,8 +91,13 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
     # every rank samples its share of each evaluation cell; only rank 0 writes TensorBoard
     run_evaluator = after_checkpoint if evaluator is not None or board is not None else None
     if from_step >= cfg.train.iterations:
-        log.info("%s seed %d: training skipped, already at step %d of %d; evaluating missing cells",
-                 method, seed, from_step, cfg.train.iterations)
+        log.info(
+            "%s seed %d: training skipped, already at step %d of %d; evaluating missing cells",
+            method,
+            seed,
+            from_step,
+            cfg.train.iterations,
+        )
     elif from_step:
         log.info("%s seed %d: resuming training at step %d of %d", method, seed, from_step, cfg.train.iterations)
     summary = trainer.run(resume=True, on_checkpoint=run_evaluator)
@@ -89,13 +105,22 @@ def run_job(cfg: BenchmarkConfig, method: str, seed: int, run_dir: str | Path, *
         board.close()
     per_device_step_flops = summary["flops_per_step"] / dist.world_size
     seconds_per_step = max(summary["train_wall_s"], 1e-9) / max(summary["step"], 1)
-    summary.update(world_size=dist.world_size, peak_flops_per_s=peak,
-                   achieved_flops_per_s=per_device_step_flops / seconds_per_step,
-                   mfu=mfu(per_device_step_flops, seconds_per_step, peak))
+    summary.update(
+        world_size=dist.world_size,
+        peak_flops_per_s=peak,
+        achieved_flops_per_s=per_device_step_flops / seconds_per_step,
+        mfu=mfu(per_device_step_flops, seconds_per_step, peak),
+    )
     if dist.is_main:
         key = trainer.job.key
         update_manifest(run_dir, {"jobs": {key: summary}})
-        add_timings(run_dir, ("jobs", key), {"eval_s": eval_seconds, "wall_s": time.perf_counter() - start},
-                    started=started, from_step=from_step, to_step=summary["step"])
+        add_timings(
+            run_dir,
+            ("jobs", key),
+            {"eval_s": eval_seconds, "wall_s": time.perf_counter() - start},
+            started=started,
+            from_step=from_step,
+            to_step=summary["step"],
+        )
     summary.update(eval_s=round(eval_seconds, 2))  # this invocation, this rank (the manifest keeps the sums)
     return summary

@@ -20,6 +20,7 @@ Each job opens the latent space from the project cache (``$VQFLOW_CACHE`` or the
 which must be on a filesystem the nodes share; its resolved path is exported to the jobs) and
 prepares it if missing, under a file lock, so concurrent jobs prepare it once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import submitit
 import torch
@@ -65,8 +66,17 @@ class LaunchError(RuntimeError):
     """Jobs failed, or did not finish within the wait timeout; the message lists them."""
 
 
-def launch(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool = True,
-           wait: bool = False, wait_timeout: float | None = None, tensorboard: bool = False) -> bool:
+def launch(
+    cfg: BenchmarkConfig,
+    methods: list[str],
+    seeds: list[int],
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    wait: bool = False,
+    wait_timeout: float | None = None,
+    tensorboard: bool = False,
+) -> bool:
     """Run or submit every (method, seed) job of ``cfg.launcher.kind``. Returns True when all jobs
     have finished (always for ``local``; with ``wait`` for the others), False when submitted jobs
     are still running. Raises LaunchError if a job failed or ``wait_timeout`` seconds (default
@@ -88,8 +98,15 @@ class JobsDiverged(LaunchError):
     """Some jobs of a local run diverged (the others finished); the message names them."""
 
 
-def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, progress: bool,
-              tensorboard: bool = False) -> None:
+def run_local(
+    cfg: BenchmarkConfig,
+    methods: list[str],
+    seeds: list[int],
+    run_dir: Path,
+    *,
+    progress: bool,
+    tensorboard: bool = False,
+) -> None:
     """Run every job in this process. A job that diverges stops (``TrainingDiverged``) and the
     others go on; then ``JobsDiverged`` names the diverged ones."""
     diverged = []
@@ -104,8 +121,16 @@ def run_local(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_di
             with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
                 record_event(run_dir, method, seed, "start", from_step=RunDir(run_dir).job(method, seed).newest_step())
                 try:
-                    summary = run_job(cfg, method, seed, run_dir, latents=latents, evaluator=evaluator,
-                                      progress=progress, tensorboard=tensorboard)
+                    summary = run_job(
+                        cfg,
+                        method,
+                        seed,
+                        run_dir,
+                        latents=latents,
+                        evaluator=evaluator,
+                        progress=progress,
+                        tensorboard=tensorboard,
+                    )
                 except TrainingDiverged as e:
                     print(f"error: {e}", file=sys.stderr)
                     record_event(run_dir, method, seed, "diverged", step=e.step)
@@ -133,8 +158,10 @@ def job_lock(run_dir: str | Path, method: str, seed: int) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise JobBusyError(f"{job.key} of {run_dir} is being run by {holder}; wait for it to finish "
-                               "(then rerun to continue), or use another --out") from None
+            raise JobBusyError(
+                f"{job.key} of {run_dir} is being run by {holder}; wait for it to finish "
+                "(then rerun to continue), or use another --out"
+            ) from None
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
@@ -177,12 +204,18 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         try:
             main = DistEnv.from_environment().is_main
             if main:
-                record_event(run_dir, method, seed, "start", job_id=current_job_id(),
-                             restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-                             from_step=RunDir(run_dir).job(method, seed).newest_step())
-            with job_lock(run_dir, method, seed) if main else contextlib.nullcontext():
-                with logs.stage(f"job {method} seed {seed}", part="jobs"):
-                    summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
+                record_event(
+                    run_dir,
+                    method,
+                    seed,
+                    "start",
+                    job_id=current_job_id(),
+                    restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+                    from_step=RunDir(run_dir).job(method, seed).newest_step(),
+                )
+            lock = job_lock(run_dir, method, seed) if main else contextlib.nullcontext()
+            with lock, logs.stage(f"job {method} seed {seed}", part="jobs"):
+                summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary
@@ -193,8 +226,14 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         """Called by submitit's signal handler (rank 0) once the state on disk is current: after
         the trainer's preemption checkpoint, or at once outside training steps (evaluation,
         set-up), where the newest checkpoint already is the current state."""
-        record_event(run_dir, method, seed, "requeue", job_id=current_job_id(),
-                     checkpoint_step=RunDir(run_dir).job(method, seed).newest_step())
+        record_event(
+            run_dir,
+            method,
+            seed,
+            "requeue",
+            job_id=current_job_id(),
+            checkpoint_step=RunDir(run_dir).job(method, seed).newest_step(),
+        )
         return submitit.helpers.DelayedSubmission(self, cfg_dict, method, seed, run_dir)
 
 
@@ -252,17 +291,35 @@ def finished(run_dir: str | Path, method: str, seed: int, iterations: int) -> bo
 def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -> dict:
     """submitit parameters of one job: one node; with GPUs one task (DDP rank) per GPU, else one task."""
     gpus = launcher.gpus_per_job
-    params = {"name": name, "timeout_min": launcher.timeout_min, "cpus_per_task": launcher.cpus_per_task,
-              "mem_gb": float(launcher.mem_gb), "nodes": 1, "tasks_per_node": max(gpus, 1)}
+    params = {
+        "name": name,
+        "timeout_min": launcher.timeout_min,
+        "cpus_per_task": launcher.cpus_per_task,
+        "mem_gb": float(launcher.mem_gb),
+        "nodes": 1,
+        "tasks_per_node": max(gpus, 1),
+    }
     if gpus:
         params["gpus_per_node"] = gpus
     if launcher.kind == "slurm":
-        params.update({f"slurm_{k}": v for k, v in [("partition", launcher.partition), ("account", launcher.account),
-                                                     ("qos", launcher.qos), ("constraint", launcher.constraint)]
-                       if v is not None})
+        params.update(
+            {
+                f"slurm_{k}": v
+                for k, v in [
+                    ("partition", launcher.partition),
+                    ("account", launcher.account),
+                    ("qos", launcher.qos),
+                    ("constraint", launcher.constraint),
+                ]
+                if v is not None
+            }
+        )
         # --requeue: requeueable even where the cluster's JobRequeue default says otherwise
-        params.update(slurm_signal_delay_s=launcher.signal_delay_s, slurm_setup=setup,
-                      slurm_additional_parameters={"requeue": True})
+        params.update(
+            slurm_signal_delay_s=launcher.signal_delay_s,
+            slurm_setup=setup,
+            slurm_additional_parameters={"requeue": True},
+        )
     else:
         params["local_setup"] = setup
     return params
@@ -270,8 +327,10 @@ def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -
 
 def job_setup() -> list[str]:
     """Shell lines run before each job: the project importable, the same cache, quiet progress bars."""
-    lines = [f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
-             f"export TQDM_MININTERVAL={JOB_TQDM_MININTERVAL_S}"]
+    lines = [
+        f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"export TQDM_MININTERVAL={JOB_TQDM_MININTERVAL_S}",
+    ]
     lines.append(f"export VQFLOW_CACHE={shlex.quote(str(cache_root().resolve()))}")
     return lines
 
@@ -279,20 +338,25 @@ def job_setup() -> list[str]:
 def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
     launcher = cfg.launcher
     cluster = "slurm" if launcher.kind == "slurm" else "local"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **{f"{cluster}_max_num_timeout": launcher.max_num_timeout})
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster=cluster, **{f"{cluster}_max_num_timeout": launcher.max_num_timeout}
+    )
     executor.update_parameters(**executor_parameters(launcher, f"vqflow-{cfg.name}", job_setup()))
     return executor
 
 
-def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *,
-           tensorboard: bool = False) -> list[tuple[str, submitit.Job]]:
+def submit(
+    cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, tensorboard: bool = False
+) -> list[tuple[str, submitit.Job]]:
     """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
     run_dir = Path(run_dir).resolve()
     run = RunDir(run_dir)
     busy = active_jobs(run_dir)
     if busy:
-        raise LaunchError(f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
-                          "(they resume and finish on their own) or cancel them before submitting again")
+        raise LaunchError(
+            f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
+            "(they resume and finish on their own) or cancel them before submitting again"
+        )
     todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
     skipped = [run.job(m, s).key for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
@@ -302,13 +366,25 @@ def submit(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: 
     executor = make_executor(cfg, run.submitit)
     job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard)
     n = len(todo)
-    submitted = executor.map_array(job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n)
+    submitted = executor.map_array(
+        job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n
+    )
     keys = [run.job(m, s).key for m, s in todo]
     jobs = list(zip(keys, submitted))
     array_id = submitted[0].job_id.split("_")[0]
     where = f"SLURM job array {array_id}" if cfg.launcher.kind == "slurm" else "local subprocesses"
-    update_manifest(run_dir, {"launches": {array_id: {"kind": cfg.launcher.kind, "submitted": time.time(),
-                                                      "jobs": {key: j.job_id for key, j in jobs}}}})
+    update_manifest(
+        run_dir,
+        {
+            "launches": {
+                array_id: {
+                    "kind": cfg.launcher.kind,
+                    "submitted": time.time(),
+                    "jobs": {key: j.job_id for key, j in jobs},
+                }
+            }
+        },
+    )
     print(f"submitted {n} job(s) as {where}; logs in {run.submitit}")
     for key, j in jobs:
         print(f"  {j.job_id:<14} {key}")
@@ -349,8 +425,9 @@ def local_controller_alive(pid: str) -> bool:
 # ----------------------------------------------------------------------------- following
 
 
-def follow(jobs: list[tuple[str, submitit.Job]], timeout_s: float, *, progress: bool = True,
-           poll_s: float = POLL_S) -> None:
+def follow(
+    jobs: list[tuple[str, submitit.Job]], timeout_s: float, *, progress: bool = True, poll_s: float = POLL_S
+) -> None:
     """Wait for the jobs, with a bar over finished jobs and the states of the others.
     Raises LaunchError listing the failed jobs, or the unfinished ones after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

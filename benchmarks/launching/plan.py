@@ -19,6 +19,7 @@ The plan also sizes a checkpoint (model, EMA and AdamW's two moments, float32: 1
 parameter) and its write time at ``ASSUMED_WRITE_BYTES_PER_S``, against the preemption warning
 ``launcher.signal_delay_s``.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,10 @@ def step_time_from_run(run_dir: str | Path, cfg: BenchmarkConfig) -> StepTime:
     planned = {"backbone": cfg.backbone, "train.batch_size": cfg.train.batch_size}
     found = {"backbone": ran.get("backbone"), "train.batch_size": ran.get("train", {}).get("batch_size")}
     if found != planned:
-        raise ValueError(f"--step-seconds-from {run_dir}: that run has {found}, the plan {planned}; "
-                         "step times only carry over between runs of the same backbone and global batch")
+        raise ValueError(
+            f"--step-seconds-from {run_dir}: that run has {found}, the plan {planned}; "
+            "step times only carry over between runs of the same backbone and global batch"
+        )
     per_method: dict[str, list[float]] = {}
     gpus = set()
     for job in manifest.get("jobs", {}).values():
@@ -92,7 +95,9 @@ def step_time_from_run(run_dir: str | Path, cfg: BenchmarkConfig) -> StepTime:
     if len(gpus) > 1:
         raise ValueError(f"--step-seconds-from {run_dir}: its jobs ran on different GPU counts {sorted(gpus)}")
     seconds = {m: sum(v) / len(v) for m, v in per_method.items()}
-    return StepTime(seconds, gpus.pop(), f"measured in {path} on {manifest.get('machine', {}).get('gpu') or 'its machine'}")
+    return StepTime(
+        seconds, gpus.pop(), f"measured in {path} on {manifest.get('machine', {}).get('gpu') or 'its machine'}"
+    )
 
 
 @dataclass(frozen=True)
@@ -130,32 +135,47 @@ def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> lis
     cells = []
     for step in steps:
         last = step == steps[-1]
-        here = [(c.steps, c.temperature if c.temperature is not None else tau, c.cfg_scale, c.num_samples or ev.num_samples)
-                for c in ev.cells if c.at == "every" or last]
+        here = [
+            (c.steps, c.temperature if c.temperature is not None else tau, c.cfg_scale, c.num_samples or ev.num_samples)
+            for c in ev.cells
+            if c.at == "every" or last
+        ]
         if step == sweep_at:
             here += [(ev.sweep_steps, t, 1.0, ev.sweep_samples or ev.num_samples) for t in ev.temperatures]
         cells += [(step, *cell) for cell in dict.fromkeys(here)]
     return cells
 
 
-def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_tflops: float, utilisation: float,
-            step_time: StepTime | None = None) -> str:
+def dry_run(
+    cfg: BenchmarkConfig,
+    methods: list[str],
+    seeds: list[int],
+    *,
+    peak_tflops: float,
+    utilisation: float,
+    step_time: StepTime | None = None,
+) -> str:
     shape = latent_shape(cfg)
     steps = checkpoint_steps(cfg)
     measured = [m for m in methods if step_time is not None and step_time.of(m) is not None]
     cost = f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU (assumed utilisation, --utilisation)"
     if measured:
-        cost = (f"training cost from measured step times ({step_time.source}; {step_time.gpus} GPU(s) per job): "
-                + ", ".join(f"{m} {step_time.of(m):.3g} s/step" for m in measured)
-                + f"; evaluation and other methods {cost}")
-    lines = [f"config {cfg.name}: {cfg.description}".rstrip(": "),
-             f"backbone {cfg.backbone}; tokenizer {cfg.tokenizer.kind} (K={shape.codebook_size}, d={shape.code_dim}); "
-             f"latent grid {shape.grid[0]}x{shape.grid[1]}; {shape.num_classes} classes",
-             f"jobs: {len(methods)} methods x {len(seeds)} seeds = {len(methods) * len(seeds)} "
-             f"(methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))})",
-             f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
-             f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
-             cost + ":", ""]
+        cost = (
+            f"training cost from measured step times ({step_time.source}; {step_time.gpus} GPU(s) per job): "
+            + ", ".join(f"{m} {step_time.of(m):.3g} s/step" for m in measured)
+            + f"; evaluation and other methods {cost}"
+        )
+    lines = [
+        f"config {cfg.name}: {cfg.description}".rstrip(": "),
+        f"backbone {cfg.backbone}; tokenizer {cfg.tokenizer.kind} (K={shape.codebook_size}, d={shape.code_dim}); "
+        f"latent grid {shape.grid[0]}x{shape.grid[1]}; {shape.num_classes} classes",
+        f"jobs: {len(methods)} methods x {len(seeds)} seeds = {len(methods) * len(seeds)} "
+        f"(methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))})",
+        f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
+        f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
+        cost + ":",
+        "",
+    ]
     rows, largest = [], 0
     for name in methods:
         io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
@@ -166,35 +186,47 @@ def dry_run(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], *, peak_
         eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
         train_flops = step_flops * cfg.train.iterations
         flops_seconds = lambda flops: flops / (peak_tflops * 1e12 * utilisation)  # noqa: E731
-        train_s = (step_time.of(name) * cfg.train.iterations * step_time.gpus if name in measured
-                   else flops_seconds(train_flops))
+        train_s = (
+            step_time.of(name) * cfg.train.iterations * step_time.gpus
+            if name in measured
+            else flops_seconds(train_flops)
+        )
         rows.append((name, params, step_flops, train_flops, train_s, len(cells), eval_flops, flops_seconds(eval_flops)))
         largest = max(largest, params)
     flop_unit, flop_scale = unit_for([max(r[3], r[6]) for r in rows], FLOP_UNITS)
     time_unit, time_scale = unit_for([max(r[4], r[7]) for r in rows], GPU_TIME_UNITS)
-    header = (f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{f'train {flop_unit}':>14}{f'train {time_unit}':>19}"
-              f"{'eval cells':>12}{f'eval {flop_unit}':>13}{f'eval {time_unit}':>18}")
+    header = (
+        f"{'method':<14}{'params':>14}{'train GFLOP/step':>18}{f'train {flop_unit}':>14}{f'train {time_unit}':>19}"
+        f"{'eval cells':>12}{f'eval {flop_unit}':>13}{f'eval {time_unit}':>18}"
+    )
     lines += ["per job (one method, one seed):", header, "-" * len(header)]
     for name, params, step_flops, train_flops, train_s, n_cells, eval_flops, eval_s in rows:
-        lines.append(f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{number(train_flops / flop_scale):>14}"
-                     f"{number(train_s / time_scale):>19}{n_cells:>12}{number(eval_flops / flop_scale):>13}"
-                     f"{number(eval_s / time_scale):>18}")
+        lines.append(
+            f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{number(train_flops / flop_scale):>14}"
+            f"{number(train_s / time_scale):>19}{n_cells:>12}{number(eval_flops / flop_scale):>13}"
+            f"{number(eval_s / time_scale):>18}"
+        )
     jobs, gpus = len(methods) * len(seeds), max(cfg.launcher.gpus_per_job, 1)
     train_total, eval_total = (sum(r[i] for r in rows) * len(seeds) for i in (4, 7))
     unit, scale = unit_for([train_total + eval_total], GPU_TIME_UNITS)
     eval_wall, wall_scale = unit_for([eval_total / max(jobs, 1) / gpus], GPU_TIME_UNITS)
-    lines += ["", f"total for {jobs} jobs: training {number(train_total / scale)} {unit}, evaluation "
-              f"{number(eval_total / scale)} {unit} (sampling; decoding and FID feature extraction not included), "
-              f"together {number((train_total + eval_total) / scale)} {unit}",
-              f"evaluation is sharded over a job's {gpus} GPU(s) (launcher.gpus_per_job): about "
-              f"{number(eval_total / max(jobs, 1) / gpus / wall_scale)} {eval_wall.removeprefix('GPU-')} "
-              "of evaluation wall time per job"]
+    lines += [
+        "",
+        f"total for {jobs} jobs: training {number(train_total / scale)} {unit}, evaluation "
+        f"{number(eval_total / scale)} {unit} (sampling; decoding and FID feature extraction not included), "
+        f"together {number((train_total + eval_total) / scale)} {unit}",
+        f"evaluation is sharded over a job's {gpus} GPU(s) (launcher.gpus_per_job): about "
+        f"{number(eval_total / max(jobs, 1) / gpus / wall_scale)} {eval_wall.removeprefix('GPU-')} "
+        "of evaluation wall time per job",
+    ]
     lines.append(checkpoint_note(cfg, largest))
     first = evaluation_cells(cfg, methods[0], steps) if methods else []
     if first:
-        lines.append(f"evaluation cells per job ({methods[0]}): "
-                     + "; ".join(f"step {s:,}: {n} steps, tau {t:g}, cfg {w:g}, {k:,} samples" for s, n, t, w, k in first[-4:])
-                     + (f" (last 4 of {len(first)})" if len(first) > 4 else ""))
+        lines.append(
+            f"evaluation cells per job ({methods[0]}): "
+            + "; ".join(f"step {s:,}: {n} steps, tau {t:g}, cfg {w:g}, {k:,} samples" for s, n, t, w, k in first[-4:])
+            + (f" (last 4 of {len(first)})" if len(first) > 4 else "")
+        )
     return "\n".join(lines)
 
 
@@ -203,10 +235,14 @@ def checkpoint_note(cfg: BenchmarkConfig, params: int) -> str:
     size = params * CHECKPOINT_BYTES_PER_PARAM
     write_s = size / ASSUMED_WRITE_BYTES_PER_S
     delay = cfg.launcher.signal_delay_s
-    note = (f"checkpoint: {size / 1e9:.1f} GB (model, EMA, AdamW moments), {write_s:.0f} s to write at "
-            f"{ASSUMED_WRITE_BYTES_PER_S / 1e6:.0f} MB/s; preemption warning launcher.signal_delay_s = {delay} s, "
-            f"checked every launcher.preemption_check_every = {cfg.launcher.preemption_check_every} steps")
+    note = (
+        f"checkpoint: {size / 1e9:.1f} GB (model, EMA, AdamW moments), {write_s:.0f} s to write at "
+        f"{ASSUMED_WRITE_BYTES_PER_S / 1e6:.0f} MB/s; preemption warning launcher.signal_delay_s = {delay} s, "
+        f"checked every launcher.preemption_check_every = {cfg.launcher.preemption_check_every} steps"
+    )
     if write_s > delay / 2:
-        note += (f"\nWARNING: the checkpoint write takes more than half the preemption warning; raise "
-                 f"launcher.signal_delay_s to at least {int(2 * write_s) + 60}")
+        note += (
+            f"\nWARNING: the checkpoint write takes more than half the preemption warning; raise "
+            f"launcher.signal_delay_s to at least {int(2 * write_s) + 60}"
+        )
     return note

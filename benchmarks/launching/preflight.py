@@ -5,6 +5,7 @@ once with a message naming the file and the fix, not after the manifest is writt
 training). Each check here reads only metadata (folder listings, ``meta.json``, file headers),
 so it costs milliseconds; the full reads happen, as before, when the latent space is prepared.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -41,12 +42,16 @@ def check_extractor(cfg: BenchmarkConfig) -> None:
 
     default = get_dataset(cfg.data.dataset).feature_extractor
     if cfg.eval.enabled and cfg.eval.feature_extractor == "auto" and default not in feature_extractor_names():
-        raise ConfigError(f"eval.feature_extractor: auto picks {default!r}, data set {cfg.data.dataset!r}'s default, "
-                          f"which is not registered (registered: {', '.join(feature_extractor_names())}): import its "
-                          "module with --plugins, or set eval.feature_extractor")
+        raise ConfigError(
+            f"eval.feature_extractor: auto picks {default!r}, data set {cfg.data.dataset!r}'s default, "
+            f"which is not registered (registered: {', '.join(feature_extractor_names())}): import its "
+            "module with --plugins, or set eval.feature_extractor"
+        )
 
 
 def check_launcher(cfg: BenchmarkConfig) -> None:
     if cfg.launcher.kind == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("launcher.kind is 'slurm' but there is no sbatch command on this machine's PATH: run on a "
-                          "SLURM login node, or use --launcher local (this process) or submitit-local (subprocesses)")
+        raise ConfigError(
+            "launcher.kind is 'slurm' but there is no sbatch command on this machine's PATH: run on a "
+            "SLURM login node, or use --launcher local (this process) or submitit-local (subprocesses)"
+        )

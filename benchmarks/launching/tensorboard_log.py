@@ -9,6 +9,7 @@ recipe); from ``metrics.csv`` the FID of every cell evaluated at that checkpoint
 ``tensorboard --logdir <run>/tensorboard``. Needs the ``tensorboard`` package:
 ``pip install -e '.[tensorboard]'``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ def require_tensorboard() -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"--tensorboard needs the tensorboard package ({e}); "
-                          "install it with: pip install -e '.[tensorboard]'") from None
+        raise ImportError(
+            f"--tensorboard needs the tensorboard package ({e}); install it with: pip install -e '.[tensorboard]'"
+        ) from None
 
 
 class TensorBoardLog:

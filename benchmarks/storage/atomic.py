@@ -4,14 +4,15 @@ A reader (or a rerun after a crash) never sees a half-written checkpoint, CSV or
 Files are created as ordinary files are (mode 0666 less the process umask), so with a group
 umask such as 002 colleagues on a shared filesystem can read a run and reuse the cache.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from filelock import FileLock
@@ -61,6 +62,7 @@ def save_npy(array, path: str | os.PathLike) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
     save_with(write, path)
 
 

@@ -5,6 +5,7 @@ Location: ``$VQFLOW_CACHE`` if set, else ``$XDG_CACHE_HOME/vqflow``, else ``~/.c
 Entries are keyed by content hashes of their inputs, so a changed dataset or config never
 reuses a stale entry.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ Timings survive reruns: each invocation appends its own entry to an ``invocation
 (``timings.invocations``, ``timings.latents.invocations``, ``jobs.<method>/seed<k>.invocations``)
 and the totals beside it (``timings.total_s``, ``jobs.<...>.eval_s``, ...) are sums over them.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -35,9 +36,14 @@ def package_versions() -> dict[str, str]:
 
 
 def machine_info() -> dict:
-    info = {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -47,10 +53,16 @@ def git_commit() -> str:
     """The project's git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -72,7 +84,7 @@ def read_manifest(run_dir: str | Path) -> dict:
 
 def now_iso() -> str:
     """The current UTC time to the second (when an invocation started)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def add_timings(run_dir: str | Path, where: tuple[str, ...], seconds: dict[str, float], **info) -> dict:

@@ -4,6 +4,7 @@ Rows are appended under a file lock by rewriting the file atomically, so concurr
 run (a SLURM array) never interleave partial lines, and a killed process never leaves half a
 row. A cell is identified by ``CELL_KEY``; a rerun skips cells whose key is already present.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,23 @@ import pandas as pd
 from benchmarks.storage.atomic import atomic_path, locked
 
 LEAD_COLUMNS = [
-    "run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",
-    "tokenizer", "sampler", "steps", "nfe", "temperature", "cfg_scale", "n_samples", "feature_extractor",
+    "run",
+    "method",
+    "seed",
+    "step",
+    "images_seen",
+    "train_flops",
+    "train_wall_s",
+    "backbone",
+    "params",
+    "tokenizer",
+    "sampler",
+    "steps",
+    "nfe",
+    "temperature",
+    "cfg_scale",
+    "n_samples",
+    "feature_extractor",
     "ref_stats",
 ]
 """The columns of a ``metrics.csv`` row before its metric columns: the cell and where it comes from."""
@@ -31,8 +47,18 @@ def metrics_csv_columns(metric_columns: list[str]) -> list[str]:
     return LEAD_COLUMNS + list(metric_columns) + TAIL_COLUMNS
 
 
-CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples",
-            "feature_extractor", "ref_stats"]
+CELL_KEY = [
+    "method",
+    "seed",
+    "step",
+    "sampler",
+    "steps",
+    "temperature",
+    "cfg_scale",
+    "n_samples",
+    "feature_extractor",
+    "ref_stats",
+]
 
 
 TRACE_COLUMNS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "t", "entropy"]
@@ -91,12 +117,14 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             continue
         row = dict(zip(header, fields))
         bad = len(fields) != len(header) or any(
-            name in row and not re.fullmatch(r"-?\d+", row[name]) for name in INTEGER_COLUMNS)
+            name in row and not re.fullmatch(r"-?\d+", row[name]) for name in INTEGER_COLUMNS
+        )
         if bad:
             raise MetricsFileError(
                 f"{path} line {number} is not a row of this file ({len(fields)} fields for {len(header)} columns: "
                 f"{','.join(fields)[:80]!r}); delete that line (a missing evaluation cell is recomputed on the "
-                "next run) or restore the file")
+                "next run) or restore the file"
+            )
         rows.append(row)
     return header, rows
 
@@ -169,8 +197,11 @@ def final_rows(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
             tau = cell.get("temperature")
             tau = (ev.get("method_temperature") or {}).get(method, 1.0) if tau is None else tau
             n = cell.get("num_samples") or ev.get("num_samples")
-            keep = ((rows["steps"] == cell.get("steps")) & ((rows["temperature"] - tau).abs() < 1e-9)
-                    & ((rows["cfg_scale"] - cell.get("cfg_scale", 1.0)).abs() < 1e-9))
+            keep = (
+                (rows["steps"] == cell.get("steps"))
+                & ((rows["temperature"] - tau).abs() < 1e-9)
+                & ((rows["cfg_scale"] - cell.get("cfg_scale", 1.0)).abs() < 1e-9)
+            )
             if n is not None and "n_samples" in rows:
                 keep &= rows["n_samples"] == n
             rows = rows[keep] if keep.any() else rows

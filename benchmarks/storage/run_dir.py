@@ -35,13 +35,14 @@ A sidecar (JSON, written atomically after its PNG, so a sidecar means a complete
 ``tile``: pixels of each (square) image, ``padding``: pixels between and around them, ``labels``:
 the class of each tile in reading order (sample i of a cell has label i mod num_classes).
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from benchmarks.storage.atomic import save_json
 from benchmarks.storage.results import read_rows
@@ -67,8 +68,7 @@ TENSORBOARD = "tensorboard"
 SUBMITIT = "submitit"
 REPORT = "report"
 REPORT_FILE = "report.md"
-FILE_NAMES = (MANIFEST, METRICS, TRACES, FLOOR, TRAIN_LOG, EVENTS, LOCK, CHECKPOINT_PREFIX, SIDECAR_SUFFIX,
-              REPORT_FILE)
+FILE_NAMES = (MANIFEST, METRICS, TRACES, FLOOR, TRAIN_LOG, EVENTS, LOCK, CHECKPOINT_PREFIX, SIDECAR_SUFFIX, REPORT_FILE)
 """The names that only this module may spell in code (a test checks every other module)."""
 GRID_PADDING = 2
 """Pixels between and around the tiles of the sample grids the evaluator writes."""
@@ -76,12 +76,12 @@ GRID_PADDING = 2
 
 def checkpoint_step(path: str | Path) -> int:
     """The training step of a checkpoint file ``step_<step:09d>.pt``."""
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):-len(CHECKPOINT_SUFFIX)])
+    return int(Path(path).name[len(CHECKPOINT_PREFIX) : -len(CHECKPOINT_SUFFIX)])
 
 
 def _seed(folder_name: str) -> int | None:
     """k of a job's folder name ``seed<k>`` (None for any other name)."""
-    digits = folder_name[len(SEED_PREFIX):]
+    digits = folder_name[len(SEED_PREFIX) :]
     return int(digits) if folder_name.startswith(SEED_PREFIX) and digits.isdigit() else None
 
 
@@ -194,7 +194,8 @@ class RunDir:
         if refused:
             raise ConfigChangeRefused(
                 f"{self.path} holds a run with a different config ({'; '.join(refused[:5])}); a run may change "
-                "only eval.* settings once its training is done, and raise train.iterations")
+                "only eval.* settings once its training is done, and raise train.iterations"
+            )
         return [f"{key} changes from {old!r} to {new!r} in {self.path}" for key, old, new in changes]
 
 
@@ -259,7 +260,7 @@ class JobDir:
         """The sample-grid PNGs of checkpoint ``step`` by cell tag, sorted."""
         prefix = _grid_prefix(step)
         paths = sorted(self.samples_dir.glob(f"{prefix}*{GRID_SUFFIX}"))
-        return {p.name[len(prefix):-len(GRID_SUFFIX)]: p for p in paths}
+        return {p.name[len(prefix) : -len(GRID_SUFFIX)]: p for p in paths}
 
 
 def _grid_prefix(step: int) -> str:
@@ -295,8 +296,10 @@ def refused_changes(changes: list[tuple[str, object, object]], saved: dict, *, t
 
     refused = [f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes if not allowed(key, old, new)]
     if schedule != "constant" and any(key == "train.iterations" for key, _, _ in changes):
-        refused.append(f"train.lr_schedule={schedule} decays over train.iterations, so a longer budget would "
-                       "change the learning rate of steps already trained")
+        refused.append(
+            f"train.lr_schedule={schedule} decays over train.iterations, so a longer budget would "
+            "change the learning rate of steps already trained"
+        )
     return refused
 
 
@@ -336,8 +339,8 @@ class GridLayout:
         """The class of each column when the images of every column in the full rows share one, else None."""
         if self.labels is None:
             return None
-        full = self.labels[:self.full_rows * self.columns]
-        classes = [set(full[c::self.columns]) for c in range(self.columns)]
+        full = self.labels[: self.full_rows * self.columns]
+        classes = [set(full[c :: self.columns]) for c in range(self.columns)]
         return [str(next(iter(c))) for c in classes] if all(len(c) == 1 for c in classes) else None
 
     def column_centres(self) -> list[float]:
@@ -364,17 +367,30 @@ class SampleGrid:
 
 def sidecar_path(grid: Path) -> Path:
     """The sidecar of the sample-grid PNG ``grid``: beside it, ``<name>.grid.json``."""
-    return grid.with_name(grid.name[:-len(GRID_SUFFIX)] + SIDECAR_SUFFIX)
+    return grid.with_name(grid.name[: -len(GRID_SUFFIX)] + SIDECAR_SUFFIX)
 
 
 def write_sidecar(grid: SampleGrid) -> Path:
     """Atomically write the sidecar of ``grid`` (whose PNG is written; its layout known); returns its path."""
     layout = grid.layout
-    record = {"image": grid.path.name, "method": grid.method, "seed": grid.seed, "step": grid.step,
-              "cell": {"sampler": grid.sampler, "steps": grid.steps, "temperature": grid.temperature,
-                       "cfg_scale": grid.cfg_scale, "n_samples": grid.n_samples},
-              "tile": layout.tile, "padding": layout.padding, "rows": layout.rows, "columns": layout.columns,
-              "labels": list(layout.labels)}
+    record = {
+        "image": grid.path.name,
+        "method": grid.method,
+        "seed": grid.seed,
+        "step": grid.step,
+        "cell": {
+            "sampler": grid.sampler,
+            "steps": grid.steps,
+            "temperature": grid.temperature,
+            "cfg_scale": grid.cfg_scale,
+            "n_samples": grid.n_samples,
+        },
+        "tile": layout.tile,
+        "padding": layout.padding,
+        "rows": layout.rows,
+        "columns": layout.columns,
+        "labels": list(layout.labels),
+    }
     path = sidecar_path(grid.path)
     save_json(record, path)
     return path
@@ -386,17 +402,28 @@ def read_sidecar(path: Path) -> SampleGrid:
         record = json.loads(path.read_text())
         cell, labels = record["cell"], tuple(record["labels"])
         layout = GridLayout(record["tile"], record["padding"], record["rows"], record["columns"], len(labels), labels)
-        return SampleGrid(path.parent / record["image"], record["method"], record["seed"], record["step"],
-                          cell["sampler"], cell["steps"], cell["temperature"], cell["cfg_scale"], cell["n_samples"],
-                          layout)
+        return SampleGrid(
+            path.parent / record["image"],
+            record["method"],
+            record["seed"],
+            record["step"],
+            cell["sampler"],
+            cell["steps"],
+            cell["temperature"],
+            cell["cfg_scale"],
+            cell["n_samples"],
+            layout,
+        )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a sample-grid sidecar ({type(e).__name__}: {e})") from None
 
 
 # ----------------------------------------------------------------------------- layout 1 (legacy)
 
-LEGACY_GRID_NAME = re.compile(r"^step(?P<step>\d+)_steps(?P<steps>\d+)_tau(?P<temperature>[^_]+)"
-                              r"_cfg(?P<cfg_scale>[^_]+)(?:_n(?P<n_samples>\d+))?\.png$")
+LEGACY_GRID_NAME = re.compile(
+    r"^step(?P<step>\d+)_steps(?P<steps>\d+)_tau(?P<temperature>[^_]+)"
+    r"_cfg(?P<cfg_scale>[^_]+)(?:_n(?P<n_samples>\d+))?\.png$"
+)
 LEGACY_PADDING = 2
 """The padding of grids written before sidecars (torchvision ``make_grid(padding=2)``)."""
 

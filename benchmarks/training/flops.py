@@ -5,6 +5,7 @@ backward pass of the backbone on the meta device (nothing is allocated, so DiT-X
 seconds). The loss's softmax and the optimizer update are not matmuls and are left out; the
 count is dominated by the backbone's and head's matrix products. 1 multiply-add = 2 FLOPs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ def meta_input(io: BackboneIO, grid: tuple[int, int], batch: int) -> torch.Tenso
     return torch.zeros(batch, io.in_channels, *grid, device="meta")
 
 
-def model_flops(backbone: str, io: BackboneIO, grid: tuple[int, int], num_classes: int,
-                batch: int = 1, backward: bool = True) -> int:
+def model_flops(
+    backbone: str, io: BackboneIO, grid: tuple[int, int], num_classes: int, batch: int = 1, backward: bool = True
+) -> int:
     """FLOPs of one forward (+ backward) pass of ``batch`` samples, counted on the meta device."""
     with torch.device("meta"):
         model = build_dit(backbone, io, grid, num_classes)

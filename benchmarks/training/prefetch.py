@@ -11,6 +11,7 @@ Because the generator runs ahead of training, its state cannot be checkpointed d
 batch carries ``data_state``, the generator state right after its own draws, which is where a run
 resumed after that batch must restart the generator.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -33,8 +34,17 @@ class Batch:
 
 
 class BatchPrefetcher:
-    def __init__(self, shards: CodeShards, generator: torch.Generator, *, batch_size: int, label_dropout: float,
-                 null_label: int, device: torch.device, depth: int = 2):
+    def __init__(
+        self,
+        shards: CodeShards,
+        generator: torch.Generator,
+        *,
+        batch_size: int,
+        label_dropout: float,
+        null_label: int,
+        device: torch.device,
+        depth: int = 2,
+    ):
         self.shards, self.generator, self.batch_size = shards, generator, batch_size
         self.label_dropout, self.null_label, self.device, self.depth = label_dropout, null_label, device, depth
         self.pin = device.type == "cuda"

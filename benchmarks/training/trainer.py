@@ -28,6 +28,7 @@ not finite. It reads that at each log interval and before every checkpoint, and 
 ``TrainingDiverged`` (naming method, seed and step) instead of saving or evaluating a non-finite
 model; the last good checkpoint stays on disk.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,9 @@ import csv
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -45,14 +46,14 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from backbones.dit import build_dit
-from benchmarks.storage.atomic import atomic_path, save_torch
-from benchmarks.storage.run_dir import RunDir
 from benchmarks.core.config import BenchmarkConfig, TrainConfig, method_options
 from benchmarks.core.device import device_autocast, resolve_device
 from benchmarks.core.distributed import PREEMPTION, DistEnv
+from benchmarks.data.latents import LatentSpace
+from benchmarks.storage.atomic import atomic_path, save_torch
+from benchmarks.storage.run_dir import RunDir
 from benchmarks.training.flops import model_flops, parameter_count
 from benchmarks.training.prefetch import BatchPrefetcher
-from benchmarks.data.latents import LatentSpace
 from methods import get_method
 from methods.base import Method
 
@@ -87,8 +88,10 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, method: str, seed: int, step: int, last_good: Path | None):
         self.method, self.seed, self.step, self.last_good = method, seed, step, last_good
         kept = f"its last good checkpoint {last_good} is kept" if last_good else "no checkpoint was saved"
-        super().__init__(f"{method} seed {seed} diverged: the loss or gradient norm is not finite at step {step}; "
-                         f"training stopped and {kept} (lower train.lr, or check the data)")
+        super().__init__(
+            f"{method} seed {seed} diverged: the loss or gradient norm is not finite at step {step}; "
+            f"training stopped and {kept} (lower train.lr, or check the data)"
+        )
 
 
 @dataclass
@@ -112,8 +115,17 @@ class CheckpointEvent:
 class Trainer:
     """Trains one method with one seed under the config's shared budget."""
 
-    def __init__(self, cfg: BenchmarkConfig, method_name: str, seed: int, run_dir: Path,
-                 latents: LatentSpace, *, dist: DistEnv | None = None, progress: bool = True):
+    def __init__(
+        self,
+        cfg: BenchmarkConfig,
+        method_name: str,
+        seed: int,
+        run_dir: Path,
+        latents: LatentSpace,
+        *,
+        dist: DistEnv | None = None,
+        progress: bool = True,
+    ):
         self.cfg, self.method_name, self.seed, self.latents = cfg, method_name, seed, latents
         self.dist = dist or DistEnv()
         self.device = resolve_device(cfg.train.device)
@@ -136,15 +148,17 @@ class Trainer:
         self.flops_per_step = model_flops(cfg.backbone, io, grid, classes, batch=1) * cfg.train.batch_size
         t = cfg.train
         # fused: one kernel for the whole update; 10% less CPU per mini/2 step than torch's CPU default
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
-                                           weight_decay=t.weight_decay, fused=True)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True
+        )
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # the only buffer is the constant position table (nothing to broadcast each step);
             # gradients live in DDP's buckets instead of a second copy (2.8 GiB at DiT-XL/2)
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+                self.model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+            )
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.data_gen = torch.Generator().manual_seed(seed)
@@ -170,20 +184,26 @@ class Trainer:
         path = self.job.checkpoint(self.step)
         log_sums = self.reduced_log_sums()
         if self.dist.is_main:
-            save_torch({
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "step": self.step,
-                "train_wall_s": self.train_wall_s,
-                "log_sums": log_sums,
-                "rng": {"data": self.data_state, "noise": self.noise_gen.get_state(),
-                        "torch": torch.get_rng_state()},
-                "method": self.method_name,
-                "seed": self.seed,
-                "config": self.cfg.to_dict(),
-            }, path)
-            for old in self.checkpoints()[:-self.cfg.train.keep_checkpoints]:
+            save_torch(
+                {
+                    "model": self.model.state_dict(),
+                    "ema": self.ema.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "step": self.step,
+                    "train_wall_s": self.train_wall_s,
+                    "log_sums": log_sums,
+                    "rng": {
+                        "data": self.data_state,
+                        "noise": self.noise_gen.get_state(),
+                        "torch": torch.get_rng_state(),
+                    },
+                    "method": self.method_name,
+                    "seed": self.seed,
+                    "config": self.cfg.to_dict(),
+                },
+                path,
+            )
+            for old in self.checkpoints()[: -self.cfg.train.keep_checkpoints]:
                 old.unlink()
         self.dist.barrier()
         return path
@@ -196,13 +216,18 @@ class Trainer:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             missing = {"model", "ema", "optimizer", "step", "rng", "method", "seed"} - set(state)
         except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, UnpicklingError, EOFError, ...)
-            raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: "
-                                         f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is unreadable ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'no details'})"
+            ) from None
         if missing:
-            raise CorruptCheckpointError(f"checkpoint {path} is not a training checkpoint (no {', '.join(sorted(missing))})")
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is not a training checkpoint (no {', '.join(sorted(missing))})"
+            )
         if state["method"] != self.method_name or state["seed"] != self.seed:
-            raise ValueError(f"{path} belongs to {state['method']} seed {state['seed']}, "
-                             f"not {self.method_name} seed {self.seed}")
+            raise ValueError(
+                f"{path} belongs to {state['method']} seed {state['seed']}, not {self.method_name} seed {self.seed}"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -266,8 +291,7 @@ class Trainer:
         if not self.log_sums:
             return {}
         names = list(self.log_sums)
-        sums = torch.stack([torch.as_tensor(self.log_sums[k], dtype=torch.float32, device=self.device)
-                            for k in names])
+        sums = torch.stack([torch.as_tensor(self.log_sums[k], dtype=torch.float32, device=self.device) for k in names])
         return dict(zip(names, self.dist.mean(sums).tolist()))
 
     def check_finite(self) -> None:
@@ -275,8 +299,12 @@ class Trainer:
         first = float(self.first_nonfinite)
         if self.dist.any(math.isfinite(first), self.device):
             existing = self.checkpoints()
-            raise TrainingDiverged(self.method_name, self.seed, int(first) if math.isfinite(first) else self.step,
-                                   existing[-1] if existing else None)
+            raise TrainingDiverged(
+                self.method_name,
+                self.seed,
+                int(first) if math.isfinite(first) else self.step,
+                existing[-1] if existing else None,
+            )
 
     # ------------------------------------------------------------------ training
     def autocast(self):
@@ -285,9 +313,14 @@ class Trainer:
     def next_batch(self):
         if self.batches is None:
             t = self.cfg.train
-            self.batches = BatchPrefetcher(self.latents.shards, self.data_gen, batch_size=t.batch_size,
-                                           label_dropout=t.label_dropout, null_label=self.latents.num_classes,
-                                           device=self.device)
+            self.batches = BatchPrefetcher(
+                self.latents.shards,
+                self.data_gen,
+                batch_size=t.batch_size,
+                label_dropout=t.label_dropout,
+                null_label=self.latents.num_classes,
+                device=self.device,
+            )
         batch = self.batches.next()
         self.data_state = batch.data_state
         return batch.codes, batch.labels
@@ -333,11 +366,19 @@ class Trainer:
 
     def event(self) -> CheckpointEvent:
         t = self.cfg.train
-        return CheckpointEvent(method=self.method, ema=self.ema, step=self.step,
-                               images_seen=self.step * t.batch_size,
-                               train_flops=float(self.step * self.flops_per_step),
-                               train_wall_s=self.train_wall_s, params=self.params, seed=self.seed,
-                               job_dir=self.job.path, device=self.device, is_last=self.step >= t.iterations)
+        return CheckpointEvent(
+            method=self.method,
+            ema=self.ema,
+            step=self.step,
+            images_seen=self.step * t.batch_size,
+            train_flops=float(self.step * self.flops_per_step),
+            train_wall_s=self.train_wall_s,
+            params=self.params,
+            seed=self.seed,
+            job_dir=self.job.path,
+            device=self.device,
+            is_last=self.step >= t.iterations,
+        )
 
     def _train(self, bar: tqdm, on_checkpoint: Callable[[CheckpointEvent], None] | None) -> None:
         """The training loop of ``run``. ``train_wall_s`` counts the time from one point where the
@@ -360,9 +401,15 @@ class Trainer:
                     now = time.perf_counter()
                     self.train_wall_s += now - mark
                     self.check_finite()
-                    pending.append({"step": self.step, "images_seen": self.step * t.batch_size, **means,
-                                    "train_wall_s": round(self.train_wall_s, 4),
-                                    "steps_per_s": round(interval_steps / max(now - interval_start, 1e-9), 3)})
+                    pending.append(
+                        {
+                            "step": self.step,
+                            "images_seen": self.step * t.batch_size,
+                            **means,
+                            "train_wall_s": round(self.train_wall_s, 4),
+                            "steps_per_s": round(interval_steps / max(now - interval_start, 1e-9), 3),
+                        }
+                    )
                     bar.set_postfix(loss=f"{means['loss']:.4f}")
                     self.log_sums, interval_start, interval_steps = {}, now, 0
                     mark = time.perf_counter()
@@ -398,8 +445,7 @@ class Trainer:
         (every ``checkpoint_every`` steps, or log-spaced) and the last."""
         return self.cfg.train.is_checkpoint_step(step)
 
-    def run(self, *, resume: bool = True,
-            on_checkpoint: Callable[[CheckpointEvent], None] | None = None) -> dict:
+    def run(self, *, resume: bool = True, on_checkpoint: Callable[[CheckpointEvent], None] | None = None) -> dict:
         """Train to ``train.iterations``. With ``resume``, continue from the newest checkpoint
         (re-running ``on_checkpoint`` for it if it is a scheduled one, so interrupted evaluations
         complete). After a preemption checkpoint, returns early where the job's handler returns
@@ -414,12 +460,24 @@ class Trainer:
         if self.step and on_checkpoint is not None and self.on_schedule(self.step):
             with PREEMPTION.interruptible():
                 on_checkpoint(self.event())
-        bar = tqdm(total=t.iterations, initial=self.step, desc=f"train {self.method_name} seed {self.seed}",
-                   disable=not self.progress, dynamic_ncols=True, unit="step")
+        bar = tqdm(
+            total=t.iterations,
+            initial=self.step,
+            desc=f"train {self.method_name} seed {self.seed}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            unit="step",
+        )
         try:
             self._train(bar, on_checkpoint)
         finally:
             self.close_batches()
         bar.close()
-        return {"method": self.method_name, "seed": self.seed, "step": self.step, "params": self.params,
-                "flops_per_step": self.flops_per_step, "train_wall_s": self.train_wall_s}
+        return {
+            "method": self.method_name,
+            "seed": self.seed,
+            "step": self.step,
+            "params": self.params,
+            "flops_per_step": self.flops_per_step,
+            "train_wall_s": self.train_wall_s,
+        }

@@ -10,6 +10,7 @@
   ``torch.cuda.max_memory_allocated`` up to the caching allocator's block rounding), so CPU
   measurements compare methods the way GPU memory would.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_peak_flops(device: str | torch.device, *, seconds: float = 1.0, size: int | None = None,
-                       dtype: torch.dtype | None = None, windows: int = 5) -> float:
+def measure_peak_flops(
+    device: str | torch.device,
+    *,
+    seconds: float = 1.0,
+    size: int | None = None,
+    dtype: torch.dtype | None = None,
+    windows: int = 5,
+) -> float:
     """Achievable matmul FLOP/s of ``device``: repeated (n x n) @ (n x n) products (2 n^3 FLOPs
     each) after one warm-up product, timed in ``windows`` windows of ``seconds / windows`` each;
     the best window's rate is returned, so a clock ramping up or a brief competing load does not
@@ -68,7 +75,7 @@ def _matmul_rate(a: Tensor, b: Tensor, out: Tensor, seconds: float) -> float:
             _sync(device)
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                return 2.0 * n ** 3 * count / elapsed
+                return 2.0 * n**3 * count / elapsed
 
 
 def mfu(flops_per_step: float, seconds_per_step: float, peak_flops: float) -> float:

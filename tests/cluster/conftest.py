@@ -45,10 +45,18 @@ _timings: dict[str, float] = {}  # what the session measured, printed in the ter
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("slurm", "real SLURM cluster (tests/cluster)")
-    group.addoption("--slurm-conf", default=None, metavar="PATH",
-                    help="use the live SLURM cluster of this slurm.conf instead of starting one")
-    group.addoption("--slurm-dir", default=None, metavar="DIR",
-                    help="start the SLURM cluster in DIR (kept after the run) instead of a temp dir")
+    group.addoption(
+        "--slurm-conf",
+        default=None,
+        metavar="PATH",
+        help="use the live SLURM cluster of this slurm.conf instead of starting one",
+    )
+    group.addoption(
+        "--slurm-dir",
+        default=None,
+        metavar="DIR",
+        help="start the SLURM cluster in DIR (kept after the run) instead of a temp dir",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -32,7 +32,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("purr", "cfm", "dfm")
-ITERATIONS, CHECKPOINT_EVERY = 400, 200  # a wide window after the first evaluation: the preemption must land in training
+ITERATIONS, CHECKPOINT_EVERY = (
+    400,
+    200,
+)  # a wide window after the first evaluation: the preemption must land in training
 OVERRIDES = [f"train.iterations={ITERATIONS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "eval.temperatures=[]"]
 RUN_TIMEOUT_S = 420.0
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "SIGNALING"}
@@ -81,8 +84,7 @@ def _runs(cluster, array_id: str, rows: int) -> dict[str, list[str]]:
 
 
 @pytest.mark.timeout(900)  # a cold project cache adds minutes (tokenizer and feature extractor training)
-def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timings, shared_cache, tmp_path,
-                                                     monkeypatch):
+def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timings, shared_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("VQFLOW_CACHE", str(shared_cache))
     cfg = load_config("smoke", OVERRIDES)
     started = time.monotonic()
@@ -90,26 +92,57 @@ def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timing
     slurm_timings["benchmark: cache warm-up (tokenizer, codes, reference statistics)"] = time.monotonic() - started
 
     run, log = tmp_path / "run", tmp_path / "benchmarks.run.log"
-    argv = [sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--methods", ",".join(METHODS),
-            "--launcher", "slurm", "--out", str(run), "--wait", "--wait-timeout", str(RUN_TIMEOUT_S), "--no-progress",
-            "--set", *OVERRIDES, f"launcher.partition={slurm_cluster.partition}", "launcher.cpus_per_task=1",
-            "launcher.mem_gb=2", "launcher.timeout_min=60"]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--config",
+        "smoke",
+        "--methods",
+        ",".join(METHODS),
+        "--launcher",
+        "slurm",
+        "--out",
+        str(run),
+        "--wait",
+        "--wait-timeout",
+        str(RUN_TIMEOUT_S),
+        "--no-progress",
+        "--set",
+        *OVERRIDES,
+        f"launcher.partition={slurm_cluster.partition}",
+        "launcher.cpus_per_task=1",
+        "launcher.mem_gb=2",
+        "launcher.timeout_min=60",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         # preempt the first job whose first (scheduled) evaluation is in: it is training again
-        _wait_for(lambda: CHECKPOINT_EVERY in set(_steps_evaluated(run)["step"]), RUN_TIMEOUT_S,
-                  "a job's first evaluation", proc, log)
+        _wait_for(
+            lambda: CHECKPOINT_EVERY in set(_steps_evaluated(run)["step"]),
+            RUN_TIMEOUT_S,
+            "a job's first evaluation",
+            proc,
+            log,
+        )
         method = _steps_evaluated(run).query("step == @CHECKPOINT_EVERY")["method"].iloc[0]
         (launch,) = read_manifest(run)["launches"].values()
         job_id = launch["jobs"][f"{method}/seed0"]
         signalled_at = time.time()
         slurm_cluster.run("scancel", "--signal=USR2", job_id)  # what SLURM sends before it preempts
         # the same command again while the array runs must not submit a second array
-        again = subprocess.run([a for a in argv if a != "--wait"], cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=120, stdin=subprocess.DEVNULL)
+        again = subprocess.run(
+            [a for a in argv if a != "--wait"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert again.returncode == 1 and "still queued or running" in again.stderr, again.stderr[-2000:]
         proc.wait(timeout=RUN_TIMEOUT_S + 60)
     finally:
@@ -129,15 +162,17 @@ def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timing
     assert CHECKPOINT_EVERY <= preempted_at < ITERATIONS
     assert events[2]["from_step"] == preempted_at and events[2]["restart"] == 1
     runs = _runs(slurm_cluster, job_id.split("_")[0], len(METHODS) + 1)
-    assert runs == {task: ["REQUEUED", "COMPLETED"] if task == job_id else ["COMPLETED"]
-                    for task in launch["jobs"].values()}
+    assert runs == {
+        task: ["REQUEUED", "COMPLETED"] if task == job_id else ["COMPLETED"] for task in launch["jobs"].values()
+    }
 
     # every job's results, merged in one folder: complete, no duplicates, scheduled steps only
     metrics = _steps_evaluated(run)
     keys = [cell_key(row) for row in metrics.to_dict("records")]
     assert len(keys) == len(set(keys)), "duplicate evaluation rows"
     assert sorted(map(tuple, metrics[["method", "step"]].values.tolist())) == sorted(
-        (m, step) for m in METHODS for step in (CHECKPOINT_EVERY, ITERATIONS))
+        (m, step) for m in METHODS for step in (CHECKPOINT_EVERY, ITERATIONS)
+    )
     jobs = read_manifest(run)["jobs"]
     for m in METHODS:
         assert jobs[f"{m}/seed0"]["step"] == ITERATIONS
@@ -147,8 +182,9 @@ def test_smoke_benchmark_array_survives_a_preemption(slurm_cluster, slurm_timing
             assert [e["event"] for e in read_events(run, m, 0)] == ["start", "done"]
 
     # rerunning the command on the finished run submits nothing
-    again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-                           stdin=subprocess.DEVNULL)
+    again = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
     assert again.returncode == 0 and "every job of this run has already finished" in again.stdout, again.stderr
 
     slurm_timings["benchmark: array of 3 (submit to all done, incl. 1 requeue)"] = wall
@@ -175,8 +211,15 @@ def _all_reduce_ranks() -> tuple[int, int, float, str]:
 
 def test_two_task_job_forms_gloo_group_from_slurm_env(slurm_cluster, tmp_path):
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-    executor.update_parameters(slurm_partition=slurm_cluster.partition, timeout_min=60, nodes=1, tasks_per_node=2,
-                               cpus_per_task=1, mem_gb=2, slurm_setup=[f"export PYTHONPATH={ROOT}"])
+    executor.update_parameters(
+        slurm_partition=slurm_cluster.partition,
+        timeout_min=60,
+        nodes=1,
+        tasks_per_node=2,
+        cpus_per_task=1,
+        mem_gb=2,
+        slurm_setup=[f"export PYTHONPATH={ROOT}"],
+    )
     job = executor.submit(_all_reduce_ranks)
     _wait_for(lambda: job.done(force_check=True), 120, f"2-task job {job.job_id}")
     results = job.results()

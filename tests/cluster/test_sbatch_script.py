@@ -1,5 +1,6 @@
 """The sbatch script submitit writes for a job: resources, requeue, the shared cache. Building it
 needs Slurm's client tools (submitit looks for ``srun``), which the session's cluster installs."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,12 +21,33 @@ def sbatch_script(tmp_path, *overrides: str) -> str:
 
 def test_gpu_job_runs_one_ddp_rank_per_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "shared cache"))
-    script = sbatch_script(tmp_path, "launcher.gpus_per_job=4", "launcher.partition=gpu", "launcher.account=acc",
-                           "launcher.qos=high", "launcher.constraint=a100", "launcher.mem_gb=64",
-                           "launcher.cpus_per_task=8", "launcher.timeout_min=240", "launcher.signal_delay_s=420")
-    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1", "--cpus-per-task=8", "--mem=64GB",
-                 "--partition=gpu", "--account=acc", "--qos=high", "--constraint=a100", "--time=240",
-                 "--signal=USR2@420", "--requeue", "--job-name=vqflow-smoke"):
+    script = sbatch_script(
+        tmp_path,
+        "launcher.gpus_per_job=4",
+        "launcher.partition=gpu",
+        "launcher.account=acc",
+        "launcher.qos=high",
+        "launcher.constraint=a100",
+        "launcher.mem_gb=64",
+        "launcher.cpus_per_task=8",
+        "launcher.timeout_min=240",
+        "launcher.signal_delay_s=420",
+    )
+    for line in (
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--nodes=1",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--partition=gpu",
+        "--account=acc",
+        "--qos=high",
+        "--constraint=a100",
+        "--time=240",
+        "--signal=USR2@420",
+        "--requeue",
+        "--job-name=vqflow-smoke",
+    ):
         assert f"#SBATCH {line}\n" in script, line
     assert f"export VQFLOW_CACHE='{tmp_path / 'shared cache'}'" in script, "jobs must share the launcher's cache"
     assert f"export PYTHONPATH={PROJECT_ROOT}" in script

@@ -94,8 +94,10 @@ def _describe(jobs) -> str:
     lines = []
     for job in jobs:
         stderr = job.stderr() or ""
-        lines.append(f"job {job.job_id}: state {job.watcher.get_state(job.job_id, mode='force')}\n"
-                     f"  stderr tail: {stderr[-1500:]}")
+        lines.append(
+            f"job {job.job_id}: state {job.watcher.get_state(job.job_id, mode='force')}\n"
+            f"  stderr tail: {stderr[-1500:]}"
+        )
     return "\n".join(lines)
 
 
@@ -119,8 +121,18 @@ def _wait_for(predicate, timeout: float, what, jobs=()) -> None:
         time.sleep(0.2)
 
 
-ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING",
-                 "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+}
 
 
 def _sacct(cluster, job_id: str, rows: int, *, all_runs: bool = False) -> list[tuple[str, str, str]]:
@@ -164,7 +176,7 @@ def _check_resumed(progress: Path, result: tuple[int, int], signalled_at: float)
     assert first_count == 0 and first_rest.startswith("restart=0 ")
     assert resumed_count == checkpoints[0] >= 3, "the requeued run must start from the checkpointed count"
     assert resumed_rest.startswith("restart=1 "), f"SLURM_RESTART_COUNT of the resumed run: {resumed_rest}"
-    after = [count for kind, count, _ in lines[resume_at + 1:] if kind == "step"]
+    after = [count for kind, count, _ in lines[resume_at + 1 :] if kind == "step"]
     assert after == list(range(resumed_count + 1, STEPS + 1)), "the resumed run continues where it stopped"
     assert result == (STEPS, 1)
     return float(resumed_rest.split(" t=")[1]) - signalled_at

@@ -1,4 +1,5 @@
 """The command line: listing, clear errors with exit status 2, configs and their validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,20 +9,40 @@ from benchmarks.core.config import ConfigError, load_config
 
 def test_list_shows_methods_and_configs(run_cli):
     out = run_cli("--list").stdout
-    for name in ["purr", "cfm", "cfm-endpoint", "dfm", "dfm-uniform", "smoke", "default",  # methods, configs
-                 "mnist5k", "imagefolder", "shards", "vqvae", "vq-f8", "mnist-cnn", "inception-v3-compat",
-                 "fid", "kid_mean", "isc_std", "class_accuracy"]:  # data sets, tokenizers, extractors, metrics
+    for name in [
+        "purr",
+        "cfm",
+        "cfm-endpoint",
+        "dfm",
+        "dfm-uniform",
+        "smoke",
+        "default",  # methods, configs
+        "mnist5k",
+        "imagefolder",
+        "shards",
+        "vqvae",
+        "vq-f8",
+        "mnist-cnn",
+        "inception-v3-compat",
+        "fid",
+        "kid_mean",
+        "isc_std",
+        "class_accuracy",
+    ]:  # data sets, tokenizers, extractors, metrics
         assert name in out
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--methods", "purr,nope"], "unknown method 'nope'"),
-    (["--config", "no-such-config"], "unknown config 'no-such-config'"),
-    (["--set", "train.iterationz=3"], "train.iterationz"),
-    (["--set", "train.batch_size=big"], "train.batch_size"),
-    (["--set", "methods.purr.lr=0.1"], "methods.purr.lr"),
-    (["--set", "methods.purr.temperature_grid=1"], "methods.purr.temperature_grid"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--methods", "purr,nope"], "unknown method 'nope'"),
+        (["--config", "no-such-config"], "unknown config 'no-such-config'"),
+        (["--set", "train.iterationz=3"], "train.iterationz"),
+        (["--set", "train.batch_size=big"], "train.batch_size"),
+        (["--set", "methods.purr.lr=0.1"], "methods.purr.lr"),
+        (["--set", "methods.purr.temperature_grid=1"], "methods.purr.temperature_grid"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_problem(run_cli, args, needle, tmp_path):
     proc = run_cli(*args, "--out", str(tmp_path / "run"), check=False)
     assert proc.returncode == 2, proc.stderr
@@ -70,7 +91,10 @@ def test_every_cli_option_has_help_text():
     import benchmarks.tokenizer
     import reports.__main__
 
-    missing = [f"{prog} {'/'.join(action.option_strings) or action.dest}"
-               for module in (benchmarks.run, benchmarks.encode, benchmarks.tokenizer, reports.__main__)
-               for prog, action in _all_options(module.parser()) if not action.help]
+    missing = [
+        f"{prog} {'/'.join(action.option_strings) or action.dest}"
+        for module in (benchmarks.run, benchmarks.encode, benchmarks.tokenizer, reports.__main__)
+        for prog, action in _all_options(module.parser())
+        if not action.help
+    ]
     assert not missing, f"options without help text: {missing}"

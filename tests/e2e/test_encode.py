@@ -1,4 +1,5 @@
 """The two CLIs for real tokenizers: ``benchmarks.tokenizer check`` and ``benchmarks.encode``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,7 @@ import torch
 from PIL import Image
 
 from backbones.tokenizers.pretrained import load_tokenizer, num_parameters
-from benchmarks import encode
-from benchmarks import tokenizer
+from benchmarks import encode, tokenizer
 from benchmarks.data.images import ImageFolder, to_model_range
 from benchmarks.data.shards import CodeShards
 from tests.support.synthetic_ckpt import small_widths, write_checkpoint
@@ -44,17 +44,45 @@ def images(tmp_path_factory) -> Path:
     """7 images in 2 classes, of sizes that need the centre crop."""
     root = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)
-    for i, (cls, shape) in enumerate([("cat", (40, 48)), ("cat", (36, 50)), ("cat", (64, 64)), ("cat", (33, 40)),
-                                      ("dog", (48, 40)), ("dog", (70, 34)), ("dog", (32, 32))]):
+    for i, (cls, shape) in enumerate(
+        [
+            ("cat", (40, 48)),
+            ("cat", (36, 50)),
+            ("cat", (64, 64)),
+            ("cat", (33, 40)),
+            ("dog", (48, 40)),
+            ("dog", (70, 34)),
+            ("dog", (32, 32)),
+        ]
+    ):
         (root / cls).mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
     return root
 
 
 def run_encode(ckpt, images, out, *extra) -> int:
-    return encode.main(["--tokenizer", "vq-f8", "--ckpt", str(ckpt), "--data", str(images), "--out", str(out),
-                        "--size", str(SIZE), "--shard-size", "3", "--batch-size", "2", "--workers", "0",
-                        "--no-progress", *extra])
+    return encode.main(
+        [
+            "--tokenizer",
+            "vq-f8",
+            "--ckpt",
+            str(ckpt),
+            "--data",
+            str(images),
+            "--out",
+            str(out),
+            "--size",
+            str(SIZE),
+            "--shard-size",
+            "3",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +108,13 @@ def test_encode_with_flips(encoded, ckpt, images):
     assert meta["tokenizer"]["kind"] == "vq-f8"
     assert meta["tokenizer"]["ckpt_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert [(s["index"], s["start"], s["count"], s["flip"]) for s in meta["shards"]] == [
-        (0, 0, 3, False), (1, 3, 3, False), (2, 6, 1, False), (3, 0, 3, True), (4, 3, 3, True), (5, 6, 1, True)]
+        (0, 0, 3, False),
+        (1, 3, 3, False),
+        (2, 6, 1, False),
+        (3, 0, 3, True),
+        (4, 3, 3, True),
+        (5, 6, 1, True),
+    ]
 
     shards = CodeShards(encoded)
     codes, labels = shards.batch(torch.arange(14))
@@ -135,8 +169,13 @@ def test_encode_argument_errors(tmp_path, ckpt, images, capsys):
         (["--size", "36"], "not a multiple of vq-f8's downsampling factor 8"),
         (["--data", str(tmp_path / "none")], "does not exist"),
     ]:
-        base = {"--tokenizer": "vq-f8", "--ckpt": str(ckpt), "--data": str(images), "--out": str(tmp_path / "o"),
-                "--size": "32"}
+        base = {
+            "--tokenizer": "vq-f8",
+            "--ckpt": str(ckpt),
+            "--data": str(images),
+            "--out": str(tmp_path / "o"),
+            "--size": "32",
+        }
         base.update(dict(zip(argv[::2], argv[1::2])))
         with pytest.raises(SystemExit) as exit_info:
             encode.main([x for kv in base.items() for x in kv])
@@ -148,13 +187,34 @@ def test_tokenizer_check(ckpt, images, tmp_path, capsys):
     assert tokenizer.main(["check", "--kind", "vq-f8", "--ckpt", str(ckpt)]) == 0
     printed = capsys.readouterr().out
     params = num_parameters(load_tokenizer("vq-f8", ckpt))
-    for line in ["codebook size K:    512", "code dimension d:   4", "downsampling f:     8",
-                 f"parameters:         {params:,}", "normalised codes:   no"]:
+    for line in [
+        "codebook size K:    512",
+        "code dimension d:   4",
+        "downsampling f:     8",
+        f"parameters:         {params:,}",
+        "normalised codes:   no",
+    ]:
         assert line in printed
 
     out = tmp_path / "recon.png"
-    assert tokenizer.main(["check", "--kind", "vq-f8", "--ckpt", str(ckpt), "--image", str(images / "cat" / "0.png"),
-                           "--out", str(out), "--size", "16"]) == 0
+    assert (
+        tokenizer.main(
+            [
+                "check",
+                "--kind",
+                "vq-f8",
+                "--ckpt",
+                str(ckpt),
+                "--image",
+                str(images / "cat" / "0.png"),
+                "--out",
+                str(out),
+                "--size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "PSNR" in capsys.readouterr().out
     with Image.open(out) as img:
         assert img.size == (16, 16) and img.mode == "RGB"
@@ -168,6 +228,11 @@ def test_tokenizer_check_errors(tmp_path, ckpt, capsys):
     assert "does not match tokenizer kind 'taming-f16'" in capsys.readouterr().err
     assert tokenizer.main(["list"]) == 0
     assert "FoundationVision/LlamaGen" in capsys.readouterr().out
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.tokenizer", "check", "--kind", "vq-f32", "--ckpt", "x"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tokenizer", "check", "--kind", "vq-f32", "--ckpt", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "invalid choice: 'vq-f32'" in proc.stderr

@@ -6,6 +6,7 @@ traceback), and that nothing is half-written or duplicated. Validation cases cal
 runs, kills, interrupts and concurrent commands use real subprocesses on a shrunken ``smoke``
 config that trains one method for 20 steps, sharing one finished run between cases.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,23 @@ from benchmarks import run as run_cli_module
 from benchmarks.storage.results import CELL_KEY, MetricsFileError, append_rows, cell_key, key_text
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["train.iterations=20", "train.checkpoint_every=10", "train.log_every=5", "tokenizer.vqvae.train_steps=30",
-        "eval.temperatures=[]", "eval.num_samples=20", "eval.batch_size=20", "eval.kid_subsets=2",
-        "eval.grid_samples=4"]
+FAST = [
+    "train.iterations=20",
+    "train.checkpoint_every=10",
+    "train.log_every=5",
+    "tokenizer.vqvae.train_steps=30",
+    "eval.temperatures=[]",
+    "eval.num_samples=20",
+    "eval.batch_size=20",
+    "eval.kid_subsets=2",
+    "eval.grid_samples=4",
+]
 """A 20-step purr run with two evaluated checkpoints (10, 20), one 8-step cell each."""
 BASE = ["--config", "smoke", "--methods", "purr", "--no-progress", "--set", *FAST]
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def cli(capsys, *args: str) -> tuple[int, str]:
     """``python -m benchmarks.run ARGS`` in this process: (exit status, stderr)."""
@@ -52,9 +62,16 @@ def start(cache: Path, out: Path, *extra: str, module: str = "benchmarks.run") -
     """The CLI as a user starts it from a terminal: with Ctrl-C's default action even when the test
     session itself runs in the background (``cmd &`` starts its children with SIGINT ignored, and
     Python then never raises KeyboardInterrupt)."""
-    return subprocess.Popen([sys.executable, "-m", module, *BASE, *extra, "--out", str(out)], cwd=ROOT, env=env(cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *BASE, *extra, "--out", str(out)],
+        cwd=ROOT,
+        env=env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -66,7 +83,9 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: floa
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before the awaited moment:\n{proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before the awaited moment:\n{proc.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("timed out waiting")
@@ -116,24 +135,28 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
     return out
 
 
-# ----------------------------------------------------------------------------- bad input: exit 2 before anything is written
+# ------------------------------------------------------------------- bad input: exit 2 before anything is written
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", ""], "--methods '' has an empty method name"),
-    (["--methods", ","], "--methods ',' has an empty method name"),
-    (["--methods", "purr,purr"], "--methods names 'purr' twice"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--set", "eval.temperatures=[0]"], "eval.temperatures must be > 0"),
-    (["--set", "eval.temperatures=[-1]", "--dry-run"], "eval.temperatures must be > 0"),
-    (["--set", "eval.cells=[{steps: 0}]"], "eval.cells[0].steps must be >= 1"),
-    (["--set", "eval.cells=[{steps: 4, cfg_scale: -1}]"], "eval.cells[0].cfg_scale must be >= 0"),
-    (["--set", "eval.num_samples=5"], "eval.num_samples must be >= 10"),
-    (["--set", "train.lr=-0.1"], "train.lr must be a finite number > 0"),
-    (["--set", "train.batch_size=30", "launcher.gpus_per_job=4"], "train.batch_size=30 must be divisible by"),
-    (["--set", "eval.sweep_at=7"], "eval.sweep_at=7 is not a checkpoint step"),
-    (["--set", "data.dataset=imagefolder"], "data.path is required for data.dataset='imagefolder'"),
-    (["--set", "data.dataset=shards"], "data.path is required for data.dataset='shards'"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", ""], "--methods '' has an empty method name"),
+        (["--methods", ","], "--methods ',' has an empty method name"),
+        (["--methods", "purr,purr"], "--methods names 'purr' twice"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--set", "eval.temperatures=[0]"], "eval.temperatures must be > 0"),
+        (["--set", "eval.temperatures=[-1]", "--dry-run"], "eval.temperatures must be > 0"),
+        (["--set", "eval.cells=[{steps: 0}]"], "eval.cells[0].steps must be >= 1"),
+        (["--set", "eval.cells=[{steps: 4, cfg_scale: -1}]"], "eval.cells[0].cfg_scale must be >= 0"),
+        (["--set", "eval.num_samples=5"], "eval.num_samples must be >= 10"),
+        (["--set", "train.lr=-0.1"], "train.lr must be a finite number > 0"),
+        (["--set", "train.batch_size=30", "launcher.gpus_per_job=4"], "train.batch_size=30 must be divisible by"),
+        (["--set", "eval.sweep_at=7"], "eval.sweep_at=7 is not a checkpoint step"),
+        (["--set", "data.dataset=imagefolder"], "data.path is required for data.dataset='imagefolder'"),
+        (["--set", "data.dataset=shards"], "data.path is required for data.dataset='shards'"),
+    ],
+)
 def test_bad_value_exits_2_before_writing(capsys, tmp_path, args, message):
     out = tmp_path / "run"
     code, err = cli(capsys, "--config", "smoke", *args, "--out", str(out))
@@ -182,7 +205,9 @@ def test_incomplete_shards_name_the_missing_file(capsys, tmp_path):
 
     shards = tmp_path / "shards"
     entry = write_shard(shards, 0, np.zeros((4, 8, 8), dtype=np.int64), np.zeros(4, dtype=np.int64))
-    write_meta(shards, grid=(8, 8), codebook_size=32, num_classes=10, shards=[entry, {**entry, "codes": "codes_00001.npy"}])
+    write_meta(
+        shards, grid=(8, 8), codebook_size=32, num_classes=10, shards=[entry, {**entry, "codes": "codes_00001.npy"}]
+    )
     code, err = cli(capsys, *BASE, "data.dataset=shards", f"data.path={shards}", "--out", str(tmp_path / "run"))
     assert code == 2 and "are incomplete (1 shard file(s) are missing, e.g. codes_00001.npy)" in err, err
     assert "python -m benchmarks.encode" in err and not (tmp_path / "run").exists()
@@ -244,11 +269,17 @@ def test_a_read_only_cache_serves_the_entries_it_holds(cache, finished, tmp_path
     assert_complete_once(tmp_path / "run")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is empty (0 bytes"),
-    (os.urandom(4096).replace(b"<", b"!").replace(b"PK", b"QK").lstrip(b"\x80") or b"x", "is not a PyTorch checkpoint"),
-    (b"<html><body>404</body></html>", "is an HTML page"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty (0 bytes"),
+        (
+            os.urandom(4096).replace(b"<", b"!").replace(b"PK", b"QK").lstrip(b"\x80") or b"x",
+            "is not a PyTorch checkpoint",
+        ),
+        (b"<html><body>404</body></html>", "is an HTML page"),
+    ],
+)
 def test_tokenizer_check_on_a_file_that_is_no_checkpoint(capsys, tmp_path, content, message):
     from benchmarks.tokenizer import main
 
@@ -291,22 +322,60 @@ def test_truncated_png_names_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------- results files
 
+
 def test_trace_keys_match_after_a_csv_round_trip(tmp_path):
     """``np.float64(0.125)`` in memory and ``0.125`` read back are one cell (was repr-keyed)."""
     assert key_text(np.float64(0.125)) == key_text("0.125") == "0.125"
     assert key_text(np.int64(3)) == key_text("3.0") == "3" and key_text(float("nan")) == key_text("") == ""
-    rows = [{"method": "purr", "seed": 0, "step": 20, "steps": 8, "temperature": np.float64(0.125), "cfg_scale": 1.0,
-             "t": np.float64(t), "entropy": 1.0} for t in (0.0, 0.5)]
+    rows = [
+        {
+            "method": "purr",
+            "seed": 0,
+            "step": 20,
+            "steps": 8,
+            "temperature": np.float64(0.125),
+            "cfg_scale": 1.0,
+            "t": np.float64(t),
+            "entropy": 1.0,
+        }
+        for t in (0.0, 0.5)
+    ]
     columns = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "t", "entropy"]
     assert append_rows(tmp_path / "traces.csv", rows, columns, columns[:-1]) == 2
     assert append_rows(tmp_path / "traces.csv", rows, columns, columns[:-1]) == 0
     assert len(pd.read_csv(tmp_path / "traces.csv")) == 2
 
 
-OLD_COLUMNS = ["run", "method", "seed", "step", "images_seen", "train_flops", "train_wall_s", "backbone", "params",
-               "tokenizer", "sampler", "steps", "nfe", "temperature", "cfg_scale", "n_samples", "feature_extractor",
-               "ref_stats", "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "class_accuracy", "entropy",
-               "eval_wall_s", "git_commit"]
+OLD_COLUMNS = [
+    "run",
+    "method",
+    "seed",
+    "step",
+    "images_seen",
+    "train_flops",
+    "train_wall_s",
+    "backbone",
+    "params",
+    "tokenizer",
+    "sampler",
+    "steps",
+    "nfe",
+    "temperature",
+    "cfg_scale",
+    "n_samples",
+    "feature_extractor",
+    "ref_stats",
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "isc",
+    "class_accuracy",
+    "entropy",
+    "eval_wall_s",
+    "git_commit",
+]
 """A metrics.csv header from before ``isc_std`` was a column."""
 
 
@@ -318,8 +387,16 @@ def test_appending_never_retypes_existing_rows(tmp_path):
     from benchmarks.storage.results import metrics_csv_columns
 
     path = tmp_path / "metrics.csv"
-    old = {c: "" for c in OLD_COLUMNS} | {"method": "purr", "seed": "0", "step": "10", "sampler": "euler", "steps": "8",
-                                           "temperature": "0.9", "cfg_scale": "1.0", "n_samples": "20"}
+    old = dict.fromkeys(OLD_COLUMNS, "") | {
+        "method": "purr",
+        "seed": "0",
+        "step": "10",
+        "sampler": "euler",
+        "steps": "8",
+        "temperature": "0.9",
+        "cfg_scale": "1.0",
+        "n_samples": "20",
+    }
     path.write_text(",".join(OLD_COLUMNS) + "\n" + ",".join(old[c] for c in OLD_COLUMNS) + "\n")
     before = path.read_text().split("\n", 1)[1]
     new = {**old, "seed": 0, "step": 20, "fid": 3.5, "isc_std": 0.25, "temperature": 0.9, "cfg_scale": 1.0}
@@ -332,7 +409,7 @@ def test_appending_never_retypes_existing_rows(tmp_path):
 @pytest.mark.parametrize("garbage", ["this is not a row", "purr,zero,ten" + "," * 24])
 def test_a_garbage_line_in_metrics_is_named(tmp_path, garbage):
     path = tmp_path / "metrics.csv"
-    row = {c: 1 for c in CELL_KEY}
+    row = dict.fromkeys(CELL_KEY, 1)
     append_rows(path, [row])
     with open(path, "a") as f:
         f.write(garbage + "\n")
@@ -342,7 +419,8 @@ def test_a_garbage_line_in_metrics_is_named(tmp_path, garbage):
     assert path.read_text() == before
 
 
-# ----------------------------------------------------------------------------- runs: kills, interrupts, concurrency, changes
+# ------------------------------------------------------------------- runs: kills, interrupts, concurrency, changes
+
 
 def test_garbage_line_in_metrics_of_a_run_exits_2(capsys, finished, tmp_path, cache, monkeypatch):
     out = copy_run(finished, tmp_path)
@@ -353,8 +431,14 @@ def test_garbage_line_in_metrics_of_a_run_exits_2(capsys, finished, tmp_path, ca
     code, err = cli(capsys, *BASE, "eval.temperatures=[0.7]", "--out", str(out))
     assert code == 2 and f"{out / 'metrics.csv'} line 4 is not a row of this file" in err, err
     assert (out / "metrics.csv").read_text() == before
-    report = subprocess.run([sys.executable, "-m", "reports", str(out)], cwd=ROOT, env=env(cache),
-                            capture_output=True, text=True, timeout=300)  # before: a pandas ParserError
+    report = subprocess.run(
+        [sys.executable, "-m", "reports", str(out)],
+        cwd=ROOT,
+        env=env(cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # before: a pandas ParserError
     assert report.returncode == 2 and f"{out / 'metrics.csv'} line 4 is not a row of this file" in report.stderr
     assert_no_traceback(report.stderr)
 
@@ -373,8 +457,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(finished, tmp_path,
     assert_complete_once(out)
 
 
-def test_finished_run_takes_only_eval_changes_and_more_steps(finished, tmp_path, cache, capsys,
-                                                                      monkeypatch):
+def test_finished_run_takes_only_eval_changes_and_more_steps(finished, tmp_path, cache, capsys, monkeypatch):
     """eval.* may change once training is done (new cells at the last checkpoint); a larger
     train.iterations extends the run (issue 13 item 4: the jobs continue from their newest
     checkpoint; the manifest and the report record the new budget); any other change is refused."""
@@ -444,8 +527,9 @@ def test_killed_and_interrupted_run_resumes_with_every_cell_once(tmp_path, cache
     code, err = finish(proc)
     assert code == 130, err
     assert_no_traceback(err)
-    assert err.strip().splitlines()[-1] == ("interrupted: finished checkpoints and evaluation cells are kept; "
-                                            "rerun the same command to continue")
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: finished checkpoints and evaluation cells are kept; rerun the same command to continue"
+    )
 
     code, err = finish(start(cache, out))
     assert code == 0, err
@@ -453,7 +537,13 @@ def test_killed_and_interrupted_run_resumes_with_every_cell_once(tmp_path, cache
 
 
 def test_reports_on_an_empty_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "reports", str(tmp_path)], cwd=ROOT, env=env(tmp_path / "cache"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reports", str(tmp_path)],
+        cwd=ROOT,
+        env=env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and f"{tmp_path}: not a run folder" in proc.stderr, proc.stderr
     assert_no_traceback(proc.stderr)

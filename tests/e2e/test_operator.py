@@ -1,5 +1,6 @@
 """What an operator sees: plain stage lines with --no-progress, the final summary table, what a
 rerun skipped, timings that add up across reruns, and the feature extractor's progress bar."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VQFLOW_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--methods", "purr,cfm",
-                           "--out", str(out), "--no-progress", *extra], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--config",
+            "smoke",
+            "--methods",
+            "purr,cfm",
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -36,13 +55,16 @@ def two_runs(shared_cache, tmp_path_factory):
     return out, first, manifest_after_first, second
 
 
-STAGES = [r"tokenizer: train VQ-VAE.*: (done in |skipped)",
-          r"tokenizer: encode .*: (done in|skipped)",
-          r"feature extractor: train mnist-cnn.*: (done in|skipped)",
-          r"reference statistics: mnist5k-\w+ \(5000 images, mnist-cnn\): (done in|skipped)",
-          r"job 1 of 2: purr seed 0: started", r"job 1 of 2: purr seed 0: done in \d",
-          r"job 2 of 2: cfm seed 0: done in \d",
-          r"report: done in"]
+STAGES = [
+    r"tokenizer: train VQ-VAE.*: (done in |skipped)",
+    r"tokenizer: encode .*: (done in|skipped)",
+    r"feature extractor: train mnist-cnn.*: (done in|skipped)",
+    r"reference statistics: mnist5k-\w+ \(5000 images, mnist-cnn\): (done in|skipped)",
+    r"job 1 of 2: purr seed 0: started",
+    r"job 1 of 2: purr seed 0: done in \d",
+    r"job 2 of 2: cfm seed 0: done in \d",
+    r"report: done in",
+]
 
 
 @pytest.mark.slow
@@ -65,11 +87,13 @@ def test_no_progress_prints_stage_lines_and_the_summary(two_runs):
 @pytest.mark.slow
 def test_a_rerun_with_nothing_to_do_says_what_it_skipped(two_runs):
     _, _, _, second = two_runs
-    for line in ("tokenizer: train VQ-VAE: skipped, trained VQ-VAE in the cache",
-                 "tokenizer: encode images to codes: skipped, codes in the cache",
-                 "purr seed 0: training skipped, already at step 40 of 40",
-                 "cfm seed 0: training skipped, already at step 40 of 40",
-                 "evaluation: skipped, all 8 cells were already in metrics.csv; nothing new evaluated"):
+    for line in (
+        "tokenizer: train VQ-VAE: skipped, trained VQ-VAE in the cache",
+        "tokenizer: encode images to codes: skipped, codes in the cache",
+        "purr seed 0: training skipped, already at step 40 of 40",
+        "cfm seed 0: training skipped, already at step 40 of 40",
+        "evaluation: skipped, all 8 cells were already in metrics.csv; nothing new evaluated",
+    ):
         assert line in second.stderr, (line, second.stderr)
 
 
@@ -127,7 +151,9 @@ def test_tensorboard_holds_losses_lr_fids_and_sample_grids(two_runs):
         assert {"train/grad_norm", "train/lr"} <= set(tags["scalars"])
         assert all(e.value == pytest.approx(1e-3) for e in events.Scalars("train/lr"))
         rows = metrics[metrics["method"] == method]
-        fids = sorted((e.step, e.value) for tag in tags["scalars"] if tag.startswith("fid/") for e in events.Scalars(tag))
+        fids = sorted(
+            (e.step, e.value) for tag in tags["scalars"] if tag.startswith("fid/") for e in events.Scalars(tag)
+        )
         expected = sorted(zip(rows["step"], rows["fid"]))
         assert [step for step, _ in fids] == [step for step, _ in expected]
         assert [fid for _, fid in fids] == pytest.approx([fid for _, fid in expected], rel=1e-6)

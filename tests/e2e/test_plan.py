@@ -1,4 +1,5 @@
 """``--dry-run``: the plan and its cost for the paper's configs, without data or full-size weights."""
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,9 @@ def train_time(text: str, method: str) -> float:
 
 def totals_seconds(text: str) -> list[float]:
     """(training, evaluation) GPU-seconds from the plan's total line, whatever unit it chose."""
-    train, unit, evaluation = re.search(r"training ([\d,.e+-]+) (GPU-\w+), evaluation ([\d,.e+-]+) GPU-\w+", text).groups()
+    train, unit, evaluation = re.search(
+        r"training ([\d,.e+-]+) (GPU-\w+), evaluation ([\d,.e+-]+) GPU-\w+", text
+    ).groups()
     scale = dict(GPU_TIME_UNITS)[unit]
     return [float(train.replace(",", "")) * scale, float(evaluation.replace(",", "")) * scale]
 
@@ -60,8 +63,9 @@ def test_a_measured_step_time_replaces_the_assumed_utilisation():
     from benchmarks.launching.plan import StepTime
 
     cfg = load_config("default", ["eval.enabled=false", "launcher.gpus_per_job=4"])
-    text = dry_run(cfg, ["purr", "cfm"], [0], peak_tflops=100, utilisation=0.5,
-                   step_time=StepTime({"purr": 2.0}, 4, "a test"))
+    text = dry_run(
+        cfg, ["purr", "cfm"], [0], peak_tflops=100, utilisation=0.5, step_time=StepTime({"purr": 2.0}, 4, "a test")
+    )
     assert "train GPU-hours" in text
     assert train_time(text, "purr") == pytest.approx(2.0 * cfg.train.iterations * 4 / 3600, abs=0.05)
     assert "measured step times (a test; 4 GPU(s) per job): purr 2 s/step" in text
@@ -86,12 +90,23 @@ def test_plan_checks_checkpoint_write_against_signal_delay():
     text = dry_run(cfg, ["dfm"], [0], peak_tflops=989, utilisation=0.25)
     assert "checkpoint: 12.4 GB" in text
     assert "WARNING: the checkpoint write takes more than half the preemption warning" in text
-    assert "WARNING" not in dry_run(load_config("imagenet-dit-xl2-vqf8"), ["dfm"], [0], peak_tflops=989, utilisation=0.25)
+    assert "WARNING" not in dry_run(
+        load_config("imagenet-dit-xl2-vqf8"), ["dfm"], [0], peak_tflops=989, utilisation=0.25
+    )
 
 
 def test_dry_run_takes_a_step_time_on_the_command_line(run_cli):
-    out = run_cli("--config", "imagenet-dit-xl2-vqf8", "--methods", "purr", "--dry-run", "--step-seconds", "1.5",
-                  "--set", "launcher.gpus_per_job=8").stdout
+    out = run_cli(
+        "--config",
+        "imagenet-dit-xl2-vqf8",
+        "--methods",
+        "purr",
+        "--dry-run",
+        "--step-seconds",
+        "1.5",
+        "--set",
+        "launcher.gpus_per_job=8",
+    ).stdout
     assert "measured step times (--step-seconds; 8 GPU(s) per job): purr 1.5 s/step" in out
     assert re.search(r"together 6,\d\d\d\.\d GPU-hours", out)  # 1.5 s x 2M steps x 8 GPUs = 6,667 + eval
 
@@ -105,7 +120,9 @@ def test_plan_prints_evaluation_cost_apart_from_training():
     row = re.search(r"^purr\s.*$", text, flags=re.M).group(0).split()
     assert float(row[-1]) == pytest.approx(17.4, abs=0.5) and float(row[-2]) == pytest.approx(24.8, abs=0.5)  # EFLOP
     train, evaluation = re.search(r"training ([\d,.]+) GPU-hours, evaluation ([\d,.]+) GPU-hours", text).groups()
-    assert float(train.replace(",", "")) == pytest.approx(298, abs=1) and float(evaluation) == pytest.approx(17.4, abs=0.5)
+    assert float(train.replace(",", "")) == pytest.approx(298, abs=1) and float(evaluation) == pytest.approx(
+        17.4, abs=0.5
+    )
 
 
 def test_small_plans_print_gflop_and_gpu_seconds_not_zeros():

@@ -1,5 +1,6 @@
 """Sample a run's checkpoint outside training and score the export: the round trip reproduces the
 run's own metrics.csv row, in both output formats; bad arguments are refused by name."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,15 @@ METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "class_accuracy"]
 
 def cli(module: str, *args: str, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "VQFLOW_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -32,11 +40,39 @@ def parse_scores(stdout: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
     run = tmp_path / "run"
-    run_cli("--config", "smoke", "--methods", "purr", "--out", str(run), "--no-progress",
-            "--set", "train.iterations=20", "train.checkpoint_every=10", "eval.temperatures=[]")
+    run_cli(
+        "--config",
+        "smoke",
+        "--methods",
+        "purr",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        "train.iterations=20",
+        "train.checkpoint_every=10",
+        "eval.temperatures=[]",
+    )
     row = pd.read_csv(run / "metrics.csv").query("step == 20").iloc[0]
-    sample = ["--run", str(run), "--method", "purr", "--seed", "0", "--num-samples", "100", "--steps", "8",
-              "--temperature", "0.9", "--batch-size", "30", "--part-size", "40", "--no-progress"]
+    sample = [
+        "--run",
+        str(run),
+        "--method",
+        "purr",
+        "--seed",
+        "0",
+        "--num-samples",
+        "100",
+        "--steps",
+        "8",
+        "--temperature",
+        "0.9",
+        "--batch-size",
+        "30",
+        "--part-size",
+        "40",
+        "--no-progress",
+    ]
 
     npz = tmp_path / "purr.npz"
     cli("benchmarks.sample", *sample, "--out", str(npz), cache=shared_cache)
@@ -44,8 +80,18 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
         assert data["arr_0"].shape == (100, 32, 32, 3) and data["arr_0"].dtype == np.uint8
         assert list(data["arr_1"]) == [i % 10 for i in range(100)]
     assert not npz.with_name("purr.npz.parts").exists()
-    scores = parse_scores(cli("benchmarks.score", str(npz), "--run", str(run), "--no-progress",
-                              "--append", str(tmp_path / "scores.csv"), cache=shared_cache).stdout)
+    scores = parse_scores(
+        cli(
+            "benchmarks.score",
+            str(npz),
+            "--run",
+            str(run),
+            "--no-progress",
+            "--append",
+            str(tmp_path / "scores.csv"),
+            cache=shared_cache,
+        ).stdout
+    )
     assert scores["feature_extractor"] == row["feature_extractor"] and scores["ref_stats"] == row["ref_stats"]
     for metric in METRICS:
         assert float(scores[metric]) == pytest.approx(row[metric], rel=1e-4, abs=1e-6), metric
@@ -55,8 +101,13 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
     resumed = tmp_path / "resumed.npz"
     part = tmp_path / "resumed.npz.parts" / "part-00000.npz"
     env = {**os.environ, "VQFLOW_CACHE": str(shared_cache), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sample", *sample, "--out", str(resumed)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sample", *sample, "--out", str(resumed)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not part.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -75,21 +126,53 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
     folder = tmp_path / "pngs"
     cli("benchmarks.sample", *sample, "--out", str(folder), cache=shared_cache)
     assert sorted(p.name for p in folder.iterdir()) == [str(c) for c in range(10)]
-    scores = parse_scores(cli("benchmarks.score", str(folder), "--run", str(run), "--no-progress",
-                              cache=shared_cache).stdout)
+    scores = parse_scores(
+        cli("benchmarks.score", str(folder), "--run", str(run), "--no-progress", cache=shared_cache).stdout
+    )
     assert float(scores["fid"]) == pytest.approx(row["fid"], rel=1e-4)
 
     ref = tmp_path / "ref.npz"
     cli("benchmarks.score", "--run", str(run), "--export-reference", str(ref), "--no-progress", cache=shared_cache)
-    scores = parse_scores(cli("benchmarks.score", str(npz), "--extractor", "mnist-cnn", "--reference", str(ref),
-                              "--no-progress", cache=shared_cache).stdout)
+    scores = parse_scores(
+        cli(
+            "benchmarks.score",
+            str(npz),
+            "--extractor",
+            "mnist-cnn",
+            "--reference",
+            str(ref),
+            "--no-progress",
+            cache=shared_cache,
+        ).stdout
+    )
     with np.load(ref) as data:
         assert set(data.files) == {"mu", "sigma"} and data["sigma"].shape == (128, 128)
     assert float(scores["fid"]) == pytest.approx(row["fid"], rel=1e-4)  # FID needs only mu and sigma
 
-    refused = cli("benchmarks.sample", *sample[:6], "--step", "10", "--num-samples", "10", "--out",
-                  str(tmp_path / "x.npz"), cache=shared_cache, check=False)
+    refused = cli(
+        "benchmarks.sample",
+        *sample[:6],
+        "--step",
+        "10",
+        "--num-samples",
+        "10",
+        "--out",
+        str(tmp_path / "x.npz"),
+        cache=shared_cache,
+        check=False,
+    )
     assert refused.returncode == 2 and "checkpoints at steps [20]" in refused.stderr
-    refused = cli("benchmarks.sample", "--run", str(run), "--method", "cfm", "--num-samples", "10", "--out",
-                  str(tmp_path / "x.npz"), cache=shared_cache, check=False)
+    refused = cli(
+        "benchmarks.sample",
+        "--run",
+        str(run),
+        "--method",
+        "cfm",
+        "--num-samples",
+        "10",
+        "--out",
+        str(tmp_path / "x.npz"),
+        cache=shared_cache,
+        check=False,
+    )
     assert refused.returncode == 2 and "methods with checkpoints: purr" in refused.stderr

@@ -1,5 +1,6 @@
 """End to end: the real CLI on the smoke config, evaluation included; results idempotence;
 a plugin registered from outside ``methods/`` runs through the same pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,13 @@ def test_interrupted_evaluation_resumes_without_duplicates(run_cli, shared_cache
 
     out = tmp_path / "interrupted"
     env = {**os.environ, "VQFLOW_CACHE": str(shared_cache), "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *args, "--out", str(out)], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", *args, "--out", str(out)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # kill it once the first evaluation row exists (mid-evaluation)
         if (out / "metrics.csv").exists() and len(pd.read_csv(out / "metrics.csv")) >= 1:
@@ -88,8 +94,19 @@ def test_interrupted_evaluation_resumes_without_duplicates(run_cli, shared_cache
 @pytest.mark.slow
 def test_plugin_registered_outside_methods_runs_through_smoke(run_cli, tmp_path):
     out = tmp_path / "plugin"
-    run_cli("--config", "smoke", "--plugins", "examples.lognormal_cfm", "--methods", "cfm-lognormal",
-            "--set", "methods.cfm-lognormal.std=0.5", "--out", str(out), "--no-progress")
+    run_cli(
+        "--config",
+        "smoke",
+        "--plugins",
+        "examples.lognormal_cfm",
+        "--methods",
+        "cfm-lognormal",
+        "--set",
+        "methods.cfm-lognormal.std=0.5",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics["method"]) == {"cfm-lognormal"} and metrics["fid"].map(math.isfinite).all()
 
@@ -100,8 +117,21 @@ def test_diverged_job_stops_and_the_others_finish(run_cli, tmp_path):
     stops with an error naming method, seed and step, keeps its step-20 checkpoint, writes no
     metrics after it; cfm in the same command finishes; the command exits with status 1."""
     out = tmp_path / "diverged"
-    proc = run_cli("--config", "smoke", "--plugins", "tests.support.divergent", "--methods", "purr-diverging,cfm",
-                   "--out", str(out), "--no-progress", "--set", "eval.temperatures=[]", check=False, timeout=1500)
+    proc = run_cli(
+        "--config",
+        "smoke",
+        "--plugins",
+        "tests.support.divergent",
+        "--methods",
+        "purr-diverging,cfm",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "eval.temperatures=[]",
+        check=False,
+        timeout=1500,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "purr-diverging seed 0 diverged: the loss or gradient norm is not finite at step 25" in proc.stderr
     assert "1 job(s) diverged: purr-diverging seed 0 (step 25)" in proc.stderr

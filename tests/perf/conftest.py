@@ -2,6 +2,7 @@
 
 On a shared machine use 1: with other processes on the cores, two OpenMP threads spin-wait on
 each other and steps get up to 10x slower and very noisy (measured on the 2-core CI machines)."""
+
 from __future__ import annotations
 
 import os

@@ -21,6 +21,7 @@ add ``peak_tensor_mib`` (peak live-tensor
 memory of a steady-state step), ``flops_per_step``, ``achieved_gflops``, ``params`` and ``peak_flops``
 (the process's matmul peak at the same thread count, for MFU).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,7 @@ import pytest
 import torch
 
 from backbones.tokenizers.vqvae import VQVAE, VQVAEConfig
-from benchmarks.evaluation import fidelity
-from benchmarks.evaluation import mnist_cnn
+from benchmarks.evaluation import fidelity, mnist_cnn
 from benchmarks.storage.atomic import save_torch
 from benchmarks.training.utilisation import process_peak_flops
 from tools.workloads import DEFAULT, DIT_S2, SampleRun, TrainStep, label, variants
@@ -59,10 +59,22 @@ def run_train(benchmark, method: str, head: str, workload, rounds: int) -> None:
     benchmark.pedantic(run.step, rounds=rounds, warmup_rounds=1, iterations=1)
     seconds = median_seconds(benchmark)
     record(
-        benchmark, "steps", 1, method=method, head=head, label=label(method, head), backbone=workload.backbone,
-        codes=workload.codes, grid=list(workload.grid), batch=workload.batch, params=run.params,
-        flops_per_step=run.flops, achieved_gflops=run.flops / seconds / 1e9,
-        peak_flops=process_peak_flops("cpu"), peak_tensor_mib=run.peak_memory() / 2 ** 20)
+        benchmark,
+        "steps",
+        1,
+        method=method,
+        head=head,
+        label=label(method, head),
+        backbone=workload.backbone,
+        codes=workload.codes,
+        grid=list(workload.grid),
+        batch=workload.batch,
+        params=run.params,
+        flops_per_step=run.flops,
+        achieved_gflops=run.flops / seconds / 1e9,
+        peak_flops=process_peak_flops("cpu"),
+        peak_tensor_mib=run.peak_memory() / 2**20,
+    )
 
 
 @pytest.mark.parametrize("method,head", VARIANTS, ids=IDS)
@@ -81,8 +93,16 @@ def test_sampling_default(benchmark, method, head):
     benchmark.group = "sample-default"
     codes = benchmark.pedantic(run.run, rounds=2, warmup_rounds=1, iterations=1)
     assert codes.shape == (SAMPLE_BATCH, *DEFAULT.grid)
-    record(benchmark, "samples", SAMPLE_BATCH, method=method, head=head, label=label(method, head),
-           steps=SAMPLE_STEPS, nfe=SAMPLE_STEPS)
+    record(
+        benchmark,
+        "samples",
+        SAMPLE_BATCH,
+        method=method,
+        head=head,
+        label=label(method, head),
+        steps=SAMPLE_STEPS,
+        nfe=SAMPLE_STEPS,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +137,8 @@ def test_extractor_features(benchmark, tmp_path):
     spec = fidelity.get_extractor(mnist_cnn.NAME, tmp_path / "mnist-cnn.pt")
     images = torch.randint(0, 256, (512, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     benchmark.group = "extractor"
-    features = benchmark.pedantic(lambda: fidelity.extract_features(images, spec, progress=False), rounds=3,
-                                  warmup_rounds=1, iterations=1)
+    features = benchmark.pedantic(
+        lambda: fidelity.extract_features(images, spec, progress=False), rounds=3, warmup_rounds=1, iterations=1
+    )
     assert all(f.shape[0] == len(images) for f in features.values())
     record(benchmark, "images", len(images), extractor=spec.name)

@@ -1,5 +1,6 @@
 """A test plugin: Purrception whose loss becomes infinite from a given training step on (as a far
 too large learning rate makes it, but at a known step), to test that divergence is detected."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -15,6 +15,7 @@ From the weights: per-position posterior ``pi_k = sum_m w_m [c^m = k]`` (as log-
 ``purr`` and the DFMs' logits), endpoint ``sum_m w_m C[c^m]`` (``cfm-endpoint``) and velocity
 ``(endpoint - z)/(1 - t)`` (``cfm``).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,12 +83,8 @@ def toy_mixture(normalized: bool = False) -> ToyMixture:
     codebook = vertices @ rotation.T
     if not normalized:
         codebook = codebook * (1 + torch.rand(5, 1, generator=g, dtype=torch.float64))
-    patterns = torch.tensor([[[0, 1], [2, 3]],
-                             [[0, 1], [4, 4]],
-                             [[4, 2], [2, 0]],
-                             [[3, 3], [1, 4]]])
-    per_class = torch.tensor([[0.45, 0.25, 0.20, 0.10],
-                              [0.10, 0.20, 0.25, 0.45]], dtype=torch.float64)
+    patterns = torch.tensor([[[0, 1], [2, 3]], [[0, 1], [4, 4]], [[4, 2], [2, 0]], [[3, 3], [1, 4]]])
+    per_class = torch.tensor([[0.45, 0.25, 0.20, 0.10], [0.10, 0.20, 0.25, 0.45]], dtype=torch.float64)
     weights = torch.cat([per_class, per_class.mean(0, keepdim=True)])
     return ToyMixture(codebook.float(), patterns, weights)
 
@@ -108,7 +105,7 @@ class ContinuousOracle:
         t = t.to(torch.float64)
         sq = (z.to(torch.float64)[:, None] - t.view(-1, 1, 1, 1, 1) * means).square().sum((2, 3, 4))  # (B, M)
         sigma = (1 - t).clamp_min(1e-6)[:, None]
-        return self.mixture.log_prior(y) - sq / (2 * sigma ** 2)
+        return self.mixture.log_prior(y) - sq / (2 * sigma**2)
 
     def __call__(self, z: Tensor, t: Tensor, y: Tensor) -> Tensor:
         log_pi = self.mixture.per_position_log_probs(self.log_weights(z, t, y))  # (B, K, h, w)

@@ -14,6 +14,7 @@ The real files cannot be downloaded here, so tests write stand-ins:
 Weights are a randomly initialised :class:`backbones.tokenizers.pretrained.PretrainedVQ` of the kind
 (optionally with reduced widths, e.g. ``ch=32``), renamed to the file's naming.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,13 +94,23 @@ def write_lightning_checkpoint(path: str | Path, state_dict: dict[str, torch.Ten
     with _importable_lightning() as classes:
         hparams = classes["AttributeDict"](embed_dim=4, n_embed=16384, ckpt_path=None)
         checkpoint = {
-            "epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8",
+            "epoch": 3,
+            "global_step": 1234,
+            "pytorch-lightning_version": "1.0.8",
             "state_dict": state,
-            "optimizer_states": [{"state": {0: {"step": 1234, "exp_avg": torch.zeros_like(first)}},
-                                  "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
+            "optimizer_states": [
+                {
+                    "state": {0: {"step": 1234, "exp_avg": torch.zeros_like(first)}},
+                    "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}],
+                }
+            ],
             "lr_schedulers": [],
-            "callbacks": {classes["ModelCheckpoint"]: {"best_model_score": torch.tensor(0.25),
-                                                       "best_model_path": "logs/last.ckpt"}},
+            "callbacks": {
+                classes["ModelCheckpoint"]: {
+                    "best_model_score": torch.tensor(0.25),
+                    "best_model_path": "logs/last.ckpt",
+                }
+            },
             "hyper_parameters": hparams,
             "hparams_args": argparse.Namespace(base_learning_rate=4.5e-6, gpus="0,"),
         }

@@ -6,6 +6,7 @@ single-channel and the tokenizer does not ask for RGB. Content id: a hash of the
 (relative paths, sizes, modification times) and the preprocessing, so a changed folder is a new
 data set and never reuses a stale cache.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,7 +54,7 @@ def check_image_folder(root: Path) -> None:
 
 
 def folder_mode(samples: list[tuple[Path, int]]) -> str:
-    """"L" if every image in the folder is single-channel (grey or 1-bit), else "RGB"."""
+    """ "L" if every image in the folder is single-channel (grey or 1-bit), else "RGB"."""
     for file, _ in samples:
         with Image.open(file) as img:
             if img.mode not in GREY_MODES:

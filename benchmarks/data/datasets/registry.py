@@ -7,6 +7,7 @@ preflight (files exist; metadata reads only, before anything is written), ``num_
 ``--dry-run`` needs without reading data, and ``feature_extractor`` what ``eval.feature_extractor:
 auto`` evaluates it with. ``ArrayDataSet`` is the base for data sets held in memory as arrays.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -53,8 +54,9 @@ class DataSet(ABC):
         """Preflight: raise ConfigError naming the key, the file and the fix for the first missing
         input. Reads metadata only (milliseconds). Default: ``data.path`` is given if ``path`` is set."""
         if self.path is not None and not data.path:
-            raise ConfigError(f"data.path is required for data.dataset={self.name!r} ({self.path}): "
-                              "add --set data.path=...")
+            raise ConfigError(
+                f"data.path is required for data.dataset={self.name!r} ({self.path}): add --set data.path=..."
+            )
 
     def load(self, data: DataConfig, channels: int | None) -> ImageSource:
         """The images for a tokenizer taking ``channels`` (1 or 3; None: the data's own)."""
@@ -83,20 +85,24 @@ class ArrayDataSet(DataSet):
     def check(self, data: DataConfig) -> None:
         super().check(data)
         if data.image_size != self.image_size:
-            raise ConfigError(f"data.image_size must be {self.image_size} for data.dataset={self.name!r}, "
-                              f"got {data.image_size}")
+            raise ConfigError(
+                f"data.image_size must be {self.image_size} for data.dataset={self.name!r}, got {data.image_size}"
+            )
 
     def load(self, data: DataConfig, channels: int | None) -> ImageSource:
         if data.image_size != self.image_size:
             raise ValueError(f"data.image_size must be {self.image_size} for {self.name}, got {data.image_size}")
         images, labels = self.arrays(data)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2:] != (self.image_size,) * 2:
-            raise ValueError(f"data set {self.name!r} gave {images.dtype} images {images.shape}, expected uint8 "
-                             f"(N, C, {self.image_size}, {self.image_size})")
+            raise ValueError(
+                f"data set {self.name!r} gave {images.dtype} images {images.shape}, expected uint8 "
+                f"(N, C, {self.image_size}, {self.image_size})"
+            )
         if channels not in (None, images.shape[1]):
             if images.shape[1] != 1:
-                raise ValueError(f"data set {self.name!r} has {images.shape[1]}-channel images; the tokenizer "
-                                 f"takes {channels}")
+                raise ValueError(
+                    f"data set {self.name!r} has {images.shape[1]}-channel images; the tokenizer takes {channels}"
+                )
             images = np.repeat(images, channels, axis=1)
         data_id = f"{self.name}-{images.shape[1]}ch-" + content_hash(images.tobytes(), labels.tobytes())
         return ImageSource(ArrayImages(images, labels), self.num_classes or int(labels.max()) + 1, data_id)
@@ -113,4 +119,3 @@ def get_dataset(name: str) -> DataSet:
 
 def dataset_names() -> list[str]:
     return REGISTRY.names()
-

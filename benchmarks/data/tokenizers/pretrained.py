@@ -3,6 +3,7 @@ entry per ``backbones.tokenizers.pretrained.KINDS`` spec, loaded from the user's
 
 Cache key: a hash of the kind and the checkpoint file's resolved path, size and modification time.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 from backbones.tokenizers.base import Tokenizer
 from backbones.tokenizers.pretrained import KINDS, get_spec
 from benchmarks.core.config import ConfigError, TokenizerConfig
-from benchmarks.data.tokenizers.registry import BuiltTokenizer, LoadImages, TokenizerKind, check_checkpoint_file, register
+from benchmarks.data.tokenizers.registry import (
+    BuiltTokenizer,
+    LoadImages,
+    TokenizerKind,
+    check_checkpoint_file,
+    register,
+)
 from benchmarks.storage.cache import content_hash
 
 
@@ -24,8 +31,10 @@ class PretrainedKind(TokenizerKind):
 
     def check(self, tok: TokenizerConfig) -> None:
         if not tok.ckpt:
-            raise ConfigError(f"tokenizer.ckpt is required for tokenizer.kind={self.name!r}: the path to its "
-                              "checkpoint (python -m benchmarks.tokenizer list says where to get it)")
+            raise ConfigError(
+                f"tokenizer.ckpt is required for tokenizer.kind={self.name!r}: the path to its "
+                "checkpoint (python -m benchmarks.tokenizer list says where to get it)"
+            )
         from backbones.tokenizers.pretrained import resolve_checkpoint
 
         try:

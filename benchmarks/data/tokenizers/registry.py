@@ -6,12 +6,13 @@ gives its cache key, ``open`` gets the one that encoded pre-encoded shards, ``ge
 (K, d, f) from the config alone (``--dry-run``), ``needs_ckpt`` whether ``tokenizer.ckpt`` is
 required, and ``check`` its preflight (the checkpoint file exists and is one).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from backbones.tokenizers.base import Tokenizer
 from benchmarks.core.config import ConfigError, TokenizerConfig
@@ -85,4 +86,3 @@ def get_tokenizer(name: str) -> TokenizerKind:
 
 def tokenizer_names() -> list[str]:
     return REGISTRY.names()
-

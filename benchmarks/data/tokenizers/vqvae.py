@@ -5,12 +5,13 @@ Cache entry ``<cache>/tokenizers/<key>/`` with ``key = content_hash(data id, asd
 ``tokenizer.ckpt`` is optional: a ``vqvae.pt`` that decodes pre-encoded shards (default: the cached
 model recorded in the shards' ``meta.json``).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,7 +20,13 @@ from backbones.tokenizers.vqvae import INFO_FILE, VQVAE, WEIGHTS_FILE, VQVAEConf
 from benchmarks.core import logs
 from benchmarks.core.config import ConfigError, TokenizerConfig
 from benchmarks.data.images import ArrayImages
-from benchmarks.data.tokenizers.registry import BuiltTokenizer, LoadImages, TokenizerKind, check_checkpoint_file, register
+from benchmarks.data.tokenizers.registry import (
+    BuiltTokenizer,
+    LoadImages,
+    TokenizerKind,
+    check_checkpoint_file,
+    register,
+)
 from benchmarks.storage.atomic import built_once, save_json, save_torch
 from benchmarks.storage.cache import cache_dir, content_hash
 
@@ -43,19 +50,29 @@ class SuiteVQVAE(TokenizerKind):
     def build(self, tok: TokenizerConfig, load: LoadImages, *, progress: bool = True) -> BuiltTokenizer:
         source = load(None)
         reference = source.images
-        images = reference.images if isinstance(reference, ArrayImages) else \
-            (lambda: np.stack([reference[i][0].numpy() for i in range(len(reference))]))
+        images = (
+            reference.images
+            if isinstance(reference, ArrayImages)
+            else (lambda: np.stack([reference[i][0].numpy() for i in range(len(reference))]))
+        )
         model, info = load_or_train_vqvae(tok.vqvae, images, source.id, progress=progress)
-        return BuiltTokenizer(model, info["key"], source, info["from_cache"],
-                              {"recon_mse": info["recon_mse"], "recon_mse_images": len(reference)})
+        return BuiltTokenizer(
+            model,
+            info["key"],
+            source,
+            info["from_cache"],
+            {"recon_mse": info["recon_mse"], "recon_mse_images": len(reference)},
+        )
 
     def open(self, tok: TokenizerConfig, recorded: dict, where: str) -> Tokenizer:
         if tok.ckpt:
             return VQVAE.load(tok.ckpt)
         weights = cache_dir("tokenizers") / str(recorded.get("key")) / WEIGHTS_FILE
         if not recorded.get("key") or not weights.is_file():
-            raise FileNotFoundError(f"the VQ-VAE that encoded the shards at {where} is not in the cache ({weights}); "
-                                    "set tokenizer.ckpt to its vqvae.pt")
+            raise FileNotFoundError(
+                f"the VQ-VAE that encoded the shards at {where} is not in the cache ({weights}); "
+                "set tokenizer.ckpt to its vqvae.pt"
+            )
         return VQVAE.load(weights)
 
 
@@ -63,8 +80,9 @@ def vqvae_cache_key(cfg: VQVAEConfig, data_id: str) -> str:
     return content_hash(data_id, asdict(cfg))
 
 
-def load_or_train_vqvae(cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.ndarray], data_id: str,
-                        progress: bool = True) -> tuple[VQVAE, dict]:
+def load_or_train_vqvae(
+    cfg: VQVAEConfig, images: np.ndarray | Callable[[], np.ndarray], data_id: str, progress: bool = True
+) -> tuple[VQVAE, dict]:
     """The VQ-VAE for (``data_id``, ``cfg``), trained once on ``images`` (uint8 (N, C, H, W), or a
     function returning them, called only when the cache has no entry) and cached.
 

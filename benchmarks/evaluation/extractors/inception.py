@@ -5,6 +5,7 @@ Its 1008 logits follow TensorFlow's 2015 label map (a background class, the 1000
 in that map's own order, 7 unused), which does not match the class indices of an image folder or
 code shards (sorted folder names): no class layer, so class accuracy is NaN.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,12 +44,16 @@ def inception_extractor(weights_path: str | os.PathLike | None = None) -> Extrac
     if given is not None and not Path(given).is_file():
         raise FileNotFoundError(f"Inception weights file {given} does not exist. {_inception_help()}")
     if given is None and not hub_copy.is_file():
-        raise FileNotFoundError(f"Inception weights not found: no path given, ${INCEPTION_ENV} is unset and "
-                                f"{hub_copy} does not exist. {_inception_help()}")
+        raise FileNotFoundError(
+            f"Inception weights not found: no path given, ${INCEPTION_ENV} is unset and "
+            f"{hub_copy} does not exist. {_inception_help()}"
+        )
     return InceptionExtractor().from_file(given or hub_copy)
 
 
 def _inception_help() -> str:
-    return (f"torch-fidelity's {INCEPTION!r} extractor needs {INCEPTION_FILE}: download it on a machine with "
-            f"internet from {URL_INCEPTION_V3} and pass its path (inception_extractor(path) or "
-            f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE}).")
+    return (
+        f"torch-fidelity's {INCEPTION!r} extractor needs {INCEPTION_FILE}: download it on a machine with "
+        f"internet from {URL_INCEPTION_V3} and pass its path (inception_extractor(path) or "
+        f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE})."
+    )

@@ -7,6 +7,7 @@ known location or a trained-once cache), and says which of its layers holds logi
 set's classes (``class_layer``; None: its logits are not the data set's classes, so class accuracy
 is NaN).
 """
+
 from __future__ import annotations
 
 import os
@@ -96,4 +97,3 @@ def get_feature_extractor(name: str) -> FeatureExtractor:
 
 def feature_extractor_names() -> list[str]:
     return REGISTRY.names()
-

@@ -1,5 +1,6 @@
 """Pretrained VQ tokenizers: architectures match the published files' key names, shapes and
 parameter counts; synthetic checkpoints in the real container formats load, encode and decode."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,24 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from backbones.tokenizers.pretrained import (KINDS, CheckpointMismatchError, build_tokenizer, from_checkpoint_key,
-                                  load_tokenizer, num_parameters, to_checkpoint_key)
+from backbones.tokenizers.pretrained import (
+    KINDS,
+    CheckpointMismatchError,
+    build_tokenizer,
+    from_checkpoint_key,
+    load_tokenizer,
+    num_parameters,
+    to_checkpoint_key,
+)
 from backbones.tokenizers.safe_pickle import UnsafeCheckpointError
 from backbones.tokenizers.taming import AttnBlock
-from tests.support.synthetic_ckpt import (small_widths, synthetic_state_dict, write_checkpoint, write_lightning_checkpoint,
-                                  write_llamagen_checkpoint)
+from tests.support.synthetic_ckpt import (
+    small_widths,
+    synthetic_state_dict,
+    write_checkpoint,
+    write_lightning_checkpoint,
+    write_llamagen_checkpoint,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*widths differ from the published:UserWarning")
 
@@ -40,7 +53,10 @@ def file_keys(kind: str) -> dict[str, tuple[int, ...]]:
 
 # ----------------------------------------------------------------------------- full-size architectures
 
-@pytest.mark.parametrize("kind, n_keys, n_params", [("llamagen-vq16", 344, 71_883_403), ("taming-f16", 343, 76_073_859)])
+
+@pytest.mark.parametrize(
+    "kind, n_keys, n_params", [("llamagen-vq16", 344, 71_883_403), ("taming-f16", 343, 76_073_859)]
+)
 def test_published_key_and_parameter_counts(kind, n_keys, n_params):
     assert len(file_keys(kind)) == n_keys
     assert num_parameters(build_tokenizer(kind)) == n_params
@@ -49,6 +65,7 @@ def test_published_key_and_parameter_counts(kind, n_keys, n_params):
 def test_z_and_d_dependent_parameters_of_the_f8_kinds():
     """vq-f8 and LlamaGen VQ-8 share the trunk (ch_mult 1,2,2,4; width 512 at the bottom); they
     differ only in encoder.conv_out, decoder.conv_in, the 1x1 quantiser convs and the codebook."""
+
     def zd_params(z, d, k=16384, c=512):
         return (c * z * 9 + z) + (z * c * 9 + c) + (z * d + d) + (d * z + z) + k * d
 
@@ -81,7 +98,10 @@ def test_taming_key_names():
     assert keys["encoder.conv_out.weight"] == (4, 512, 3, 3)
     assert keys["decoder.up.3.attn.2.q.weight"] == (512, 512, 1, 1)
     assert keys["decoder.up.2.block.0.nin_shortcut.weight"] == (256, 512, 1, 1)
-    assert keys["decoder.up.1.upsample.conv.weight"] == (256, 256, 3, 3) and "decoder.up.0.upsample.conv.weight" not in keys
+    assert (
+        keys["decoder.up.1.upsample.conv.weight"] == (256, 256, 3, 3)
+        and "decoder.up.0.upsample.conv.weight" not in keys
+    )
     assert keys["decoder.mid.attn_1.v.bias"] == (512,)
     assert keys["quantize.embedding.weight"] == (16384, 4)
     taming = file_keys("taming-f16")
@@ -98,8 +118,10 @@ def test_key_renames_are_inverse(kind):
         assert all(to_checkpoint_key(spec, k) == k for k in model_keys)
 
 
-@pytest.mark.parametrize("kind, f, norm", [("vq-f8", 8, False), ("llamagen-vq8", 8, True),
-                                           ("llamagen-vq16", 16, True), ("taming-f16", 16, False)])
+@pytest.mark.parametrize(
+    "kind, f, norm",
+    [("vq-f8", 8, False), ("llamagen-vq8", 8, True), ("llamagen-vq16", 16, True), ("taming-f16", 16, False)],
+)
 def test_spec_semantics(kind, f, norm):
     model = build_tokenizer(kind)
     assert model.downsample == f and model.normalized is norm
@@ -129,6 +151,7 @@ def test_build_overrides():
 
 # ----------------------------------------------------------------------------- synthetic checkpoints
 
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
@@ -154,7 +177,7 @@ def test_round_trip(checkpoints, kind):
     codes = tok.encode(images)
     f = spec.downsample
     assert codes.shape == (2, 32 // f, 32 // f) and codes.dtype == torch.int64
-    assert 0 <= codes.min() and codes.max() < tok.codebook_size == 512
+    assert codes.min() >= 0 and codes.max() < tok.codebook_size == 512
 
     # independent nearest neighbour on the pre-quantisation latents
     z = tok.quant_conv(tok.encoder(images)).permute(0, 2, 3, 1).reshape(-1, tok.code_dim)
@@ -214,9 +237,11 @@ def test_shape_mismatch_and_unexpected_keys(tmp_path):
     state["decoder.conv_blocks.0.attn.0.q.bias"] = torch.zeros(7)
     state["encoder.extra.weight"] = torch.zeros(3)
     path = write_llamagen_checkpoint(tmp_path / "vq_ds16_c2i.pt", state)
-    with pytest.raises(CheckpointMismatchError,
-                       match=r"1 unexpected key\(s\): encoder\.extra\.weight \[3\]; 1 shape mismatch\(es\): "
-                             r"decoder\.conv_blocks\.0\.attn\.0\.q\.bias file \[7\] vs model \[128\]"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"1 unexpected key\(s\): encoder\.extra\.weight \[3\]; 1 shape mismatch\(es\): "
+        r"decoder\.conv_blocks\.0\.attn\.0\.q\.bias file \[7\] vs model \[128\]",
+    ):
         load_tokenizer("llamagen-vq16", path)
 
 

@@ -1,4 +1,5 @@
 """The code-free checkpoint loader: tensors and containers come back, code never runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,20 +32,27 @@ def _save_evil(path, func, *args):
 def test_os_system_is_refused_and_never_runs(tmp_path, legacy):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "payload": _Reduce(os.system, f"touch {marker}")}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"state_dict": {"w": torch.ones(2)}, "payload": _Reduce(os.system, f"touch {marker}")},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"system.*could run code"):
         safe_load(path)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("func, args", [
-    (eval, ("__import__('os').getcwd()",)),
-    (exec, ("x = 1",)),
-    (getattr, (torch.Size([1]), "count")),
-    (torch.load, ("somefile.pt",)),
-    (open, ("somefile.txt", "w")),
-], ids=["eval", "exec", "getattr", "torch.load", "open"])
+@pytest.mark.parametrize(
+    "func, args",
+    [
+        (eval, ("__import__('os').getcwd()",)),
+        (exec, ("x = 1",)),
+        (getattr, (torch.Size([1]), "count")),
+        (torch.load, ("somefile.pt",)),
+        (open, ("somefile.txt", "w")),
+    ],
+    ids=["eval", "exec", "getattr", "torch.load", "open"],
+)
 def test_code_running_globals_are_refused(tmp_path, func, args):
     path = tmp_path / "evil.ckpt"
     _save_evil(path, func, *args)
@@ -60,9 +68,8 @@ def test_unknown_classes_become_inert_placeholders(tmp_path, monkeypatch):
     module_dir = tmp_path / "pkg"
     module_dir.mkdir()
     (module_dir / "sideeffect_mod.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\n"
-        "def run(*args):\n"
-        f"    open({str(marker)!r} + '.called', 'w').close()\n")
+        f"open({str(marker)!r}, 'w').close()\ndef run(*args):\n    open({str(marker)!r} + '.called', 'w').close()\n"
+    )
     monkeypatch.syspath_prepend(str(module_dir))
     import sideeffect_mod
 
@@ -88,7 +95,7 @@ def test_lightning_checkpoint_loads_tensors_and_stubs_objects(tmp_path):
         assert ckpt["state_dict"][key].dtype == value.dtype and torch.equal(ckpt["state_dict"][key], value)
     assert any(k.startswith("loss.") for k in ckpt["state_dict"])
     assert ckpt["global_step"] == 1234 and ckpt["epoch"] == 3
-    (callback_cls, callback_state), = ckpt["callbacks"].items()
+    ((callback_cls, callback_state),) = ckpt["callbacks"].items()
     assert issubclass(callback_cls, Placeholder)
     assert callback_cls.qualname == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
     assert callback_state["best_model_path"] == "logs/last.ckpt"
@@ -102,8 +109,15 @@ def test_lightning_checkpoint_loads_tensors_and_stubs_objects(tmp_path):
 
 
 def test_parameters_dtypes_bytes_and_sets_round_trip(tmp_path):
-    obj = {"p": torch.nn.Parameter(torch.ones(2)), "dtype": torch.bfloat16, "bytes": b"\x00\xffabc",
-           "set": {1, 2}, "size": torch.Size([2, 3]), "device": torch.device("cpu"), "view": torch.arange(10)[2:5]}
+    obj = {
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "dtype": torch.bfloat16,
+        "bytes": b"\x00\xffabc",
+        "set": {1, 2},
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cpu"),
+        "view": torch.arange(10)[2:5],
+    }
     torch.save(obj, tmp_path / "x.pt")
     loaded = safe_load(tmp_path / "x.pt")
     assert isinstance(loaded["p"], torch.nn.Parameter) and torch.equal(loaded["p"], obj["p"])

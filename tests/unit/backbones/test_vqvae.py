@@ -1,4 +1,5 @@
 """The suite's VQ-VAE: quantizer mechanics against hand formulas, training, caching, config checks."""
+
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.tokenizers.vqvae import EMAQuantizer, VQVAE, VQVAEConfig, code_usage, train_vqvae
+from backbones.tokenizers.vqvae import VQVAE, EMAQuantizer, VQVAEConfig, code_usage, train_vqvae
 from benchmarks.data.latents import load_or_train_vqvae, vqvae_cache_key
 
 TINY = VQVAEConfig(codebook_size=16, code_dim=4, downsample=4, channels=16, train_steps=150, batch_size=32, lr=3e-3)
@@ -21,7 +22,7 @@ def rectangles(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> np.n
     for img in images:
         top, left = rng.integers(0, size - 4, 2)
         h, w = rng.integers(4, size - max(top, left) + 1, 2)
-        img[:, top:top + h, left:left + w] = rng.integers(128, 256, channels)[:, None, None]
+        img[:, top : top + h, left : left + w] = rng.integers(128, 256, channels)[:, None, None]
     return images
 
 
@@ -149,7 +150,7 @@ def test_encode_decode_shapes_and_ranges(downsample):
         codes = model.encode(x)
         assert codes.shape == (2, 32 // downsample, 16 // downsample) and codes.dtype == torch.int64
         assert model.latent_grid((32, 16)) == tuple(codes.shape[1:])
-        assert 0 <= codes.min() and codes.max() < cfg.codebook_size
+        assert codes.min() >= 0 and codes.max() < cfg.codebook_size
         images = model.decode(codes)
     assert images.shape == x.shape and images.min() >= -1 and images.max() <= 1
     assert model.codebook.shape == (cfg.codebook_size, cfg.code_dim) and not model.normalized
@@ -202,11 +203,24 @@ def test_cache_hit_loads_the_same_model_without_training(tmp_path, monkeypatch):
     assert not load_or_train_vqvae(cfg, images, "other", progress=False)[1]["from_cache"]
 
 
-@pytest.mark.parametrize("field, value", [
-    ("codebook_size", 1), ("codebook_size", 70000), ("code_dim", 0), ("downsample", 3), ("downsample", 16),
-    ("channels", 0), ("train_steps", 0), ("batch_size", 0), ("lr", 0.0), ("lr", float("nan")),
-    ("commitment", -0.1), ("ema_decay", 1.0), ("ema_decay", -0.1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("codebook_size", 1),
+        ("codebook_size", 70000),
+        ("code_dim", 0),
+        ("downsample", 3),
+        ("downsample", 16),
+        ("channels", 0),
+        ("train_steps", 0),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("commitment", -0.1),
+        ("ema_decay", 1.0),
+        ("ema_decay", -0.1),
+    ],
+)
 def test_invalid_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"VQVAEConfig.{field}"):
         VQVAEConfig(**{field: value})

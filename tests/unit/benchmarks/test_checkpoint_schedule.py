@@ -1,5 +1,6 @@
 """Checkpoint schedules: every ``checkpoint_every`` steps, or log-spaced (``train.checkpoint_schedule:
 log``); the trainer checkpoints and evaluates exactly at ``TrainConfig.checkpoint_steps()``."""
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,17 @@ def test_convergence_config_has_log_spaced_checkpoints():
     assert len(cfg.eval.temperatures) >= 4
 
 
-RECIPE = ("batch_size", "lr", "warmup", "lr_schedule", "ema_decay", "betas", "weight_decay", "grad_clip",
-          "label_dropout")
+RECIPE = (
+    "batch_size",
+    "lr",
+    "warmup",
+    "lr_schedule",
+    "ema_decay",
+    "betas",
+    "weight_decay",
+    "grad_clip",
+    "label_dropout",
+)
 
 
 @pytest.mark.parametrize("name", ["convergence", "zloss"])
@@ -49,13 +59,18 @@ def test_reference_configs_share_the_default_recipe(name):
         assert other.train == default.train and other.eval == default.eval
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["train.checkpoint_schedule=cosine"], "train.checkpoint_schedule must be every or log, got 'cosine'"),
-    (["train.checkpoint_schedule=log", "train.num_checkpoints=1"], "train.num_checkpoints must be >= 2"),
-    (["train.checkpoint_schedule=log", "train.checkpoint_every=40"], "must be below train.iterations (40)"),
-    (["train.checkpoint_schedule=log", "train.num_checkpoints=8"],
-     "train.num_checkpoints=8: only 6 distinct multiples of train.log_every=5"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["train.checkpoint_schedule=cosine"], "train.checkpoint_schedule must be every or log, got 'cosine'"),
+        (["train.checkpoint_schedule=log", "train.num_checkpoints=1"], "train.num_checkpoints must be >= 2"),
+        (["train.checkpoint_schedule=log", "train.checkpoint_every=40"], "must be below train.iterations (40)"),
+        (
+            ["train.checkpoint_schedule=log", "train.num_checkpoints=8"],
+            "train.num_checkpoints=8: only 6 distinct multiples of train.log_every=5",
+        ),
+    ],
+)
 def test_bad_log_schedules_name_the_key(overrides, needle):
     with pytest.raises(ConfigError) as error:
         load_config("smoke", ["train.iterations=40", "train.checkpoint_every=5", *overrides])
@@ -63,9 +78,21 @@ def test_bad_log_schedules_name_the_key(overrides, needle):
 
 
 def test_trainer_checkpoints_and_evaluates_on_the_log_schedule(toy_latents, tmp_path):
-    cfg = load_config("smoke", ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=1",
-                                "train.iterations=16", "train.checkpoint_every=2", "train.checkpoint_schedule=log",
-                                "train.num_checkpoints=4", "train.keep_checkpoints=10", "train.ema_decay=0.9"])
+    cfg = load_config(
+        "smoke",
+        [
+            "backbone=tiny/1",
+            "eval.enabled=false",
+            "train.batch_size=8",
+            "train.log_every=1",
+            "train.iterations=16",
+            "train.checkpoint_every=2",
+            "train.checkpoint_schedule=log",
+            "train.num_checkpoints=4",
+            "train.keep_checkpoints=10",
+            "train.ema_decay=0.9",
+        ],
+    )
     assert cfg.train.checkpoint_steps() == [2, 4, 8, 16]  # 2 * 8^(k/3)
     evaluated = []
     trainer = Trainer(cfg, "cfm", 0, tmp_path, toy_latents, progress=False)

@@ -1,6 +1,7 @@
 """Data parallelism inside a job: ranks from torchrun / SLURM / submitit environments, the SLURM
 resources of a job (one DDP rank per GPU), and a 2-rank gloo run of the real trainer that matches a
 1-process run with the same global batch."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def test_torchrun_environment():
 
 
 def test_srun_step_environment():
-    env = {"SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2",
-           "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    env = {
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
     got = DistEnv.from_environment(env)
     assert (got.rank, got.world_size, got.local_rank) == (1, 2, 1)
     assert (got.master_addr, got.master_port) == ("gpu07", PORT_BASE + 4242)
@@ -43,16 +51,27 @@ def test_batch_script_outside_srun_is_one_process():
 
 
 def test_submitit_local_environment():
-    env = {"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
-           "SUBMITIT_LOCAL_JOB_ID": "31337"}
+    env = {
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_JOB_ID": "31337",
+    }
     got = DistEnv.from_environment(env)
     assert (got.rank, got.world_size, got.master_addr) == (1, 2, "127.0.0.1")
     assert got.master_port == PORT_BASE + 31337 % PORT_SPAN
     assert DistEnv.from_environment({"SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_NTASKS": "1"}) == DistEnv()
 
 
-@pytest.mark.parametrize("nodelist, host", [("localhost", "localhost"), ("gpu[07-09,12],cpu1", "gpu07"),
-                                             ("a1,b[2-3]", "a1"), ("node[003,010-011]-ib", "node003-ib")])
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [
+        ("localhost", "localhost"),
+        ("gpu[07-09,12],cpu1", "gpu07"),
+        ("a1,b[2-3]", "a1"),
+        ("node[003,010-011]-ib", "node003-ib"),
+    ],
+)
 def test_first_host_of_a_node_list(nodelist, host):
     assert first_host(nodelist) == host
 
@@ -77,10 +96,22 @@ def test_local_slice_splits_the_global_batch():
 
 
 def tiny_config(*overrides: str):
-    return load_config("smoke", ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=1",
-                                 "train.checkpoint_every=3", "train.iterations=6", "train.lr=1e-3",
-                                 "train.ema_decay=0.9", "train.device=cpu", "launcher.preemption_check_every=2",
-                                 *overrides])
+    return load_config(
+        "smoke",
+        [
+            "backbone=tiny/1",
+            "eval.enabled=false",
+            "train.batch_size=8",
+            "train.log_every=1",
+            "train.checkpoint_every=3",
+            "train.iterations=6",
+            "train.lr=1e-3",
+            "train.ema_decay=0.9",
+            "train.device=cpu",
+            "launcher.preemption_check_every=2",
+            *overrides,
+        ],
+    )
 
 
 def _free_port() -> int:
@@ -93,18 +124,21 @@ def _train_rank(rank: int, world: int, port: int, method: str, overrides: list[s
     """One rank of a torchrun-style job. Each rank gets its own run folders, so the test can see
     that only rank 0 writes anything. First a full run; then a run in which only rank 1 receives
     the preemption signal (during step 2), whose outcome each rank reports in ``folder``."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     dist = DistEnv.from_environment()
     try:
-        Trainer(tiny_config(*overrides), method, 0, f"{folder}/full/rank{rank}", latents, dist=dist,
-                progress=False).run()
+        Trainer(
+            tiny_config(*overrides), method, 0, f"{folder}/full/rank{rank}", latents, dist=dist, progress=False
+        ).run()
 
         handler = StandInHandler(rank)
         install_stand_in(handler)
-        trainer = handler.trainer = Trainer(tiny_config(*overrides), method, 0, f"{folder}/preempted/rank{rank}",
-                                            latents, dist=dist, progress=False)
+        trainer = handler.trainer = Trainer(
+            tiny_config(*overrides), method, 0, f"{folder}/preempted/rank{rank}", latents, dist=dist, progress=False
+        )
         if rank == 1:
             signal_during_step(trainer, 2)
         try:
@@ -146,7 +180,9 @@ def test_two_gloo_ranks_match_one_process(method, overrides, toy_latents, tmp_pa
             torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6, msg=f"{key}.{name}")
 
     outcomes = [json.loads((tmp_path / f"outcome{rank}.json").read_text()) for rank in (0, 1)]
-    assert outcomes == [{"outcome": "requeued", "handler_steps": [2]},
-                        {"outcome": "returned at step 2", "handler_steps": [2]}]
+    assert outcomes == [
+        {"outcome": "requeued", "handler_steps": [2]},
+        {"outcome": "returned at step 2", "handler_steps": [2]},
+    ]
     saved = sorted((tmp_path / "preempted" / "rank0" / job / "checkpoints").glob("step_*.pt"))
     assert [p.name for p in saved] == ["step_000000002.pt"]

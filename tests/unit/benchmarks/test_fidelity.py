@@ -2,6 +2,7 @@
 
 One reduced-config classifier is trained per module (a few seconds) in an isolated cache.
 """
+
 import json
 import math
 import shutil
@@ -13,13 +14,11 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from benchmarks.evaluation import fidelity
-
-from benchmarks.evaluation import mnist_cnn
+from benchmarks.data.images import ArrayImages, load_mnist5k
+from benchmarks.evaluation import fidelity, mnist_cnn
 from benchmarks.evaluation.extractors import get_feature_extractor
 from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.cache import cache_dir
-from benchmarks.data.images import ArrayImages, load_mnist5k
 
 TEST_CONFIG = mnist_cnn.TrainConfig(epochs=2)
 N = 400  # images per set
@@ -36,10 +35,16 @@ def env(tmp_path_factory):
         mp.setenv("VQFLOW_CACHE", str(cache))
         spec = fidelity.mnist_extractor(TEST_CONFIG)
         perm = np.random.default_rng(0).permutation(len(images))
-        a, b = torch.from_numpy(images[perm[:N]]), torch.from_numpy(images[perm[N:2 * N]])
+        a, b = torch.from_numpy(images[perm[:N]]), torch.from_numpy(images[perm[N : 2 * N]])
         ref = fidelity.reference_from_images(a, spec, "setA", progress=False)
-        yield {"spec": spec, "a": a, "b": b, "labels_a": labels[perm[:N]], "labels_b": labels[perm[N:2 * N]],
-               "ref": ref}
+        yield {
+            "spec": spec,
+            "a": a,
+            "b": b,
+            "labels_a": labels[perm[:N]],
+            "labels_b": labels[perm[N : 2 * N]],
+            "ref": ref,
+        }
 
 
 def metrics(images, env, **kw):
@@ -81,8 +86,9 @@ def test_extractor_features_channels_and_sizes(env):
     spec, a = env["spec"], env["a"][:32]
     assert mnist_cnn.FeatureExtractorMnistCNN.get_provided_features_list() == ("penultimate", "logits")
     assert [spec.layer(m) for m in ("fid", "kid", "prc", "isc")] == ["penultimate"] * 3 + ["logits"]
-    fe = mnist_cnn.FeatureExtractorMnistCNN("mnist-cnn", ["penultimate", "logits"],
-                                            feature_extractor_weights_path=spec.weights_path)
+    fe = mnist_cnn.FeatureExtractorMnistCNN(
+        "mnist-cnn", ["penultimate", "logits"], feature_extractor_weights_path=spec.weights_path
+    )
     feats, logits = fe(a)
     assert feats.shape == (32, 128) and logits.shape == (32, 10) and (feats >= 0).all()
     assert (logits.argmax(-1).numpy() == env["labels_a"][:32]).mean() >= 0.85
@@ -98,22 +104,37 @@ def test_extractor_features_channels_and_sizes(env):
 def test_self_real_and_perturbed(env):
     same, real, perturbed = metrics(env["a"], env), metrics(env["b"], env), metrics(noisy(env["b"]), env)
     assert abs(same["fid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
-    assert 0 < real["fid"] and perturbed["fid"] > 3 * real["fid"]
+    assert real["fid"] > 0 and perturbed["fid"] > 3 * real["fid"]
     assert perturbed["kid_mean"] > 10 * abs(real["kid_mean"])
     assert perturbed["recall"] < real["recall"] - 0.2
     assert real["isc"] > 6  # 10 balanced classes, confident classifier (10 splits of 40 images)
     for m in (same, real, perturbed):
-        assert list(m) == metric_columns() == ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std",
-                                               "class_accuracy"]
+        assert (
+            list(m)
+            == metric_columns()
+            == ["fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std", "class_accuracy"]
+        )
         assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
 
 
 def test_equals_torch_fidelity_calculate_metrics(env):
     ours = metrics(env["b"], env, kid_subset_size=100)
     theirs = torch_fidelity.calculate_metrics(
-        input1=fidelity.ImageSet(env["b"]), input2=fidelity.ImageSet(env["a"]), cuda=False, isc=True, fid=True,
-        kid=True, prc=True, feature_extractor="mnist-cnn", feature_extractor_weights_path=env["spec"].weights_path,
-        kid_subset_size=100, kid_subsets=20, cache=False, save_cpu_ram=True, verbose=False)
+        input1=fidelity.ImageSet(env["b"]),
+        input2=fidelity.ImageSet(env["a"]),
+        cuda=False,
+        isc=True,
+        fid=True,
+        kid=True,
+        prc=True,
+        feature_extractor="mnist-cnn",
+        feature_extractor_weights_path=env["spec"].weights_path,
+        kid_subset_size=100,
+        kid_subsets=20,
+        cache=False,
+        save_cpu_ram=True,
+        verbose=False,
+    )
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
     assert ours["precision"] == theirs["precision"] and ours["recall"] == theirs["recall"]
@@ -241,7 +262,7 @@ def test_reconstruction_metrics(env):
     three_levels = fidelity.reconstruction_metrics(LevelTokenizer(3), a, ref, spec, **kw)
     recon = torch.tensor([0, 128, 255], dtype=torch.uint8)[(a.float() / 127.5).round().long()]
     mse = (recon.double() - a.double()).pow(2).mean().item()
-    assert three_levels["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / mse))
+    assert three_levels["psnr"] == pytest.approx(10 * math.log10(255**2 / mse))
     assert three_levels["fid"] == pytest.approx(metrics(recon, env)["fid"], rel=1e-9)
     blocky = fidelity.reconstruction_metrics(LevelTokenizer(256, f=4), a, ref, spec, **kw)
     real = metrics(env["b"], env)
@@ -254,7 +275,9 @@ def test_class_accuracy_of_real_and_mislabelled_images(env):
     (1/10; the standard error at N=400 is 0.015)."""
     spec, b, labels = env["spec"], env["b"], env["labels_b"]
     with torch.no_grad():
-        direct = (mnist_cnn.load_classifier(spec.weights_path)(mnist_cnn.to_input(b)).argmax(1).numpy() == labels).mean()
+        direct = (
+            mnist_cnn.load_classifier(spec.weights_path)(mnist_cnn.to_input(b)).argmax(1).numpy() == labels
+        ).mean()
     real = metrics(b, env, labels=labels)["class_accuracy"]
     assert real == pytest.approx(direct, abs=1e-9)
     holdout = json.loads((Path(spec.weights_path).parent / "info.json").read_text())["holdout_accuracy"]
@@ -272,7 +295,10 @@ def test_class_accuracy_needs_class_logits_and_valid_labels(env):
         fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=np.full(N, 10), kid_subsets=2)
     with pytest.raises(ValueError, match="3 labels for 400 images"):
         fidelity.metrics_from_features(feats, env["ref"], env["spec"], labels=[0, 1, 2], kid_subsets=2)
-    assert get_feature_extractor(fidelity.INCEPTION).class_layer is None and fidelity.INCEPTION in fidelity.CLASS_ACCURACY_NOTE
+    assert (
+        get_feature_extractor(fidelity.INCEPTION).class_layer is None
+        and fidelity.INCEPTION in fidelity.CLASS_ACCURACY_NOTE
+    )
     assert get_feature_extractor(mnist_cnn.NAME).class_layer == env["spec"].class_layer == "logits"
 
 

@@ -1,4 +1,5 @@
 """prepare_latents: tokenizer + code shards from MNIST-5k, an image folder or pre-encoded shards."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,7 @@ def mnist(cache):
 
 def encode_all(tokenizer, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([tokenizer.encode(to_model_range(images[i:i + 1000])) for i in range(0, len(images), 1000)])
+        return torch.cat([tokenizer.encode(to_model_range(images[i : i + 1000])) for i in range(0, len(images), 1000)])
 
 
 def all_codes(shards: CodeShards) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,8 +178,15 @@ def test_interrupted_encoding_resumes_where_it_stopped(tmp_path):
     rng = np.random.default_rng(0)
     data = ArrayImages(rng.integers(0, 256, (10, 1, 8, 8), dtype=np.uint8), np.arange(10) % 3)
     tok = VQVAE(VQVAEConfig(codebook_size=8, code_dim=2, channels=4), in_channels=1).eval()
-    kwargs = dict(grid=(2, 2), num_classes=3, extra={"note": "x"}, device=torch.device("cpu"), progress=False,
-                  batch_size=2, shard_size=4)
+    kwargs = dict(
+        grid=(2, 2),
+        num_classes=3,
+        extra={"note": "x"},
+        device=torch.device("cpu"),
+        progress=False,
+        batch_size=2,
+        shard_size=4,
+    )
     out = tmp_path / "shards"
     with pytest.raises(RuntimeError, match="disk error"):
         encode_to_shards(tok, FailingAfter(data, 6), out, **kwargs)

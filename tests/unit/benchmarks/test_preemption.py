@@ -2,6 +2,7 @@
 trainer checkpoint at the end of its current step; the requeued job resumes to exactly the weights
 of an uninterrupted run, and evaluation rows come out complete, without duplicates, and only at
 scheduled checkpoints."""
+
 from __future__ import annotations
 
 import os
@@ -72,9 +73,20 @@ def stand_in():
 
 
 def tiny_config():
-    return load_config("smoke", ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=2",
-                                 "train.checkpoint_every=4", "train.iterations=8", "train.lr=1e-3",
-                                 "train.ema_decay=0.9", "train.device=cpu"])
+    return load_config(
+        "smoke",
+        [
+            "backbone=tiny/1",
+            "eval.enabled=false",
+            "train.batch_size=8",
+            "train.log_every=2",
+            "train.checkpoint_every=4",
+            "train.iterations=8",
+            "train.lr=1e-3",
+            "train.ema_decay=0.9",
+            "train.device=cpu",
+        ],
+    )
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
@@ -147,14 +159,15 @@ def _metric_keys(path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_preempted_submitit_job_requeues_to_uninterrupted_result(shared_cache, tmp_path,
-                                                                                        monkeypatch):
+def test_preempted_submitit_job_requeues_to_uninterrupted_result(shared_cache, tmp_path, monkeypatch):
     """The smoke benchmark's purr job through submitit's local executor: SIGUSR2 to the job's
     process after the first evaluation, submitit's real handler checkpoints and requeues
     (the local executor restarts the job), and the run ends as an uninterrupted one does."""
     monkeypatch.setenv("VQFLOW_CACHE", str(shared_cache))
-    cfg = load_config("smoke", ["train.iterations=60", "train.checkpoint_every=30", "eval.temperatures=[]",
-                                "launcher.kind=submitit-local"])
+    cfg = load_config(
+        "smoke",
+        ["train.iterations=60", "train.checkpoint_every=30", "eval.temperatures=[]", "launcher.kind=submitit-local"],
+    )
     run_job(cfg, "purr", 0, tmp_path / "reference", progress=False)
 
     run = tmp_path / "interrupted"
@@ -187,8 +200,9 @@ def test_preempted_submitit_job_requeues_to_uninterrupted_result(shared_cache, t
 
 
 def test_a_failing_job_is_reported_with_its_error(tmp_path):
-    cfg = load_config("smoke", ["launcher.kind=submitit-local", "data.dataset=shards",
-                                f"data.path={tmp_path / 'no-such-shards'}"])
+    cfg = load_config(
+        "smoke", ["launcher.kind=submitit-local", "data.dataset=shards", f"data.path={tmp_path / 'no-such-shards'}"]
+    )
     jobs = submit(cfg, ["cfm"], [0], tmp_path / "run")
     with pytest.raises(LaunchError, match=r"1 of 1 job\(s\) failed:\ncfm/seed0 \(job \d+\):(.|\n)*no-such-shards"):
         follow(jobs, 300, progress=False, poll_s=0.5)

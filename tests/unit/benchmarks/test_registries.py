@@ -1,6 +1,7 @@
 """The registries of data sets, tokenizers, feature extractors and metrics: every registered entry
 keeps its contract (parametrised over the registries as collected), an unknown name is a config
 error listing the registered ones, and no string switch on their names remains outside them."""
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,16 @@ ROOT = Path(__file__).resolve().parents[3]
 
 # ----------------------------------------------------------------------------- config validation
 
-@pytest.mark.parametrize("key, value, what, names", [
-    ("data.dataset", "nope", "data set", dataset_names),
-    ("tokenizer.kind", "nope", "tokenizer", tokenizer_names),
-    ("eval.feature_extractor", "nope", "feature extractor", feature_extractor_names),
-    ("eval.metrics", "[fid, nope]", "metric", metric_names),
-])
+
+@pytest.mark.parametrize(
+    "key, value, what, names",
+    [
+        ("data.dataset", "nope", "data set", dataset_names),
+        ("tokenizer.kind", "nope", "tokenizer", tokenizer_names),
+        ("eval.feature_extractor", "nope", "feature extractor", feature_extractor_names),
+        ("eval.metrics", "[fid, nope]", "metric", metric_names),
+    ],
+)
 def test_unknown_name_exits_2_at_load_listing_registered(capsys, tmp_path, key, value, what, names):
     message = f"{key}: unknown {what} 'nope'; registered: {', '.join(names())}"
     with pytest.raises(ConfigError) as err:
@@ -57,8 +62,12 @@ def test_registered_names_and_special_values_validate():
     assert metric_columns(["kid", "fid"]) == ["fid", "kid_mean", "kid_std"]  # registration order
 
 
-REGISTRY_FILES = ("benchmarks/data/datasets/", "benchmarks/data/tokenizers/", "benchmarks/evaluation/extractors/",
-                  "benchmarks/evaluation/metrics.py")
+REGISTRY_FILES = (
+    "benchmarks/data/datasets/",
+    "benchmarks/data/tokenizers/",
+    "benchmarks/evaluation/extractors/",
+    "benchmarks/evaluation/metrics.py",
+)
 
 
 def switches(path: Path) -> list[str]:
@@ -66,8 +75,10 @@ def switches(path: Path) -> list[str]:
     literal or an entry's name constant), or list three or more metric columns (``benchmarks``
     only: the reports choose which metrics their tables show)."""
     names = "|".join(re.escape(n) for n in [*dataset_names(), *tokenizer_names(), *feature_extractor_names()])
-    compare = re.compile(rf"(==|!=)\s*[\"']({names})[\"']|[\"']({names})[\"']\s*(==|!=)|\bin\s*\(\s*[\"']({names})[\"']"
-                         r"|(==|!=)\s*(mnist_cnn\.NAME|INCEPTION)\b")
+    compare = re.compile(
+        rf"(==|!=)\s*[\"']({names})[\"']|[\"']({names})[\"']\s*(==|!=)|\bin\s*\(\s*[\"']({names})[\"']"
+        r"|(==|!=)\s*(mnist_cnn\.NAME|INCEPTION)\b"
+    )
     column = re.compile(r"[\"'](" + "|".join(map(re.escape, metric_columns())) + r")[\"']")
     found = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -78,17 +89,23 @@ def switches(path: Path) -> list[str]:
 
 
 def test_no_string_switch_on_registered_names_outside_them():
-    found = [hit for path in sorted([*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "reports").rglob("*.py")])
-             if not str(path.relative_to(ROOT)).startswith(REGISTRY_FILES) for hit in switches(path)]
+    found = [
+        hit
+        for path in sorted([*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "reports").rglob("*.py")])
+        if not str(path.relative_to(ROOT)).startswith(REGISTRY_FILES)
+        for hit in switches(path)
+    ]
     assert not found, found
 
 
 def test_switch_finder_finds_the_removed_switches(tmp_path):
     planted = ROOT / "benchmarks" / "_planted_switch.py"
-    planted.write_text('if tokenizer_kind != "vqvae" and dataset == "mnist5k":\n    pass\n'
-                       'if kind != "vqvae" or name == INCEPTION:\n    pass\n'
-                       'KEYS = ("fid", "kid_mean", "kid_std", "precision")\n'
-                       'ok = cfg.data.dataset in ("mnist5k", "imagefolder", "shards")\n')
+    planted.write_text(
+        'if tokenizer_kind != "vqvae" and dataset == "mnist5k":\n    pass\n'
+        'if kind != "vqvae" or name == INCEPTION:\n    pass\n'
+        'KEYS = ("fid", "kid_mean", "kid_std", "precision")\n'
+        'ok = cfg.data.dataset in ("mnist5k", "imagefolder", "shards")\n'
+    )
     try:
         assert [hit.split(":")[1] for hit in switches(planted)] == ["1", "3", "5", "6"]
     finally:
@@ -97,12 +114,15 @@ def test_switch_finder_finds_the_removed_switches(tmp_path):
 
 # ----------------------------------------------------------------------------- data sets
 
+
 def make_image_folder(tmp_path: Path) -> DataConfig:
     rng = np.random.default_rng(0)
     for cls in ("cat", "dog"):
         (tmp_path / "images" / cls).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(tmp_path / "images" / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(
+                tmp_path / "images" / cls / f"{i}.png"
+            )
     return DataConfig(dataset="imagefolder", path=str(tmp_path / "images"), image_size=16)
 
 
@@ -196,6 +216,7 @@ def test_tokenizer_contract(name, tmp_path, isolated_cache):
 
 # ----------------------------------------------------------------------------- feature extractors
 
+
 def mnist_cnn_weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = mnist_cnn.MnistCNN()
@@ -226,6 +247,7 @@ def test_feature_extractor_contract(name, tmp_path):
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def metric_inputs(stats_only: bool = False) -> MetricInputs:
     """Random features in the layers of a 10-class extractor (mnist-cnn's names), 60 per side."""
     spec = ExtractorSpec(mnist_cnn.NAME, "", "0", class_layer="logits")
@@ -234,8 +256,9 @@ def metric_inputs(stats_only: bool = False) -> MetricInputs:
     real = {"penultimate": torch.rand(60, 16, generator=ref), "logits": torch.randn(60, 10, generator=ref)}
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    reference = fidelity.Reference("random", spec.id, fid_features_to_statistics(real["penultimate"]),
-                                   None if stats_only else real, num_images=60)
+    reference = fidelity.Reference(
+        "random", spec.id, fid_features_to_statistics(real["penultimate"]), None if stats_only else real, num_images=60
+    )
     return MetricInputs(generated, spec, reference, labels=np.arange(60) % 10, kid_subsets=5)
 
 
@@ -254,7 +277,15 @@ def test_metric_contract(name):
 def test_metric_columns_are_unique_and_each_metric_fills_its_own():
     columns = metric_columns()
     assert len(columns) == len(set(columns)) and columns[:8] == [
-        "fid", "kid_mean", "kid_std", "precision", "recall", "isc", "isc_std", "class_accuracy"]
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "isc",
+        "isc_std",
+        "class_accuracy",
+    ]
     assert list(evaluate(metric_inputs())) == columns
 
 

@@ -1,5 +1,6 @@
 """The example plugins of docs/extending.md (``examples/``), each registered and used
 through the real code path; their registrations are undone after each test."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,16 +24,29 @@ from benchmarks.evaluation import extractors, fidelity, metrics
 from benchmarks.launching.plan import latent_shape
 from benchmarks.launching.preflight import check_inputs
 
-EXAMPLES = {"dataset": "examples.digits_dataset", "tokenizer": "examples.patch_levels_tokenizer",
-            "extractor": "examples.random_cnn_extractor", "metric": "examples.density_coverage_metric"}
-FAST = ["train.iterations=20", "train.checkpoint_every=10", "train.log_every=5", "eval.temperatures=[]",
-        "eval.num_samples=20", "eval.batch_size=20", "eval.kid_subsets=2", "eval.grid_samples=4"]
+EXAMPLES = {
+    "dataset": "examples.digits_dataset",
+    "tokenizer": "examples.patch_levels_tokenizer",
+    "extractor": "examples.random_cnn_extractor",
+    "metric": "examples.density_coverage_metric",
+}
+FAST = [
+    "train.iterations=20",
+    "train.checkpoint_every=10",
+    "train.log_every=5",
+    "eval.temperatures=[]",
+    "eval.num_samples=20",
+    "eval.batch_size=20",
+    "eval.kid_subsets=2",
+    "eval.grid_samples=4",
+]
 
 
 @pytest.fixture
 def plugin(isolated_cache):
     """``plugin(kind)`` imports that example (afresh, so it registers); every registration made
     during the test is undone afterwards."""
+
     def forget():
         for name in EXAMPLES.values():
             sys.modules.pop(name, None)
@@ -87,7 +101,9 @@ def test_random_cnn_extractor(plugin, tmp_path, monkeypatch):
     assert extractor_for(cfg).id == spec.id  # the same seed gives the same weights file anywhere
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (80, 3, 32, 32), dtype=np.uint8))
     reference = fidelity.reference_from_images(images[:40], spec, "random", progress=False)
-    out = fidelity.compute_metrics(images[40:], reference, spec, labels=np.arange(40) % 10, progress=False, kid_subsets=2)
+    out = fidelity.compute_metrics(
+        images[40:], reference, spec, labels=np.arange(40) % 10, progress=False, kid_subsets=2
+    )
     assert math.isfinite(out["fid"]) and math.isnan(out["class_accuracy"])  # no class layer
 
 
@@ -102,17 +118,33 @@ def test_density_coverage_metric_adds_its_columns_to_a_row(plugin, toy_latents, 
     spec = extractors.get_feature_extractor("mnist-cnn").spec(weights=_mnist_cnn_weights(tmp_path))
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (60, 1, 32, 32), dtype=np.uint8))
     evaluator = Evaluator(cfg, toy_latents, tmp_path / "run", progress=False)
-    evaluator._extractor, evaluator._reference = spec, fidelity.reference_from_images(images, spec, "toy", progress=False)
+    evaluator._extractor, evaluator._reference = (
+        spec,
+        fidelity.reference_from_images(images, spec, "toy", progress=False),
+    )
     features = fidelity.extract_features(images[:30], spec, progress=False)
-    event = SimpleNamespace(method=SimpleNamespace(name="purr"), seed=0, step=10, images_seen=320, train_flops=1.0,
-                            train_wall_s=1.0, params=1)
-    evaluator.record(event, Cell(8, 1.0, 1.0, 30), [{"features": features, "grid": images[:4], "traces": [], "nfe": 8}], 0.0)
+    event = SimpleNamespace(
+        method=SimpleNamespace(name="purr"),
+        seed=0,
+        step=10,
+        images_seen=320,
+        train_flops=1.0,
+        train_wall_s=1.0,
+        params=1,
+    )
+    evaluator.record(
+        event, Cell(8, 1.0, 1.0, 30), [{"features": features, "grid": images[:4], "traces": [], "nfe": 8}], 0.0
+    )
     row = pd.read_csv(tmp_path / "run" / "metrics.csv").iloc[0]
     # the generated half are reference points: they cover at least themselves, each inside its own ball
     assert row["coverage"] >= 0.5 and row["density"] >= 1 / 5 and math.isfinite(row["fid"])
     assert math.isnan(row["kid_mean"])  # not in eval.metrics: an empty cell
-    same = fidelity.metrics_from_features(fidelity.extract_features(images, spec, progress=False), evaluator._reference,
-                                          spec, metrics=["density_coverage"])
+    same = fidelity.metrics_from_features(
+        fidelity.extract_features(images, spec, progress=False),
+        evaluator._reference,
+        spec,
+        metrics=["density_coverage"],
+    )
     assert same["coverage"] == 1.0  # every reference point is inside its own ball
 
 
@@ -131,8 +163,22 @@ def test_plugins_flag_brings_every_kind(plugin, capsys):
     out = capsys.readouterr().out
     for line in ["digits ", "patch-levels ", "random-cnn ", "density_coverage density, coverage"]:
         assert line in out, out
-    assert run_cli_module.main(["--plugins", modules, "--config", "smoke", "--dry-run", "--set", "data.dataset=digits",
-                                "tokenizer.kind=patch-levels", "eval.feature_extractor=random-cnn"]) == 0
+    assert (
+        run_cli_module.main(
+            [
+                "--plugins",
+                modules,
+                "--config",
+                "smoke",
+                "--dry-run",
+                "--set",
+                "data.dataset=digits",
+                "tokenizer.kind=patch-levels",
+                "eval.feature_extractor=random-cnn",
+            ]
+        )
+        == 0
+    )
     assert "tokenizer patch-levels (K=16, d=1); latent grid 8x8; 10 classes" in capsys.readouterr().out
     from benchmarks.launching.launch import plugin_modules
 
@@ -147,8 +193,9 @@ def test_a_job_with_every_example_plugin(plugin, tmp_path):
 
     for kind in EXAMPLES:
         plugin(kind)
-    cfg = load_config("smoke", [*FAST, "data.dataset=digits", "tokenizer.kind=patch-levels",
-                                "eval.feature_extractor=random-cnn"])
+    cfg = load_config(
+        "smoke", [*FAST, "data.dataset=digits", "tokenizer.kind=patch-levels", "eval.feature_extractor=random-cnn"]
+    )
     run_job(cfg, "purr", 0, tmp_path / "run", progress=False)
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert list(rows["step"]) == [10, 20] and rows[["fid", "density", "coverage", "isc_std"]].notna().all().all()

@@ -1,6 +1,7 @@
 """The run folder's one owner (``benchmarks.storage.run_dir``): no other module spells its names;
 its layout (that earlier folders keep); checkpoints, jobs and grids as listed and read back;
 the grid sidecar the evaluator writes; the rules for config changes."""
+
 from __future__ import annotations
 
 import ast
@@ -15,9 +16,22 @@ import pytest
 import torch
 from torchvision.utils import make_grid
 
-from benchmarks.storage.run_dir import (CHECKPOINT_PREFIX, FILE_NAMES, SEED_PREFIX, ConfigChangeRefused, GridLayout,
-                                        RunDir, SampleGrid, checkpoint_step, layout_version, new_folder_entry,
-                                        parse_job_key, read_sidecar, sidecar_path, write_sidecar)
+from benchmarks.storage.run_dir import (
+    CHECKPOINT_PREFIX,
+    FILE_NAMES,
+    SEED_PREFIX,
+    ConfigChangeRefused,
+    GridLayout,
+    RunDir,
+    SampleGrid,
+    checkpoint_step,
+    layout_version,
+    new_folder_entry,
+    parse_job_key,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SCANNED = ["backbones", "methods", "benchmarks", "reports"]
@@ -38,14 +52,21 @@ def string_constants(path: Path) -> list[tuple[int, str]]:
     docstrings: bare string statements (of the module, a class, a function or an attribute)."""
     tree = ast.parse(path.read_text())
     bare = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare]
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare
+    ]
 
 
 def spelled_names(paths: list[Path]) -> list[str]:
     patterns = forbidden_patterns()
-    return [f"{path}:{line}: {text!r}" for path in paths for line, text in string_constants(path)
-            if any(p.search(text) for p in patterns)]
+    return [
+        f"{path}:{line}: {text!r}"
+        for path in paths
+        for line, text in string_constants(path)
+        if any(p.search(text) for p in patterns)
+    ]
 
 
 def test_only_run_dir_spells_the_run_folder_names():
@@ -55,10 +76,12 @@ def test_only_run_dir_spells_the_run_folder_names():
 
 def test_the_name_check_finds_literals_and_spares_docstrings(tmp_path):
     module = tmp_path / "planted.py"
-    module.write_text('"""Reads metrics.csv."""\nX = 1\n"""The step_000000040.pt of a job."""\n'
-                      'def f(run, step, method, seed):\n    """job.lock"""\n'
-                      '    a = run / "metrics.csv"\n    b = f"step_{step:09d}.pt"\n    c = run.glob("*/seed*")\n'
-                      '    d = f"{method}/seed{seed}"\n    return {"step_s": 1, "seed": seed}\n')
+    module.write_text(
+        '"""Reads metrics.csv."""\nX = 1\n"""The step_000000040.pt of a job."""\n'
+        'def f(run, step, method, seed):\n    """job.lock"""\n'
+        '    a = run / "metrics.csv"\n    b = f"step_{step:09d}.pt"\n    c = run.glob("*/seed*")\n'
+        '    d = f"{method}/seed{seed}"\n    return {"step_s": 1, "seed": seed}\n'
+    )
     found = spelled_names([module])
     assert [line.split(":")[1] for line in found] == ["6", "7", "8", "9"], found
     assert spelled_names([OWNER]), "run_dir.py itself spells them (the check reads what it should)"
@@ -72,13 +95,22 @@ def test_layout_of_existing_folders(tmp_path):
     run = RunDir(tmp_path)
     job = run.job("purr", 3)
     grid = job.grid(40, "steps8_tau0.9_cfg1_n100")
-    expected = [(run.manifest, "manifest.json"), (run.metrics, "metrics.csv"), (run.traces, "traces.csv"),
-                (run.floor, "tokenizer_floor.json"), (run.submitit, "submitit"), (run.report_file, "report/report.md"),
-                (job.path, "purr/seed3"), (job.checkpoint(40), "purr/seed3/checkpoints/step_000000040.pt"),
-                (job.train_log, "purr/seed3/train_log.csv"), (job.events, "purr/seed3/job_events.jsonl"),
-                (job.lock, "purr/seed3/job.lock"), (job.tensorboard, "tensorboard/purr-seed3"),
-                (grid, "samples/purr/seed3/step000000040_steps8_tau0.9_cfg1_n100.png"),
-                (sidecar_path(grid), "samples/purr/seed3/step000000040_steps8_tau0.9_cfg1_n100.grid.json")]
+    expected = [
+        (run.manifest, "manifest.json"),
+        (run.metrics, "metrics.csv"),
+        (run.traces, "traces.csv"),
+        (run.floor, "tokenizer_floor.json"),
+        (run.submitit, "submitit"),
+        (run.report_file, "report/report.md"),
+        (job.path, "purr/seed3"),
+        (job.checkpoint(40), "purr/seed3/checkpoints/step_000000040.pt"),
+        (job.train_log, "purr/seed3/train_log.csv"),
+        (job.events, "purr/seed3/job_events.jsonl"),
+        (job.lock, "purr/seed3/job.lock"),
+        (job.tensorboard, "tensorboard/purr-seed3"),
+        (grid, "samples/purr/seed3/step000000040_steps8_tau0.9_cfg1_n100.png"),
+        (sidecar_path(grid), "samples/purr/seed3/step000000040_steps8_tau0.9_cfg1_n100.grid.json"),
+    ]
     assert [path.relative_to(tmp_path).as_posix() for path, _ in expected] == [name for _, name in expected]
     assert job.key == "purr/seed3" and parse_job_key(job.key) == ("purr", 3)
     assert parse_job_key("purr/seedx") is None and parse_job_key("seed0") is None
@@ -121,12 +153,16 @@ def test_layout_version_is_recorded_for_new_folders_only():
 # ----------------------------------------------------------------------------- sample grids
 
 
-@pytest.mark.parametrize("n,per_row,classes,full_rows,labels", [
-    (16, 10, 10, 1, list(range(10))),  # a full row and 6 images: the full row only
-    (5, 10, 10, 1, list(range(5))),  # not even one full row: all of it
-    (20, 10, 5, 2, list(range(5)) * 2),  # each column holds one class
-    (30, 10, 3, 3, None),  # 3 classes in 10 columns: a column's class changes from row to row
-    (64, 8, 1000, 8, None)])
+@pytest.mark.parametrize(
+    "n,per_row,classes,full_rows,labels",
+    [
+        (16, 10, 10, 1, list(range(10))),  # a full row and 6 images: the full row only
+        (5, 10, 10, 1, list(range(5))),  # not even one full row: all of it
+        (20, 10, 5, 2, list(range(5)) * 2),  # each column holds one class
+        (30, 10, 3, 3, None),  # 3 classes in 10 columns: a column's class changes from row to row
+        (64, 8, 1000, 8, None),
+    ],
+)
 def test_grid_layout_is_torchvisions_tiling(n, per_row, classes, full_rows, labels):
     layout = GridLayout.tiled([i % classes for i in range(n)], per_row, tile=4)
     image = make_grid(torch.zeros(n, 1, 4, 4), nrow=per_row, padding=layout.padding)
@@ -150,8 +186,9 @@ def test_evaluator_writes_a_sidecar_beside_each_grid(tmp_path, toy_latents):
     grid = read_sidecar(sidecar_path(path))
     assert (grid.path, grid.method, grid.seed, grid.step, grid.sampler) == (path, "purr", 1, 40, "euler")
     assert (grid.steps, grid.temperature, grid.cfg_scale, grid.n_samples) == (8, 0.9, 1.0, 100)
-    assert grid.layout == GridLayout(tile=32, padding=2, rows=3, columns=10, shown=24,
-                                     labels=tuple(i % 10 for i in range(24)))
+    assert grid.layout == GridLayout(
+        tile=32, padding=2, rows=3, columns=10, shown=24, labels=tuple(i % 10 for i in range(24))
+    )
     png = matplotlib.image.imread(path)
     assert png.shape[:2] == (3 * 34 + 2, 10 * 34 + 2)
     for i in (0, 13, 23):  # tile i holds sample i
@@ -197,8 +234,11 @@ def test_legacy_grids_read_names_and_pixel_sizes(tmp_path):
 
 
 def config(iterations: int = 20, schedule: str = "constant", temperatures=(0.8,), partition=None) -> dict:
-    return {"train": {"iterations": iterations, "lr_schedule": schedule},
-            "eval": {"temperatures": list(temperatures)}, "launcher": {"partition": partition}}
+    return {
+        "train": {"iterations": iterations, "lr_schedule": schedule},
+        "eval": {"temperatures": list(temperatures)},
+        "launcher": {"partition": partition},
+    }
 
 
 def folder(tmp_path, trained: dict[str, int], saved: dict | None = None) -> tuple[RunDir, dict]:
@@ -214,7 +254,8 @@ def test_config_changes_a_folder_accepts(tmp_path):
     assert run.accept_config({}, config(40)) == []  # no run there yet
     assert run.accept_config(manifest, config(partition="gpu")) == []  # where the jobs run
     assert run.accept_config(manifest, config(temperatures=(0.8, 1.2))) == [
-        f"eval.temperatures changes from [0.8] to [0.8, 1.2] in {tmp_path}"]
+        f"eval.temperatures changes from [0.8] to [0.8, 1.2] in {tmp_path}"
+    ]
     assert run.accept_config(manifest, config(40)) == [f"train.iterations changes from 20 to 40 in {tmp_path}"]
 
 
@@ -232,7 +273,8 @@ def test_config_changes_a_folder_refuses(tmp_path):
 def test_a_folder_without_results_takes_any_config(tmp_path):
     run, manifest = folder(tmp_path, {})
     assert run.accept_config(manifest, config(10, schedule="cosine")) == [
-        f"{tmp_path} holds no trained step yet; its config is replaced"]
+        f"{tmp_path} holds no trained step yet; its config is replaced"
+    ]
     run.metrics.write_text("method,seed,step\npurr,0,20\n")
     with pytest.raises(ConfigChangeRefused):
         run.accept_config(manifest, config(10))

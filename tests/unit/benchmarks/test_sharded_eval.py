@@ -1,5 +1,6 @@
 """Evaluation at scale: every rank samples its block of each cell, rank 0 scores the gathered
 features, and the results do not depend on the number of ranks; decoding in micro-batches."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ import torch.multiprocessing as mp
 from benchmarks.core.config import load_config
 from benchmarks.evaluation import evaluator
 from benchmarks.evaluation.sampling import decode_codes, sample_images, shard_range
-from benchmarks.core.distributed import DistEnv
 from benchmarks.launching.jobs import run_job
 
 METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "entropy"]
@@ -29,8 +29,14 @@ def _free_port() -> int:
 
 def _job_rank(rank: int, world: int, port: int, method: str, run_dir: str, cache: str) -> None:
     """One rank of a torchrun-style job running the real job function (train + evaluate)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), VQFLOW_CACHE=cache)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        VQFLOW_CACHE=cache,
+    )
     torch.set_num_threads(1)
     sampled = []
 
@@ -73,8 +79,11 @@ def test_two_gloo_ranks_write_the_metrics_of_one_process(method, shared_cache, t
         pd.testing.assert_series_equal(got[column], want[column], rtol=1e-3, atol=1e-4, check_exact=False)
     (eval0, sampled0), (eval1, sampled1) = [map(float, (two / f"rank{r}.txt").read_text().split()) for r in (0, 1)]
     assert sampled0 == sampled1 == 100  # half of each of the 2 cells of 100 samples
-    print(f"\n{method}: evaluation 1 process {summary['eval_s']:.2f} s; 2 ranks {eval0:.2f} / {eval1:.2f} s (rank 0 / 1); "
-          f"cells' eval_wall_s {want['eval_wall_s'].sum():.2f} s vs {got['eval_wall_s'].sum():.2f} s")
+    print(
+        f"\n{method}: evaluation 1 process {summary['eval_s']:.2f} s; "
+        f"2 ranks {eval0:.2f} / {eval1:.2f} s (rank 0 / 1); "
+        f"cells' eval_wall_s {want['eval_wall_s'].sum():.2f} s vs {got['eval_wall_s'].sum():.2f} s"
+    )
 
 
 def test_chunked_decoding_equals_one_shot_decoding():

@@ -1,4 +1,5 @@
 """The storage layer: files created with the umask's mode, the cache location, the file lock."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -51,12 +52,15 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"VQFLOW_CACHE": "{tmp}/explicit", "XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/explicit"),
-    ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/vqflow"),
-    ({"XDG_CACHE_HOME": "relative/ignored"}, "{home}/.cache/vqflow"),
-    ({}, "{home}/.cache/vqflow"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"VQFLOW_CACHE": "{tmp}/explicit", "XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/explicit"),
+        ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/vqflow"),
+        ({"XDG_CACHE_HOME": "relative/ignored"}, "{home}/.cache/vqflow"),
+        ({}, "{home}/.cache/vqflow"),
+    ],
+)
 def test_cache_location(tmp_path, monkeypatch, env, expected):
     monkeypatch.delenv("VQFLOW_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)

@@ -1,5 +1,6 @@
 """The matched-budget trainer: resume gives the same loss trace, checkpoints are complete and
 load without executing code, budgets are shared, labels are dropped at the configured rate."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -11,8 +12,16 @@ from benchmarks.training.trainer import Trainer, learning_rate
 
 
 def tiny_config(**train):
-    overrides = ["backbone=tiny/1", "eval.enabled=false", "train.batch_size=8", "train.log_every=1",
-                 "train.checkpoint_every=3", "train.iterations=6", "train.lr=1e-3", "train.ema_decay=0.9"]
+    overrides = [
+        "backbone=tiny/1",
+        "eval.enabled=false",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.checkpoint_every=3",
+        "train.iterations=6",
+        "train.lr=1e-3",
+        "train.ema_decay=0.9",
+    ]
     overrides += [f"train.{k}={v}" for k, v in train.items()]
     return load_config("smoke", overrides)
 
@@ -109,8 +118,15 @@ def test_prefetched_batches_equal_serial_ones_across_resume(toy_latents):
         codes, labels = shards.batch(idx)
         serial.append((codes, labels.masked_fill(dropped, null)))
         states.append(serial_gen.get_state())
-    prefetcher = BatchPrefetcher(shards, torch.Generator().manual_seed(7), batch_size=16, label_dropout=0.3,
-                                 null_label=null, device=torch.device("cpu"), depth=3)
+    prefetcher = BatchPrefetcher(
+        shards,
+        torch.Generator().manual_seed(7),
+        batch_size=16,
+        label_dropout=0.3,
+        null_label=null,
+        device=torch.device("cpu"),
+        depth=3,
+    )
     for (codes, labels), state in zip(serial, states):
         batch = prefetcher.next()
         assert batch.codes.dtype == torch.int64 and torch.equal(batch.codes, codes)
@@ -135,9 +151,11 @@ def test_ema_update_is_the_exponential_moving_average(toy_latents, tmp_path):
 
 def test_learning_rate_schedules_known_values():
     """Linear warmup to the peak, then constant, cosine or linear decay to 0 at the last step."""
+
     def lrs(schedule, warmup):
         train = tiny_config(iterations=10, warmup=warmup, lr_schedule=schedule).train
         return [learning_rate(train, step) for step in range(10)]
+
     assert lrs("constant", 0) == [1e-3] * 10
     assert lrs("constant", 4)[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
     assert lrs("linear", 4)[4:] == pytest.approx([1e-3 * (1 - k / 6) for k in range(6)])
@@ -156,8 +174,10 @@ def test_optimizer_steps_with_the_scheduled_learning_rate(toy_latents, tmp_path)
     assert used == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
-@pytest.mark.parametrize("override, message", [("train.lr_schedule=step", "train.lr_schedule must be one of"),
-                                               ("train.warmup=6", "train.warmup must be in")])
+@pytest.mark.parametrize(
+    "override, message",
+    [("train.lr_schedule=step", "train.lr_schedule must be one of"), ("train.warmup=6", "train.warmup must be in")],
+)
 def test_bad_schedule_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**dict([override.removeprefix("train.").split("=")]))

@@ -1,5 +1,6 @@
 """``benchmarks.training.utilisation``: the matmul-throughput probe and the live-tensor memory counter
 (fast unit tests; part of the default run)."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ import torch
 
 from benchmarks.training.utilisation import TensorMemory, measure_peak_flops, mfu, process_peak_flops
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def test_peak_flops_is_a_timed_matmul_rate():

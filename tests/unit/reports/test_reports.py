@@ -1,5 +1,6 @@
 """Reports from small constructed run folders (no training): files, the data behind each figure,
 speed-ups against known answers, bootstrap intervals, merging, z-loss labels, reproducibility."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,24 @@ import pandas as pd
 import pytest
 
 import reports
+from benchmarks.storage.run_dir import LAYOUT_KEY, LAYOUT_VERSION, GridLayout, SampleGrid, sidecar_path, write_sidecar
 from reports import figures as F
 from reports.__main__ import main as reports_main
 from reports.build import report_text
-from reports.tables import speedup_table
-from benchmarks.storage.run_dir import LAYOUT_KEY, LAYOUT_VERSION, GridLayout, SampleGrid, sidecar_path, write_sidecar
 from reports.curves import cheap_cells, convergence, sample_grids, sweeps
 from reports.load import CELL_KEY, TRACE_KEY, RunFolderError, load_runs
-from reports.speedup import (AT_LEAST, EXACT, NOT_REACHED, bootstrap_interval, first_reach, format_interval,
-                             format_speedup, speedup, value_at)
+from reports.speedup import (
+    AT_LEAST,
+    EXACT,
+    NOT_REACHED,
+    bootstrap_interval,
+    first_reach,
+    format_interval,
+    format_speedup,
+    speedup,
+    value_at,
+)
+from reports.tables import speedup_table
 
 STEPS = [10, 20, 30, 40]
 TEMPS = [0.8, 1.2]  # the sweep; purr's cheap cell adds 0.9, the others' 1.0
@@ -30,10 +40,21 @@ CLASSES, TILE, GRID_SAMPLES = 10, 4, 24  # sample grids: 10 columns of 4x4 image
 TAU_GAIN = {"purr": 1.1, "cfm": 0.5}  # an ``at: every`` cell at τ = 0.8 (``every_taus``) scales the cheap FID
 FLOPS_PER_STEP = {"purr": 3.0e9, "cfm": 2.0e9}
 SCALE = {"purr": 100.0, "cfm": 240.0}  # FID = scale / step * (1 + 0.1 * seed): power laws
-FLOOR = {"fid": 1.5, "kid_mean": 0.001, "kid_std": 0.0005, "precision": 0.9, "recall": 0.8, "isc": 2.0,
-         "class_accuracy": 0.97,
-         "psnr": 25.0, "n_samples": 100, "tokenizer": "vqvae", "feature_extractor": "mnist-cnn-abc",
-         "ref_stats": "mnist5k-123", "eval_wall_s": 1.0}
+FLOOR = {
+    "fid": 1.5,
+    "kid_mean": 0.001,
+    "kid_std": 0.0005,
+    "precision": 0.9,
+    "recall": 0.8,
+    "isc": 2.0,
+    "class_accuracy": 0.97,
+    "psnr": 25.0,
+    "n_samples": 100,
+    "tokenizer": "vqvae",
+    "feature_extractor": "mnist-cnn-abc",
+    "ref_stats": "mnist5k-123",
+    "eval_wall_s": 1.0,
+}
 
 
 def fid_of(method: str, seed: int, step: int, tau: float | None = None) -> float:
@@ -48,17 +69,30 @@ def class_accuracy_of(method: str, seed: int, step: int) -> float:
 def config(seed: int, z_loss: float = 1e-5, methods=("purr", "cfm"), lr: float = 1e-3, every_taus=()) -> dict:
     options = {"purr": {"z_loss": z_loss}, "cfm": {}}
     cell = {"steps": 8, "temperature": None, "cfg_scale": 1.0, "at": "every", "num_samples": None}
-    return {"name": "test", "description": "constructed", "backbone": "tiny/1",
-            "methods": {m: options[m] for m in methods},
-            "data": {"dataset": "mnist5k", "path": None, "image_size": TILE, "reference": None},
-            "tokenizer": {"kind": "vqvae", "ckpt": None, "vqvae": {"codebook_size": K}},
-            "train": {"iterations": 40, "batch_size": 32, "lr": lr, "seed": seed, "checkpoint_every": 10,
-                      "log_every": 5},
-            "eval": {"num_samples": 100, "cells": [cell, *({**cell, "temperature": t} for t in every_taus),
-                                                   *({**cell, "steps": n, "at": "last"} for n in SAMPLER_STEPS)],
-                     "temperatures": TEMPS, "sweep_steps": 8, "sweep_at": None, "sweep_samples": None,
-                     "method_temperature": {"purr": 0.9}, "grid_samples": GRID_SAMPLES},
-            "launcher": {"kind": "local"}}
+    return {
+        "name": "test",
+        "description": "constructed",
+        "backbone": "tiny/1",
+        "methods": {m: options[m] for m in methods},
+        "data": {"dataset": "mnist5k", "path": None, "image_size": TILE, "reference": None},
+        "tokenizer": {"kind": "vqvae", "ckpt": None, "vqvae": {"codebook_size": K}},
+        "train": {"iterations": 40, "batch_size": 32, "lr": lr, "seed": seed, "checkpoint_every": 10, "log_every": 5},
+        "eval": {
+            "num_samples": 100,
+            "cells": [
+                cell,
+                *({**cell, "temperature": t} for t in every_taus),
+                *({**cell, "steps": n, "at": "last"} for n in SAMPLER_STEPS),
+            ],
+            "temperatures": TEMPS,
+            "sweep_steps": 8,
+            "sweep_at": None,
+            "sweep_samples": None,
+            "method_temperature": {"purr": 0.9},
+            "grid_samples": GRID_SAMPLES,
+        },
+        "launcher": {"kind": "local"},
+    }
 
 
 def grid_png(path, value: float, corner: float) -> None:
@@ -69,24 +103,56 @@ def grid_png(path, value: float, corner: float) -> None:
     image = np.ones((rows * step + 2, CLASSES * step + 2))
     for i in range(GRID_SAMPLES):
         r, c = divmod(i, CLASSES)
-        image[2 + r * step:2 + r * step + TILE, 2 + c * step:2 + c * step + TILE] = value + i / 1000
+        image[2 + r * step : 2 + r * step + TILE, 2 + c * step : 2 + c * step + TILE] = value + i / 1000
     image[2, 2] = corner
     matplotlib.image.imsave(path, image, cmap="gray", vmin=0, vmax=1)
 
 
 def metric_row(method, seed, step, tau, fid, run="run") -> dict:
-    return {"run": run, "method": method, "seed": seed, "step": step, "images_seen": step * 32,
-            "train_flops": step * FLOPS_PER_STEP[method], "train_wall_s": step * 0.5 * (1 + seed),
-            "backbone": "tiny/1", "params": 1000 if method == "purr" else 900, "tokenizer": "vqvae",
-            "sampler": "euler", "steps": 8, "nfe": 8, "temperature": tau, "cfg_scale": 1.0, "n_samples": 100,
-            "feature_extractor": "mnist-cnn-abc", "ref_stats": "mnist5k-123", "fid": fid, "kid_mean": 0.01,
-            "kid_std": 0.001, "precision": 0.5, "recall": 0.5, "isc": 2.0,
-            "class_accuracy": class_accuracy_of(method, seed, step), "entropy": float("nan"),
-            "eval_wall_s": 1.0, "git_commit": "abc"}
+    return {
+        "run": run,
+        "method": method,
+        "seed": seed,
+        "step": step,
+        "images_seen": step * 32,
+        "train_flops": step * FLOPS_PER_STEP[method],
+        "train_wall_s": step * 0.5 * (1 + seed),
+        "backbone": "tiny/1",
+        "params": 1000 if method == "purr" else 900,
+        "tokenizer": "vqvae",
+        "sampler": "euler",
+        "steps": 8,
+        "nfe": 8,
+        "temperature": tau,
+        "cfg_scale": 1.0,
+        "n_samples": 100,
+        "feature_extractor": "mnist-cnn-abc",
+        "ref_stats": "mnist5k-123",
+        "fid": fid,
+        "kid_mean": 0.01,
+        "kid_std": 0.001,
+        "precision": 0.5,
+        "recall": 0.5,
+        "isc": 2.0,
+        "class_accuracy": class_accuracy_of(method, seed, step),
+        "entropy": float("nan"),
+        "eval_wall_s": 1.0,
+        "git_commit": "abc",
+    }
 
 
-def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5, fid=fid_of, floor=FLOOR, lr=1e-3,
-             every_taus=(), sidecars=False):
+def make_run(
+    root,
+    name="run",
+    seeds=(0,),
+    methods=("purr", "cfm"),
+    z_loss=1e-5,
+    fid=fid_of,
+    floor=FLOOR,
+    lr=1e-3,
+    every_taus=(),
+    sidecars=False,
+):
     """A run folder as benchmarks.run writes it: cheap cell at every step (and at ``every_taus``,
     FID scaled by TAU_GAIN), sweep and 4/16 sampler steps at the last step, traces for purr, train
     logs, PNG grids of the sweep. ``sidecars``: of the current layout (grids with sidecars), else
@@ -99,8 +165,11 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
         for seed in seeds:
             for step in STEPS:
                 rows.append(metric_row(method, seed, step, cheap, fid(method, seed, step), name))
-                rows += [metric_row(method, seed, step, tau, fid(method, seed, step) * TAU_GAIN[method], name)
-                         for tau in every_taus if tau != cheap]
+                rows += [
+                    metric_row(method, seed, step, tau, fid(method, seed, step) * TAU_GAIN[method], name)
+                    for tau in every_taus
+                    if tau != cheap
+                ]
             for tau in TEMPS:
                 if tau not in every_taus:
                     rows.append(metric_row(method, seed, STEPS[-1], tau, fid(method, seed, STEPS[-1], tau), name))
@@ -112,9 +181,18 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
             if method == "purr":
                 for tau in [0.8, 0.9, 1.2]:
                     for t in np.arange(8) / 8:
-                        traces.append({"method": method, "seed": seed, "step": STEPS[-1], "steps": 8,
-                                       "temperature": tau, "cfg_scale": 1.0, "t": t,
-                                       "entropy": math.log(K) * (1 - t) * tau * (1 + 0.1 * seed)})
+                        traces.append(
+                            {
+                                "method": method,
+                                "seed": seed,
+                                "step": STEPS[-1],
+                                "steps": 8,
+                                "temperature": tau,
+                                "cfg_scale": 1.0,
+                                "t": t,
+                                "entropy": math.log(K) * (1 - t) * tau * (1 + 0.1 * seed),
+                            }
+                        )
             log = pd.DataFrame({"step": np.arange(5, 45, 5), "images_seen": np.arange(5, 45, 5) * 32})
             log["loss"] = 1.0 / log["step"] + 0.01 * seed
             if method == "purr":
@@ -136,12 +214,27 @@ def make_run(root, name="run", seeds=(0,), methods=("purr", "cfm"), z_loss=1e-5,
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
     if traces:
         pd.DataFrame(traces).to_csv(run / "traces.csv", index=False)
-    jobs = {f"{m}/seed{s}": {"method": m, "seed": s, "step": 40, "params": 1000 if m == "purr" else 900,
-                             "flops_per_step": FLOPS_PER_STEP[m], "train_wall_s": 20.0} for m in methods for s in seeds}
-    manifest = {"config": config(seeds[0], z_loss, methods, lr, every_taus), "methods": list(methods),
-                "seeds": list(seeds), "jobs": jobs, "git_commit": "abc",
-                "latents": {"codebook_size": K, "tokenizer": "vqvae", "num_classes": CLASSES},
-                **({LAYOUT_KEY: LAYOUT_VERSION} if sidecars else {})}
+    jobs = {
+        f"{m}/seed{s}": {
+            "method": m,
+            "seed": s,
+            "step": 40,
+            "params": 1000 if m == "purr" else 900,
+            "flops_per_step": FLOPS_PER_STEP[m],
+            "train_wall_s": 20.0,
+        }
+        for m in methods
+        for s in seeds
+    }
+    manifest = {
+        "config": config(seeds[0], z_loss, methods, lr, every_taus),
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "jobs": jobs,
+        "git_commit": "abc",
+        "latents": {"codebook_size": K, "tokenizer": "vqvae", "num_classes": CLASSES},
+        **({LAYOUT_KEY: LAYOUT_VERSION} if sidecars else {}),
+    }
     (run / "manifest.json").write_text(json.dumps(manifest))
     if floor is not None:
         (run / "tokenizer_floor.json").write_text(json.dumps(floor))
@@ -183,8 +276,11 @@ def built(tmp_path_factory):
 
 
 def lines_by_label(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {line.get_label(): (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
-            for line in ax.get_lines() if not line.get_label().startswith("_")}
+    return {
+        line.get_label(): (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
 
 
 def mean_over_seeds(method, steps, tau=None):
@@ -193,8 +289,18 @@ def mean_over_seeds(method, steps, tau=None):
 
 # ----------------------------------------------------------------------------- end to end
 
-FIGURES = ["fid_vs_iterations", "fid_vs_flops", "fid_vs_wall_clock", "fid_vs_steps", "class_accuracy_vs_iterations",
-           "fid_vs_temperature", "samples_purr", "samples_cfm", "train_loss", "entropy_vs_t"]
+FIGURES = [
+    "fid_vs_iterations",
+    "fid_vs_flops",
+    "fid_vs_wall_clock",
+    "fid_vs_steps",
+    "class_accuracy_vs_iterations",
+    "fid_vs_temperature",
+    "samples_purr",
+    "samples_cfm",
+    "train_loss",
+    "entropy_vs_t",
+]
 
 
 def test_build_report_writes_every_figure_and_table(built):
@@ -219,13 +325,19 @@ def test_build_report_writes_every_figure_and_table(built):
     assert "| 1.50 |" in floor_section
     other = text.split("### Other evaluations")[1].split("##")[0]  # the CFG cell, in neither curve nor sweep
     halves = [fid_of("purr", s, 40) / 2 for s in (0, 1)]
-    assert f"| tiny/1 | purr | 40 | 0.9 | 16 | 1.5 | 100 | 2 | {np.mean(halves):.2f} ± {np.std(halves, ddof=1):.2f} |" in other
+    assert (
+        f"| tiny/1 | purr | 40 | 0.9 | 16 | 1.5 | 100 | 2 | {np.mean(halves):.2f} ± {np.std(halves, ddof=1):.2f} |"
+        in other
+    )
 
 
 def test_convergence_figures_plot_the_seed_means(built):
     _, out, figs = built
-    for x, name in (("step", "fid_vs_iterations"), ("train_flops", "fid_vs_flops"),
-                    ("train_wall_s", "fid_vs_wall_clock")):
+    for x, name in (
+        ("step", "fid_vs_iterations"),
+        ("train_flops", "fid_vs_flops"),
+        ("train_wall_s", "fid_vs_wall_clock"),
+    ):
         lines = lines_by_label(figs[name].axes[0])
         tidy = pd.read_csv(out / "figures" / f"{name}.csv")
         for method in ("purr", "cfm"):
@@ -233,13 +345,17 @@ def test_convergence_figures_plot_the_seed_means(built):
             assert ("τ=0.9" in label) == (method == "purr")  # purr's cheap cell, not the sweep
             xs, ys = lines[label]
             np.testing.assert_allclose(ys, mean_over_seeds(method, STEPS))
-            per_step = {"step": STEPS, "train_flops": [s * FLOPS_PER_STEP[method] for s in STEPS],
-                        "train_wall_s": [s * 0.5 * 1.5 for s in STEPS]}[x]  # mean of 0.5 s and 1.0 s per step
+            per_step = {
+                "step": STEPS,
+                "train_flops": [s * FLOPS_PER_STEP[method] for s in STEPS],
+                "train_wall_s": [s * 0.5 * 1.5 for s in STEPS],
+            }[x]  # mean of 0.5 s and 1.0 s per step
             np.testing.assert_allclose(xs, per_step)
             sub = tidy[tidy["variant"] == method]
             np.testing.assert_allclose(sub["mean"], ys)
-            np.testing.assert_allclose(sub["std"], [np.std([fid_of(method, s, st) for s in (0, 1)], ddof=1)
-                                                    for st in STEPS])
+            np.testing.assert_allclose(
+                sub["std"], [np.std([fid_of(method, s, st) for s in (0, 1)], ddof=1) for st in STEPS]
+            )
         floor = [y for k, (_, y) in lines.items() if k.startswith("tokenizer")]
         assert floor and floor[0][0] == FLOOR["fid"]
 
@@ -294,7 +410,7 @@ def test_sample_grid_figure_composes_pngs_low_to_high(built):
     for ax, tau in zip(fig.axes, taus):
         shown = ax.get_images()[0].get_array()
         on_disk = matplotlib.image.imread(run / "samples/purr/seed0" / f"step000000040_steps8_tau{tau:g}_cfg1_n100.png")
-        np.testing.assert_array_equal(np.asarray(shown), on_disk[:2 + full_rows * (TILE + 2)])
+        np.testing.assert_array_equal(np.asarray(shown), on_disk[: 2 + full_rows * (TILE + 2)])
         assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in range(CLASSES)]
         np.testing.assert_allclose(ax.get_xticks(), 2 + np.arange(CLASSES) * (TILE + 2) + (TILE - 1) / 2)
         assert ax.get_xlabel() == "class"
@@ -329,8 +445,10 @@ def test_sidecars_give_what_a_grid_shows_and_its_layout(tmp_path, captured):
     sidecar_path(grid).write_text(json.dumps({**record, "image": "renamed.png"}))
     grids = sample_grids(load_runs([run]), "tiny/1", "purr", 40, 8, 1.0, 100)
     assert list(grids["temperature"]) == [0.8, 0.9, 1.2] and grids["path"][2].name == "renamed.png"
-    assert all(layout == GridLayout.tiled([i % CLASSES for i in range(GRID_SAMPLES)], CLASSES, TILE)
-               for layout in grids["layout"])
+    assert all(
+        layout == GridLayout.tiled([i % CLASSES for i in range(GRID_SAMPLES)], CLASSES, TILE)
+        for layout in grids["layout"]
+    )
     F.plot_samples(grids, "t", tmp_path, "sidecars")
     for ax in captured["sidecars"].axes:
         assert ax.get_images()[0].get_array().shape[0] == 2 + GRID_SAMPLES // CLASSES * (TILE + 2)
@@ -473,10 +591,15 @@ def test_bootstrap_matches_scipy_percentile_interval():
     base = 300.0 / steps * rng.uniform(0.7, 1.3, size=(6, 1))
     lo, hi = bootstrap_interval(steps, purr, steps, base)
     assert lo.kind == hi.kind == EXACT
-    theirs = stats.bootstrap((np.arange(6), np.arange(6)),
-                             lambda p, b: speedup(steps, purr[p.astype(int)], steps, base[b.astype(int)]).ratio,
-                             paired=False, vectorized=False, method="percentile", n_resamples=2000,
-                             rng=np.random.default_rng(0)).confidence_interval
+    theirs = stats.bootstrap(
+        (np.arange(6), np.arange(6)),
+        lambda p, b: speedup(steps, purr[p.astype(int)], steps, base[b.astype(int)]).ratio,
+        paired=False,
+        vectorized=False,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     assert lo.ratio == pytest.approx(theirs.low, rel=0.03) and hi.ratio == pytest.approx(theirs.high, rel=0.03)
 
 
@@ -496,8 +619,10 @@ def test_merging_two_seed_folders_gives_the_union(tmp_path):
     assert len(merged.train_logs) == sum(len(r.train_logs) for r in single)
     assert len(merged.floors) == 1 and merged.floors["runs"].iloc[0] == "a, b"  # identical floor taken once
     both = make_run(tmp_path, "both", seeds=(0, 1))
-    pd.testing.assert_frame_equal(convergence(merged).drop(columns=["run", "source"]),
-                                  convergence(load_runs([both])).drop(columns=["run", "source"]))
+    pd.testing.assert_frame_equal(
+        convergence(merged).drop(columns=["run", "source"]),
+        convergence(load_runs([both])).drop(columns=["run", "source"]),
+    )
 
 
 def markdown_of(run_dirs) -> str:
@@ -551,13 +676,19 @@ def test_different_recipes_are_compared_only_within_recipe(tmp_path):
     zoff = make_run(tmp_path, "zoff", methods=("purr",), z_loss=0.0, lr=1e-3)
     results = load_runs([fast, slow, zoff])
     assert set(results.variants["variant"]) == {
-        "purr (z_loss=1e-05, train.lr=0.001)", "purr (z_loss=1e-05, train.lr=0.0001)", "purr (z_loss=0, train.lr=0.001)",
-        "cfm (train.lr=0.001)", "cfm (train.lr=0.0001)"}
+        "purr (z_loss=1e-05, train.lr=0.001)",
+        "purr (z_loss=1e-05, train.lr=0.0001)",
+        "purr (z_loss=0, train.lr=0.001)",
+        "cfm (train.lr=0.001)",
+        "cfm (train.lr=0.0001)",
+    }
     table = speedup_table(convergence(results), results.variants)
     pairs = set(zip(table["Purrception"], table["baseline"]))
-    assert pairs == {("purr (z_loss=1e-05, train.lr=0.001)", "cfm (train.lr=0.001)"),
-                     ("purr (z_loss=0, train.lr=0.001)", "cfm (train.lr=0.001)"),
-                     ("purr (z_loss=1e-05, train.lr=0.0001)", "cfm (train.lr=0.0001)")}
+    assert pairs == {
+        ("purr (z_loss=1e-05, train.lr=0.001)", "cfm (train.lr=0.001)"),
+        ("purr (z_loss=0, train.lr=0.001)", "cfm (train.lr=0.001)"),
+        ("purr (z_loss=1e-05, train.lr=0.0001)", "cfm (train.lr=0.0001)"),
+    }
     assert set(table.loc[table["budget"] == "all", "speed-up (iters)"]) == {"2.40x"}  # both recipes scale alike
     text = markdown_of([fast, slow, zoff])
     assert "| tiny/1 | purr (z_loss=0, train.lr=0.001) | zoff | z_loss=0, train.lr=0.001 |" in text
@@ -570,7 +701,12 @@ def test_long_recipes_get_short_names(tmp_path):
     manifest["config"]["tokenizer"]["vqvae"].update(codebook_size=64, code_dim=8, channels=32)
     (b / "manifest.json").write_text(json.dumps(manifest))
     results = load_runs([a, b])
-    assert set(results.variants["variant"]) == {"purr (recipe 1)", "purr (recipe 2)", "cfm (recipe 1)", "cfm (recipe 2)"}
+    assert set(results.variants["variant"]) == {
+        "purr (recipe 1)",
+        "purr (recipe 2)",
+        "cfm (recipe 1)",
+        "cfm (recipe 2)",
+    }
     row = results.variants.set_index("variant").loc["cfm (recipe 2)"]
     assert row["recipe"] == "tokenizer.vqvae.channels=32, tokenizer.vqvae.code_dim=8, tokenizer.vqvae.codebook_size=64"
     assert row["runs"] == "b"
@@ -610,7 +746,11 @@ def test_cheap_cell_is_the_configured_every_cell(run_dir):
     assert cells.loc["purr", "temperature"] == 0.9 and cells.loc["cfm", "temperature"] == 1.0
     assert (cells["points"] == 2 * len(STEPS)).all()
     rows = sweeps(load_runs([run_dir]))
-    assert set(rows["sweep_step"]) == {40} and set(rows.loc[rows["variant"] == "purr", "temperature"]) == {0.8, 0.9, 1.2}
+    assert set(rows["sweep_step"]) == {40} and set(rows.loc[rows["variant"] == "purr", "temperature"]) == {
+        0.8,
+        0.9,
+        1.2,
+    }
 
 
 def test_row_keys_match_benchmarks_results():
@@ -620,12 +760,14 @@ def test_row_keys_match_benchmarks_results():
     assert TRACE_KEY == results.TRACE_KEY
 
 
-@pytest.mark.parametrize("name,runs", [("default", ["default"]), ("zloss", ["default", "zloss-off"]),
-                                       ("convergence", ["convergence"])])
+@pytest.mark.parametrize(
+    "name,runs", [("default", ["default"]), ("zloss", ["default", "zloss-off"]), ("convergence", ["convergence"])]
+)
 def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, runs):
     """``python -m reports results/... --out reports/<name>`` on the committed reference results
     rebuilds the committed report: report.md and every figure's data CSV byte for byte."""
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[3]
     reports_main([*(str(root / "results" / r) for r in runs), "--out", str(tmp_path)])
     committed = root / "reports" / name
