@@ -38,7 +38,10 @@ from methods.sampling import (  # noqa: F401  (re-exported: used by methods and 
     SampleContext,
     SampleNoise,
     SampleOutput,
+    Sampler,
+    build_sampler,
     get_sampler,
+    parse_sampler_spec,
     passes_per_step,
     sample_noise,
     sampler_names,
@@ -104,8 +107,9 @@ class Method(nn.Module, ABC):
 
     samplers: ClassVar[tuple[str, ...]] = ("euler",)
     """Names of the samplers this method supports. Every method has an Euler step; one that also
-    provides the hooks of another sampler (e.g. a Gaussian path's ``predict`` for a second-order
-    solver) adds that sampler's name."""
+    provides the hooks of another sampler (e.g. a Gaussian path's ``predict`` for ``heun``,
+    ``midpoint`` and ``dopri5``; the masked DFM's ``jump_posterior`` for ``maskgit``) adds that
+    sampler's name."""
 
     @classmethod
     def supported_samplers(cls) -> list[str]:
@@ -115,17 +119,22 @@ class Method(nn.Module, ABC):
     @torch.no_grad()
     def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
                temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | SampleNoise | None = None, sampler: str = "euler") -> SampleOutput:
-        """B = ``len(labels)`` code grids (B, h, w) from ``sampler`` in ``steps`` steps (NFE and trace
-        in the ``SampleOutput``). Every random number comes from ``sample_noise(generator, B, device)``,
-        drawn for all B samples at once (so each sample consumes the same sequence of draws)."""
+               generator: torch.Generator | SampleNoise | None = None, sampler: str | Sampler = "euler"
+               ) -> SampleOutput:
+        """B = ``len(labels)`` code grids (B, h, w) from ``sampler`` in ``steps`` steps (NFE, trace and
+        the sampler's label in the ``SampleOutput``). ``sampler`` is a registered name, a spec with
+        parameters (``"dopri5:rtol=1e-4,atol=1e-4"``, see ``methods.sampling.build_sampler``) or a
+        ``Sampler``. Every random number comes from ``sample_noise(generator, B, device)``, drawn
+        for all B samples at once (so each sample consumes the same sequence of draws)."""
+        name = sampler.name if isinstance(sampler, Sampler) else parse_sampler_spec(sampler)[0]
         choices = self.supported_samplers()
-        if sampler not in choices:
-            raise ValueError(f"method {self.name!r} has no sampler {sampler!r}; its samplers: {', '.join(choices)}")
+        if name not in choices:
+            raise ValueError(f"method {self.name!r} has no sampler {name!r}; its samplers: {', '.join(choices)}")
+        runner = build_sampler(sampler)
         check_temperature(temperature, self.name)
         noise = sample_noise(generator, labels.shape[0], labels.device)
-        return get_sampler(sampler)().run(self, model, labels, grid, steps=steps, temperature=temperature,
-                                          cfg_scale=cfg_scale, noise=noise)
+        return runner.run(self, model, labels, grid, steps=steps, temperature=temperature, cfg_scale=cfg_scale,
+                          noise=noise)
 
     @abstractmethod
     def initial_state(self, ctx: SampleContext) -> Any:

@@ -33,8 +33,9 @@ inputs), and dW is the float32 sum of the chunks' (bf16) products.
 
 Sampling (``fused_readout``, reference ``dense_readout``): per position pi = softmax(l[:K] / tau)
 over the first K logits (``num_codes``; the masked DFM's extra mask logit is never a target of a
-jump), its entropy H = -sum pi log pi, optionally the posterior mean pi @ C, the argmax of l and a
-draw from pi. Classifier-free guidance mixes logits l = l_null + w (l_y - l_null); since the head
+jump), its entropy H = -sum pi log pi, optionally the posterior mean pi @ C, the argmax of l, a
+draw from pi and that draw's untempered log-probability log softmax(l[:K])(draw) (MaskGIT's
+confidence). Classifier-free guidance mixes logits l = l_null + w (l_y - l_null); since the head
 is affine, W (h_null + w (h_y - h_null)) + b = l_null + w (l_y - l_null) (the bias terms
 (1 - w) b + w b = b), so ``head_readout`` mixes the features and runs the head once.
 
@@ -209,20 +210,22 @@ class Readout:
     """Per-position statistics of pi = softmax(l[:K] / tau).
 
     entropy: (B, h, w) H(pi); mean: (B, d, h, w) posterior mean pi @ C (if a codebook was given);
-    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if uniforms were given).
+    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if uniforms were given);
+    draw_logprob: (B, h, w) log softmax(l[:K])(draw), at temperature 1 whatever tau (if asked).
     """
 
     entropy: Tensor
     mean: Tensor | None = None
     argmax: Tensor | None = None
     draw: Tensor | None = None
+    draw_logprob: Tensor | None = None
 
 
 def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: Tensor | None,
-                 argmax: bool, uniforms: Tensor | None) -> dict[str, Tensor]:
+                 argmax: bool, uniforms: Tensor | None, draw_logprob: bool = False) -> dict[str, Tensor]:
     """The read-out of positions given as rows of logits (M, V): ``entropy`` (M,), ``mean``
-    (M, d), ``argmax`` (M,), ``draw`` (M,) (the last three when asked; the draw uses
-    ``uniforms`` (M,) ~ U[0, 1), one per row)."""
+    (M, d), ``argmax`` (M,), ``draw`` (M,), ``draw_logprob`` (M,) (the last four when asked; the
+    draw uses ``uniforms`` (M,) ~ U[0, 1), one per row; its log-probability is untempered)."""
     logits = logits[:, :num_codes]
     log_pi = torch.log_softmax(logits / temperature, dim=-1)
     pi = log_pi.exp()
@@ -233,6 +236,11 @@ def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: T
         out["argmax"] = logits.argmax(-1)
     if uniforms is not None:
         out["draw"] = inverse_cdf_draw(pi, uniforms)
+    if draw_logprob:
+        if uniforms is None:
+            raise ValueError("draw_logprob needs uniforms: it is the log-probability of the draw")
+        log_p = log_pi if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        out["draw_logprob"] = log_p.gather(-1, out["draw"].unsqueeze(-1)).squeeze(-1)
     return out
 
 
@@ -247,13 +255,13 @@ def inverse_cdf_draw(pi: Tensor, uniforms: Tensor) -> Tensor:
 
 
 def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                  argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
+                  argmax: bool = False, uniforms: Tensor | None = None, draw_logprob: bool = False) -> Readout:
     """The reference read-out from full logits (B, V, h, w); a draw per position if ``uniforms``
-    (B, h, w) ~ U[0, 1) are given."""
+    (B, h, w) ~ U[0, 1) are given (and its untempered log-probability with ``draw_logprob``)."""
     b, v, h, w = logits.shape
     flat = logits.to(statistics_dtype(logits.dtype)).permute(0, 2, 3, 1).reshape(-1, v)  # positions (b, i, j)
     rows = readout_rows(flat, temperature, num_codes, codebook, argmax,
-                        None if uniforms is None else uniforms.reshape(-1))
+                        None if uniforms is None else uniforms.reshape(-1), draw_logprob)
     grids = {k: x.view(b, h, w, *x.shape[1:]) for k, x in rows.items()}
     if "mean" in grids:
         grids["mean"] = grids["mean"].permute(0, 3, 1, 2)
@@ -263,7 +271,8 @@ def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codeboo
 @torch.no_grad()
 def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, int], *, temperature: float,
                   num_codes: int, codebook: Tensor | None = None, argmax: bool = False,
-                  uniforms: Tensor | None = None, chunk_tokens: int | None = None) -> Readout:
+                  uniforms: Tensor | None = None, draw_logprob: bool = False,
+                  chunk_tokens: int | None = None) -> Readout:
     """``dense_readout(unpatchify(head(hidden)), ...)`` chunked over tokens; hidden (B, T, D).
     The same uniforms (B, h, w) give the same draws as the dense read-out."""
     b, tokens, dim = hidden.shape
@@ -279,7 +288,8 @@ def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, 
         bias = None if head.bias is None else head.bias.to(dtype)
         parts = [readout_rows(chunk_logits(h[s:s + chunk], w, bias, per_token, stat).view(-1, vocab), temperature,
                               num_codes, codebook, argmax,
-                              None if rows_u is None else rows_u[s * per_token:(s + chunk) * per_token])
+                              None if rows_u is None else rows_u[s * per_token:(s + chunk) * per_token],
+                              draw_logprob)
                  for s in range(0, b * tokens, chunk)]
     grids = {}
     for key in parts[0]:
@@ -349,11 +359,11 @@ def head_loss(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, targets: Te
 
 def head_readout(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, *, grid: tuple[int, int],
                  cfg_scale: float, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                 argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
+                 argmax: bool = False, uniforms: Tensor | None = None, draw_logprob: bool = False) -> Readout:
     """The posterior read-out of one (CFG-guided) network evaluation: fused (CFG on the features)
     when the model supports it, else ``dense_readout`` of ``guided(model, ...)``."""
     options = dict(temperature=temperature, num_codes=num_codes, codebook=codebook, argmax=argmax,
-                   uniforms=uniforms)
+                   uniforms=uniforms, draw_logprob=draw_logprob)
     inner = fused_head_model(model)
     if inner is None:
         return dense_readout(guided(model, x, t, labels, cfg_scale), **options)

@@ -2,8 +2,10 @@
 (a new sampler is tested the moment it is registered), and the example sampler plugin.
 
 Each (sampler, method) pair runs on the tiny DiT of ``test_contract``: in-range code grids, an NFE
-equal to the network passes actually made, one trace entry per step at the sampler's grid times,
-and per-sample seeds that make a sample independent of the batch it is drawn in.
+equal to the network passes actually made, no evaluation at t = 1, one trace entry per step at the
+sampler's grid times (per evaluation, at its time, for an adaptive sampler), and per-sample seeds
+that make a sample independent of the batch it is drawn in (unless the sampler declares
+``batch_independent = False``). Parametrised samplers are named by specs whose label round-trips.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tests.unit.methods.test_contract import GRID, NUM_CLASSES, K, build
 B = 3
 PAIRS = [(s, m) for s in methods.sampler_names() for m in methods.method_names()
          if methods.get_sampler(s).supports(methods.get_method(m))]
+BATCH_INDEPENDENT = [(s, m) for s, m in PAIRS if methods.get_sampler(s).batch_independent]
 
 
 class PassCounter:
@@ -75,17 +78,28 @@ def test_sample_gives_code_grids_honest_nfe_and_a_trace(sampler, name, cfg_scale
     assert isinstance(out, SampleOutput)
     assert out.codes.dtype == torch.int64 and out.codes.shape == (B, *GRID)
     assert out.codes.min() >= 0 and out.codes.max() < K
-    runner = methods.get_sampler(sampler)()
-    assert out.nfe == runner.evaluations(steps) * passes_per_step(cfg_scale) == counter.passes
-    assert out.trace["t"] == pytest.approx(runner.times(steps, "cpu")[:-1].tolist())
-    assert all(len(v) == steps for v in out.trace.values()), {k: len(v) for k, v in out.trace.items()}
+    runner = methods.build_sampler(sampler)
+    assert out.sampler == runner.label
+    assert out.nfe == counter.passes
+    assert 0.0 <= min(counter.times) and max(counter.times) < 1.0, "the network was evaluated at t = 1"
+    if runner.adaptive:  # evaluations counted during the run; one trace entry per evaluation, at its time
+        assert runner.evaluations(steps) is None
+        assert len(counter.times) * passes_per_step(cfg_scale) == out.nfe
+        assert out.trace["t"] == pytest.approx(counter.times)
+        entries = len(counter.times)
+    else:
+        assert out.nfe == runner.evaluations(steps) * passes_per_step(cfg_scale)
+        assert out.trace["t"] == pytest.approx(runner.times(steps, "cpu")[:-1].tolist())
+        entries = steps
+    assert all(len(v) == entries for v in out.trace.values()), {k: len(v) for k, v in out.trace.items()}
     again = method.sample(model, labels(), GRID, generator=torch.Generator().manual_seed(2), **options)
     assert torch.equal(out.codes, again.codes) and out.trace == again.trace
 
 
-@pytest.mark.parametrize("sampler, name", PAIRS)
+@pytest.mark.parametrize("sampler, name", BATCH_INDEPENDENT)
 def test_per_sample_seeds_make_a_sample_independent_of_the_batch(sampler, name):
-    """3 samples in one batch or one by one, each with its own seed: the same codes."""
+    """3 samples in one batch or one by one, each with its own seed: the same codes (for every
+    sampler that does not declare ``batch_independent = False``)."""
     method, model = build(name)
     seeds = [7, 8, 9]
     options = dict(steps=3, temperature=0.9, cfg_scale=2.0, sampler=sampler)
@@ -93,6 +107,24 @@ def test_per_sample_seeds_make_a_sample_independent_of_the_batch(sampler, name):
     alone = [method.sample(model, labels()[i:i + 1], GRID, generator=SampleNoise.per_sample(seeds[i:i + 1], "cpu"),
                            **options) for i in range(B)]
     assert torch.equal(whole.codes, torch.cat([a.codes for a in alone]))
+
+
+def test_only_adaptive_samplers_may_depend_on_the_batch():
+    """Batch dependence is declared, and only the step-size control of an adaptive solver may need it."""
+    dependent = [s for s in methods.sampler_names() if not methods.get_sampler(s).batch_independent]
+    assert dependent == ["dopri5"]
+    assert all(methods.get_sampler(s).adaptive for s in dependent)
+
+
+@pytest.mark.parametrize("name", methods.sampler_names())
+def test_sampler_label_is_a_spec_that_rebuilds_it(name):
+    """``label`` spells out every parameter (defaults included) and parses back to the same sampler."""
+    runner = methods.build_sampler(name)
+    defaults = type(runner).parameter_defaults()
+    assert runner.parameters == defaults
+    assert runner.label == name if not defaults else runner.label.startswith(f"{name}:")
+    again = methods.build_sampler(runner.label)
+    assert type(again) is type(runner) and again.parameters == runner.parameters and again.label == runner.label
 
 
 @pytest.mark.parametrize("name", methods.method_names())
