@@ -15,8 +15,17 @@ from torch import nn
 import methods
 from backbones.dit import build_dit
 from methods.base import BackboneIO, categorical_loss, guided
-from methods.heads import (DenseHead, dense_readout, fused_categorical_loss, fused_head_model, fused_readout,
-                           grid_from_tokens, head_readout, inverse_cdf_draw, tokens_from_grid)
+from methods.heads import (
+    DenseHead,
+    dense_readout,
+    fused_categorical_loss,
+    fused_head_model,
+    fused_readout,
+    grid_from_tokens,
+    head_readout,
+    inverse_cdf_draw,
+    tokens_from_grid,
+)
 
 B, V, WIDTH, GRID = 3, 11, 16, (4, 6)
 
@@ -152,6 +161,27 @@ def test_fused_readout_matches_the_dense_readout(patch):
     assert_rel_close(got.entropy, -(pi * pi.log()).sum(1), 1e-10)
 
 
+@pytest.mark.parametrize("patch", [1, 2])
+def test_fused_draw_logprob_is_the_untempered_log_probability_of_the_draw(patch):
+    """MaskGIT's confidence: log softmax(l[:K])(draw) at temperature 1 while the draw is tempered,
+    the same chunk by chunk as from the dense logits; the extra (mask) logit takes no mass."""
+    model, hidden, _, _ = case(patch)
+    uniforms = torch.rand(B, *GRID, generator=torch.Generator().manual_seed(2))
+    options = dict(temperature=0.6, num_codes=V - 1, uniforms=uniforms, draw_logprob=True)
+    logits = model.unpatchify(model.head(hidden)).detach()
+    ref = dense_readout(logits, **options)
+    got = fused_readout(hidden, model.head, patch, GRID, chunk_tokens=5, **options)
+    assert torch.equal(got.draw, ref.draw)
+    assert_rel_close(got.draw_logprob, ref.draw_logprob, 1e-10)
+    untempered = torch.log_softmax(logits[:, :V - 1], dim=1).gather(1, ref.draw.unsqueeze(1)).squeeze(1)
+    assert_rel_close(ref.draw_logprob, untempered, 1e-12)
+    tempered = torch.log_softmax(logits[:, :V - 1] / 0.6, dim=1).gather(1, ref.draw.unsqueeze(1)).squeeze(1)
+    assert (ref.draw_logprob - tempered).abs().max() > 0.1  # the test can tell the two apart
+    assert dense_readout(logits, temperature=0.6, num_codes=V - 1, uniforms=uniforms).draw_logprob is None
+    with pytest.raises(ValueError, match="draw_logprob needs uniforms"):
+        dense_readout(logits, temperature=0.6, num_codes=V - 1, draw_logprob=True)
+
+
 def test_fused_draws_follow_the_posterior():
     """Every token has the same features, so each of the p*p sub-positions has one known pi."""
     patch = 2
@@ -227,15 +257,17 @@ def test_method_losses_are_the_same_on_the_fused_and_dense_paths(name, patch, op
         assert_rel_close(got, want, 1e-4)
 
 
-@pytest.mark.parametrize("name,cfg_scale", [("purr", 1.0), ("purr", 2.0), ("dfm", 2.0), ("dfm-uniform", 1.0)])
-def test_samplers_are_the_same_on_the_fused_and_dense_paths(name, cfg_scale):
+@pytest.mark.parametrize("name,cfg_scale,sampler", [("purr", 1.0, "euler"), ("purr", 2.0, "euler"),
+                                                     ("dfm", 2.0, "euler"), ("dfm-uniform", 1.0, "euler"),
+                                                     ("purr", 2.0, "heun"), ("dfm", 2.0, "maskgit")])
+def test_samplers_are_the_same_on_the_fused_and_dense_paths(name, cfg_scale, sampler):
     """Patch 1 and one chunk: the fused path draws its random numbers in the dense path's order."""
     torch.manual_seed(0)
     method = methods.get_method(name)(torch.randn(V, 3))
     io = method.backbone_io()
     model = dit(1, vocab=io.out_channels, io_input=io.input, dtype=torch.float32)
     labels = torch.tensor([0, 1, 2])
-    runs = [method.sample(m, labels, GRID, steps=4, temperature=0.8, cfg_scale=cfg_scale,
+    runs = [method.sample(m, labels, GRID, steps=4, temperature=0.8, cfg_scale=cfg_scale, sampler=sampler,
                           generator=torch.Generator().manual_seed(5)) for m in (model, DenseHead(model))]
     assert torch.equal(runs[0].codes, runs[1].codes)
     assert runs[0].trace["entropy"] == pytest.approx(runs[1].trace["entropy"], rel=1e-5)

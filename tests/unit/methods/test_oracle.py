@@ -171,7 +171,8 @@ def test_sampler_evaluates_model_at_left_end_of_step(name):
     method = methods.get_method(name)(MIXTURE.codebook)
     model = ScriptedModel(method.backbone_io().out_channels)
     steps = 6
-    method.sample(model, torch.zeros(3, dtype=torch.long), (2, 2), steps=steps, generator=torch.Generator().manual_seed(0))
+    method.sample(model, torch.zeros(3, dtype=torch.long), (2, 2), steps=steps,
+                  generator=torch.Generator().manual_seed(0))
     grid = time_grid(steps, "cpu")
     assert len(model.calls) == steps
     for i, (_, t) in enumerate(model.calls):

@@ -81,7 +81,7 @@ def test_sample_gives_code_grids_honest_nfe_and_a_trace(sampler, name, cfg_scale
     runner = methods.build_sampler(sampler)
     assert out.sampler == runner.label
     assert out.nfe == counter.passes
-    assert 0.0 <= min(counter.times) and max(counter.times) < 1.0, "the network was evaluated at t = 1"
+    assert min(counter.times) >= 0.0 and max(counter.times) < 1.0, "the network was evaluated at t = 1"
     if runner.adaptive:  # evaluations counted during the run; one trace entry per evaluation, at its time
         assert runner.evaluations(steps) is None
         assert len(counter.times) * passes_per_step(cfg_scale) == out.nfe
