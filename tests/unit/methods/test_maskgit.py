@@ -154,7 +154,7 @@ def test_confidence_is_the_untempered_log_probability():
 
 
 def test_candidates_are_drawn_at_the_temperature():
-    """One step decodes everything from softmax(l[:K] / tau): at tau = 0.05 every position takes its
+    """One step decodes everything from softmax(l[:K] / tau): at tau = 0.02 every position takes its
     argmax (ahead of the other codes by 1, so p > 1 - 1e-20 at tau = 0.02 and 0.40 at tau = 1); at tau = 1 not."""
     best = torch.randint(K, (4, 4), generator=torch.Generator().manual_seed(1))
     logits = torch.cat([torch.nn.functional.one_hot(best, K).permute(2, 0, 1).float(),

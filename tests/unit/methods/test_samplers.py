@@ -189,3 +189,41 @@ def test_example_sampler_steps_on_the_cosine_grid(name):
         assert counter.times == pytest.approx(expected, abs=1e-6)
         codes[sampler] = out.codes
     assert not torch.equal(codes["euler"], codes["euler-cosine"])
+
+
+# ------------------------------------------------------------------ parametrised samplers: specs and labels
+
+def test_a_spec_sets_parameters_and_the_label_spells_them_all_out():
+    runner = methods.build_sampler("dopri5:rtol=1e-4, atol=1e-5")
+    assert (runner.rtol, runner.atol) == (1e-4, 1e-5)
+    assert runner.label == "dopri5:rtol=0.0001,atol=1e-05"
+    assert methods.build_sampler("dopri5:atol=1e-5").label == "dopri5:rtol=0.001,atol=1e-05"  # defaults spelt out
+    assert methods.build_sampler("dopri5:rtol=1e-4", atol=1e-2, rtol=1e-2).label == "dopri5:rtol=0.01,atol=0.01"
+    assert methods.build_sampler("maskgit:choice_temperature=2").label == "maskgit:choice_temperature=2.0"
+    assert methods.build_sampler("euler").label == "euler" and methods.build_sampler("euler:").label == "euler"
+    assert methods.build_sampler(runner) is runner
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("dopri5:tol=1e-3", "sampler 'dopri5' has no parameter 'tol'; its parameters: rtol, atol"),
+    ("euler:steps=3", "sampler 'euler' has no parameter 'steps'; its parameters: none"),
+    ("dopri5:rtol=small", "sampler 'dopri5': parameter 'rtol' takes a float, got 'small'"),
+    ("dopri5:rtol", "sampler spec 'dopri5:rtol': expected key=value, got 'rtol'"),
+    ("dopri5:rtol=1e-3,rtol=1e-4", "parameter 'rtol' given twice"),
+    ("dopri5:rtol=0", "rtol and atol must be > 0"),
+])
+def test_bad_specs_are_refused_by_name(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        methods.build_sampler(spec)
+
+
+def test_methods_sample_with_specs_and_instances_and_record_the_label():
+    method, model = build("cfm")
+    options = dict(steps=2, temperature=0.9, generator=torch.Generator().manual_seed(0))
+    out = method.sample(model, labels(), GRID, sampler="dopri5:rtol=1e-2,atol=1e-2", **options)
+    assert out.sampler == "dopri5:rtol=0.01,atol=0.01"
+    runner = methods.build_sampler("heun")
+    assert method.sample(model, labels(), GRID, sampler=runner, **options).sampler == "heun"
+    assert method.sample(model, labels(), GRID, **options).sampler == "euler"
+    with pytest.raises(ValueError, match="method 'cfm' has no sampler 'maskgit'"):
+        method.sample(model, labels(), GRID, sampler="maskgit:choice_temperature=1", **options)
