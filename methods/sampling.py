@@ -8,8 +8,9 @@ sampler and method:
     s_{i+1}, trace_i = sampler.step(method, ctx, s_i, t_i, t_{i+1})  i = 0 .. N-1
     codes           = method.final_codes(ctx, s_N)                  (B, h, w) int64 in [0, K)
 
-The state s is the method's own (a point z (B, d, h, w) on a Gaussian path, a token grid
-(B, h, w) on a mixture path); a sampler only hands it between the method's hooks. A sampler
+The steps are ``Sampler.solve``'s grid loop, which an adaptive sampler replaces. The state s is
+the method's own (a point z (B, d, h, w) on a Gaussian path, a token grid (B, h, w) on a mixture
+path); a sampler only hands it between the method's hooks. A sampler
 supplies its grid (``times``), its step (calling the hooks it needs) and its network evaluations
 per sample (``evaluations``): NFE = evaluations(N) x passes_per_step(w), where a guided
 evaluation (w != 1) is one batched pass of the conditional and null inputs, i.e. two passes.
