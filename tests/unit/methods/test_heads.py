@@ -162,7 +162,7 @@ def test_fused_readout_matches_the_dense_readout(patch):
 
 
 @pytest.mark.parametrize("patch", [1, 2])
-def test_fused_draw_logprob_is_the_untempered_log_probability_of_the_draw(patch):
+def test_fused_draw_logprob_is_the_untempered_log_prob(patch):
     """MaskGIT's confidence: log softmax(l[:K])(draw) at temperature 1 while the draw is tempered,
     the same chunk by chunk as from the dense logits; the extra (mask) logit takes no mass."""
     model, hidden, _, _ = case(patch)

@@ -118,7 +118,7 @@ def first_decoded(model_calls, out_codes, grid):
     return torch.stack(order, 1)  # (B, steps)
 
 
-def test_without_choice_noise_ties_keep_the_higher_positions_first():
+def test_without_choice_noise_ties_keep_higher_positions_first():
     """Equal logits everywhere, so equal confidences: with T_choice = 0 the lowest positions are the
     ones re-masked, and the grid is decoded from the last position to the first, in every sample."""
     logits = torch.zeros(K + 1, 2, 2)

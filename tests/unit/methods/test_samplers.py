@@ -193,7 +193,7 @@ def test_example_sampler_steps_on_the_cosine_grid(name):
 
 # ------------------------------------------------------------------ parametrised samplers: specs and labels
 
-def test_a_spec_sets_parameters_and_the_label_spells_them_all_out():
+def test_a_spec_sets_parameters_and_the_label_spells_out_all():
     runner = methods.build_sampler("dopri5:rtol=1e-4, atol=1e-5")
     assert (runner.rtol, runner.atol) == (1e-4, 1e-5)
     assert runner.label == "dopri5:rtol=0.0001,atol=1e-05"
@@ -217,7 +217,7 @@ def test_bad_specs_are_refused_by_name(spec, message):
         methods.build_sampler(spec)
 
 
-def test_methods_sample_with_specs_and_instances_and_record_the_label():
+def test_methods_take_specs_and_instances_and_record_the_label():
     method, model = build("cfm")
     options = dict(steps=2, temperature=0.9, generator=torch.Generator().manual_seed(0))
     out = method.sample(model, labels(), GRID, sampler="dopri5:rtol=1e-2,atol=1e-2", **options)
