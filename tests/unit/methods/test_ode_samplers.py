@@ -104,6 +104,27 @@ def test_second_order_solvers_reproduce_the_law_at_a_few_nfe(name, spec):
     assert tv < 0.05, f"{spec}: TV {tv:.3f}"
 
 
+@pytest.mark.parametrize("spec, steps", [("heun", 8), ("midpoint", 8), ("dopri5", 1)])
+def test_guidance_and_purrs_final_rules_work_as_under_euler(spec, steps):
+    """Guidance w = 3 raises class 0's favoured m0 above p = 0.45 and halves m3 (as in
+    ``test_oracle`` for Euler); purr's argmax and sample rules read the codes from the last
+    evaluation and still reproduce the law."""
+    method = methods.get_method("purr")(MIXTURE.codebook)
+    labels = torch.zeros(1000, dtype=torch.long)
+    out = method.sample(oracle_for("purr", MIXTURE), labels, MIXTURE.grid, steps=steps, cfg_scale=3.0, sampler=spec,
+                        generator=torch.Generator().manual_seed(1))
+    freq = pattern_frequencies(MIXTURE, out.codes, labels, 0)
+    assert freq[0] > MIXTURE.weights[0, 0] + 0.1 and freq[3] < MIXTURE.weights[0, 3] / 2, freq.tolist()
+    for rule in ("argmax", "sample"):
+        method = methods.get_method("purr")(MIXTURE.codebook, final_rule=rule)
+        labels = torch.tensor([0, 1]).repeat_interleave(2000)
+        out = method.sample(oracle_for("purr", MIXTURE), labels, MIXTURE.grid, steps=steps, sampler=spec,
+                            generator=torch.Generator().manual_seed(2))
+        for y in (0, 1):
+            tv = total_variation(pattern_frequencies(MIXTURE, out.codes, labels, y), MIXTURE.weights[y])
+            assert tv < 0.05, (rule, y, tv)
+
+
 # ------------------------------------------------------------------ the order, from the final state
 
 @pytest.mark.parametrize("name", ["cfm", "cfm-endpoint"])
