@@ -24,6 +24,7 @@ x is (B, d, h, w) float or (B, h, w) int64 tokens, t is (B,) float in [0, 1] (0 
 1 = data), y is (B,) int64 with ``num_classes`` meaning the null (unconditional) label, and
 out is (B, C, h, w).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -38,7 +39,10 @@ from methods.sampling import (  # noqa: F401  (re-exported: used by methods and 
     SampleContext,
     SampleNoise,
     SampleOutput,
+    Sampler,
+    build_sampler,
     get_sampler,
+    parse_sampler_spec,
     passes_per_step,
     sample_noise,
     sampler_names,
@@ -104,8 +108,9 @@ class Method(nn.Module, ABC):
 
     samplers: ClassVar[tuple[str, ...]] = ("euler",)
     """Names of the samplers this method supports. Every method has an Euler step; one that also
-    provides the hooks of another sampler (e.g. a Gaussian path's ``predict`` for a second-order
-    solver) adds that sampler's name."""
+    provides the hooks of another sampler (e.g. a Gaussian path's ``predict`` for ``heun``,
+    ``midpoint`` and ``dopri5``; the masked DFM's ``jump_posterior`` for ``maskgit``) adds that
+    sampler's name."""
 
     @classmethod
     def supported_samplers(cls) -> list[str]:
@@ -113,19 +118,33 @@ class Method(nn.Module, ABC):
         return [name for name in sampler_names() if get_sampler(name).supports(cls)]
 
     @torch.no_grad()
-    def sample(self, model: Denoiser, labels: Tensor, grid: tuple[int, int], *, steps: int,
-               temperature: float = 1.0, cfg_scale: float = 1.0,
-               generator: torch.Generator | SampleNoise | None = None, sampler: str = "euler") -> SampleOutput:
-        """B = ``len(labels)`` code grids (B, h, w) from ``sampler`` in ``steps`` steps (NFE and trace
-        in the ``SampleOutput``). Every random number comes from ``sample_noise(generator, B, device)``,
-        drawn for all B samples at once (so each sample consumes the same sequence of draws)."""
+    def sample(
+        self,
+        model: Denoiser,
+        labels: Tensor,
+        grid: tuple[int, int],
+        *,
+        steps: int,
+        temperature: float = 1.0,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | SampleNoise | None = None,
+        sampler: str | Sampler = "euler",
+    ) -> SampleOutput:
+        """B = ``len(labels)`` code grids (B, h, w) from ``sampler`` in ``steps`` steps (NFE, trace and
+        the sampler's label in the ``SampleOutput``). ``sampler`` is a registered name, a spec with
+        parameters (``"dopri5:rtol=1e-4,atol=1e-4"``, see ``methods.sampling.build_sampler``) or a
+        ``Sampler``. Every random number comes from ``sample_noise(generator, B, device)``, drawn
+        for all B samples at once (so each sample consumes the same sequence of draws)."""
+        name = sampler.name if isinstance(sampler, Sampler) else parse_sampler_spec(sampler)[0]
         choices = self.supported_samplers()
-        if sampler not in choices:
-            raise ValueError(f"method {self.name!r} has no sampler {sampler!r}; its samplers: {', '.join(choices)}")
+        if name not in choices:
+            raise ValueError(f"method {self.name!r} has no sampler {name!r}; its samplers: {', '.join(choices)}")
+        runner = build_sampler(sampler)
         check_temperature(temperature, self.name)
         noise = sample_noise(generator, labels.shape[0], labels.device)
-        return get_sampler(sampler)().run(self, model, labels, grid, steps=steps, temperature=temperature,
-                                          cfg_scale=cfg_scale, noise=noise)
+        return runner.run(
+            self, model, labels, grid, steps=steps, temperature=temperature, cfg_scale=cfg_scale, noise=noise
+        )
 
     @abstractmethod
     def initial_state(self, ctx: SampleContext) -> Any:
@@ -143,6 +162,7 @@ class Method(nn.Module, ABC):
 
 # ----------------------------------------------------------------------------- shared pieces
 
+
 def uniform_times(n: int, generator: torch.Generator, device, t_eps: float = T_EPS) -> Tensor:
     """t ~ U[t_eps, 1), shape (n,)."""
     u = torch.rand(n, generator=generator, device=device)
@@ -156,8 +176,10 @@ def gaussian_path_draws(codes: Tensor, code_dim: int, generator: torch.Generator
     ``generator.device``.
     """
     b, h, w = codes.shape
-    return {"t": uniform_times(b, generator, generator.device),
-            "z0": torch.randn(b, code_dim, h, w, generator=generator, device=generator.device)}
+    return {
+        "t": uniform_times(b, generator, generator.device),
+        "z0": torch.randn(b, code_dim, h, w, generator=generator, device=generator.device),
+    }
 
 
 def check_temperature(temperature: float, method: str) -> None:
@@ -186,8 +208,9 @@ def guided(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, cfg_scale: flo
     return uncond + cfg_scale * (cond - uncond)
 
 
-def categorical_loss(logits: Tensor, targets: Tensor, z_loss_weight: float,
-                     mask: Tensor | None = None, count: Tensor | None = None) -> dict[str, Tensor]:
+def categorical_loss(
+    logits: Tensor, targets: Tensor, z_loss_weight: float, mask: Tensor | None = None, count: Tensor | None = None
+) -> dict[str, Tensor]:
     """Cross-entropy over positions plus the z-loss.
 
     logits: (B, V, h, w); targets: (B, h, w) int64; mask: optional (B, h, w) bool selecting the
@@ -222,4 +245,3 @@ def masked_share(counted: Tensor) -> Tensor:
 def euler_hazard(h: float, t: float) -> float:
     """Jump probability of one CTMC Euler step with kappa(t) = t: min(1, h kappa'/(1 - kappa))."""
     return 1.0 if t + h >= 1.0 - 1e-9 else min(1.0, h / (1.0 - t))
-

@@ -9,6 +9,7 @@ scale; it has no categorical meaning here), Euler steps ``z <- z + (t' - t) out`
 network output (the velocity), then the nearest codebook entry per position (L2; cosine for a
 normalised codebook).
 """
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -5,6 +5,7 @@ Same path, source-noise temperature and final quantisation as ``cfm``; the backb
 ``v = (out - z) / (1 - t)``, taken in closed form ``z <- z + (h / (1 - t)) (out - z)`` so the
 last step (h = 1 - t) lands exactly on ``out``.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

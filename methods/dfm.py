@@ -18,11 +18,13 @@ over the clean code) at each step; the codes are the final grid.
 
 ``dfm``: vocabulary V = K + 1 with mask id K; the sampler starts all-mask, only masked positions
 move, and a position never returns to the mask (no re-masking). Option ``masked_only`` restricts
-the loss to masked positions (the paper's loss counts all positions).
+the loss to masked positions (the paper's loss counts all positions). Besides Euler it runs the
+MaskGIT decoder (``methods.maskgit``), which unmasks by confidence on a cosine schedule.
 
 With the shared DiT the V-logit head is fused (``methods.heads``): loss, jump draws and entropies
 are computed chunk by chunk without the full logits tensor (CFG on the features before the head).
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -64,8 +66,10 @@ class DiscreteFlow(Method):
 
     def draw(self, codes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """``{"t": (B,) ~ U[T_EPS, 1), "u": (B, h, w) ~ U[0, 1)}`` on ``generator.device``."""
-        return {"t": uniform_times(codes.shape[0], generator, generator.device),
-                "u": torch.rand(codes.shape, generator=generator, device=generator.device)}
+        return {
+            "t": uniform_times(codes.shape[0], generator, generator.device),
+            "u": torch.rand(codes.shape, generator=generator, device=generator.device),
+        }
 
     def corrupt(self, codes: Tensor, draws: dict[str, Tensor]) -> Tensor:
         """x_t: keep ``codes`` where u < kappa(t) = t, else the source token; (B, h, w) int64."""
@@ -82,11 +86,26 @@ class DiscreteFlow(Method):
         count = None if mask is None else draws["counted"].sum()  # this rank's share of the global count
         return head_loss(model, x_t, draws["t"], labels, codes, self.z_loss, mask, count)  # V logits
 
-    def jump_posterior(self, ctx: SampleContext, x: Tensor, t: float) -> Readout:
+    def jump_posterior(
+        self, ctx: SampleContext, x: Tensor, t: float | Tensor, *, draw_logprob: bool = False
+    ) -> Readout:
         """pi = softmax(l[:K] / tau) per position at (x, t) (CFG on the logits; never the mask): its
-        entropy and one draw (B, h, w), from one uniform per position of ``ctx.noise``."""
-        return head_readout(ctx.model, x, ctx.time(t), ctx.labels, grid=ctx.grid, cfg_scale=ctx.cfg_scale,
-                            temperature=ctx.temperature, num_codes=self.num_codes, uniforms=ctx.noise.rand(*ctx.grid))
+        entropy and one draw (B, h, w), from one uniform per position of ``ctx.noise``; with
+        ``draw_logprob`` also the draw's untempered log-probability log softmax(l[:K])(draw).
+        ``t``: one time for the batch, or a (B,) tensor of per-sample times."""
+        times = t if isinstance(t, Tensor) else ctx.time(t)
+        return head_readout(
+            ctx.model,
+            x,
+            times,
+            ctx.labels,
+            grid=ctx.grid,
+            cfg_scale=ctx.cfg_scale,
+            temperature=ctx.temperature,
+            num_codes=self.num_codes,
+            uniforms=ctx.noise.rand(*ctx.grid),
+            draw_logprob=draw_logprob,
+        )
 
     def euler_step(self, ctx: SampleContext, x: Tensor, t: float, t_next: float) -> tuple[Tensor, dict[str, Tensor]]:
         u = ctx.noise.rand(*ctx.grid)
@@ -101,9 +120,9 @@ class DiscreteFlow(Method):
 @register
 class MaskedDiscreteFlow(DiscreteFlow):
     name = "dfm"
+    samplers = ("euler", "maskgit")
 
-    def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5,
-                 masked_only: bool = False):
+    def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5, masked_only: bool = False):
         super().__init__(codebook, normalized, z_loss=z_loss)
         self.masked_only = masked_only
 

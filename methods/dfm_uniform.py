@@ -6,6 +6,7 @@ codes and every position may jump at every step (and again later) to a draw from
 ``softmax(l / tau)``; on the last step every position jumps. See ``methods.dfm`` for the path,
 loss and Euler step.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,11 +8,13 @@ network evaluation at (z, t) (``predict``) gives ``out`` (B, d, h, w), which per
 * ``"endpoint"``: x1 = E[z1 | z_t = z], so v = (x1 - z) / (1 - t); Euler in closed form
   z <- z + (h / (1 - t)) (x1 - z) (``torch.lerp``), which lands exactly on x1 at t' = 1.
 
-``predict`` (one evaluation) and ``advance`` (the Euler move along it) are the hooks a
-higher-order solver of the same ODE builds on. The codes are the nearest codebook entry to the
+``predict`` (one evaluation), ``velocity`` (its velocity v, either way) and ``advance`` (the Euler
+move along it) are the hooks the higher-order solvers of the same ODE (``heun``, ``midpoint``,
+``dopri5``: ``methods.ode_samplers``) build on. The codes are the nearest codebook entry to the
 final z per position (L2; cosine for a normalised codebook), unless the final prediction read
 them out itself (``Prediction.codes``: purr's ``argmax`` and ``sample`` rules).
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -51,6 +53,8 @@ class GaussianPathMethod(Method):
     prediction: ClassVar[Literal["velocity", "endpoint"]]
     """What the guided network output ``out`` estimates at (z_t, t): the velocity or the endpoint z1."""
 
+    samplers = ("euler", "heun", "midpoint", "dopri5")
+
     def draw(self, codes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         return gaussian_path_draws(codes, self.code_dim, generator)
 
@@ -63,6 +67,13 @@ class GaussianPathMethod(Method):
         """One guided network evaluation at (z, t), z (B, d, h, w). ``final``: the step it drives
         ends at t = 1 (a method may then read codes out of it)."""
 
+    def velocity(self, z: Tensor, out: Tensor, t: float) -> Tensor:
+        """dz/dt at (z, t) from the prediction ``out`` made there: ``out`` itself, or
+        (out - z) / (1 - t) from an endpoint (singular at t = 1: never called there)."""
+        if self.prediction == "velocity":
+            return out
+        return (out - z) / (1.0 - t)
+
     def advance(self, z: Tensor, out: Tensor, t: float, t_next: float) -> Tensor:
         """The Euler move of z from t to t_next along the prediction ``out`` made at (z, t)."""
         if self.prediction == "velocity":
@@ -72,8 +83,9 @@ class GaussianPathMethod(Method):
     def initial_state(self, ctx: SampleContext) -> PathState:
         return PathState(self.source_std(ctx.temperature) * ctx.noise.randn(self.code_dim, *ctx.grid))
 
-    def euler_step(self, ctx: SampleContext, state: PathState, t: float, t_next: float
-                   ) -> tuple[PathState, dict[str, Tensor]]:
+    def euler_step(
+        self, ctx: SampleContext, state: PathState, t: float, t_next: float
+    ) -> tuple[PathState, dict[str, Tensor]]:
         pred = self.predict(ctx, state.z, t, final=t_next == 1.0)
         return PathState(self.advance(state.z, pred.out, t, t_next), pred.codes), pred.trace
 

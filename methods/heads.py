@@ -33,8 +33,9 @@ inputs), and dW is the float32 sum of the chunks' (bf16) products.
 
 Sampling (``fused_readout``, reference ``dense_readout``): per position pi = softmax(l[:K] / tau)
 over the first K logits (``num_codes``; the masked DFM's extra mask logit is never a target of a
-jump), its entropy H = -sum pi log pi, optionally the posterior mean pi @ C, the argmax of l and a
-draw from pi. Classifier-free guidance mixes logits l = l_null + w (l_y - l_null); since the head
+jump), its entropy H = -sum pi log pi, optionally the posterior mean pi @ C, the argmax of l, a
+draw from pi and that draw's untempered log-probability log softmax(l[:K])(draw) (MaskGIT's
+confidence). Classifier-free guidance mixes logits l = l_null + w (l_y - l_null); since the head
 is affine, W (h_null + w (h_y - h_null)) + b = l_null + w (l_y - l_null) (the bias terms
 (1 - w) b + w b = b), so ``head_readout`` mixes the features and runs the head once.
 
@@ -43,6 +44,7 @@ model (under DistributedDataParallel / torch.compile wrappers) is a DiT-like mod
 ``forward(..., return_features=True)``, a ``head`` ``nn.Linear`` and a ``patch`` size, and the
 dense reference path for any other ``(x, t, y) -> (B, V, h, w)`` callable (test oracles).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -60,6 +62,7 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 # ----------------------------------------------------------------------------- layout
+
 
 def tokens_from_grid(x: Tensor, patch: int) -> Tensor:
     """Per-position values (B, h, w, *rest) -> the head's token order (B, T, p*p, *rest)."""
@@ -107,6 +110,7 @@ def chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, per_token: int,
 
 
 # ----------------------------------------------------------------------------- training
+
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """(hidden (N, D), weight (p*p*V, D), bias (p*p*V,) or None, targets (N, p*p), weights (N, p*p))
@@ -166,9 +170,18 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None)
 
 
-def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, patch: int, z_loss_weight: float,
-                           mask: Tensor | None = None, count: Tensor | None = None, *,
-                           chunk_tokens: int | None = None, vocab: int | None = None) -> dict[str, Tensor]:
+def fused_categorical_loss(
+    hidden: Tensor,
+    head: nn.Linear,
+    targets: Tensor,
+    patch: int,
+    z_loss_weight: float,
+    mask: Tensor | None = None,
+    count: Tensor | None = None,
+    *,
+    chunk_tokens: int | None = None,
+    vocab: int | None = None,
+) -> dict[str, Tensor]:
     """``categorical_loss(unpatchify(head(hidden)), targets, z_loss_weight, mask, count)`` without
     the full logits.
 
@@ -181,12 +194,16 @@ def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, pat
     b, tokens, dim = hidden.shape
     per_token = patch * patch
     if head.in_features != dim or head.out_features % per_token:
-        raise ValueError(f"head {head.in_features} -> {head.out_features} does not fit features of width {dim} "
-                         f"and patch {patch} (out_features must be a multiple of {per_token})")
+        raise ValueError(
+            f"head {head.in_features} -> {head.out_features} does not fit features of width {dim} "
+            f"and patch {patch} (out_features must be a multiple of {per_token})"
+        )
     target_tokens = tokens_from_grid(targets, patch)  # (B, T, p*p)
     if target_tokens.shape[:2] != (b, tokens):
-        raise ValueError(f"targets {tuple(targets.shape)} with patch {patch} give {target_tokens.shape[1]} tokens "
-                         f"per sample; the features have {tokens}")
+        raise ValueError(
+            f"targets {tuple(targets.shape)} with patch {patch} give {target_tokens.shape[1]} tokens "
+            f"per sample; the features have {tokens}"
+        )
     dtype = compute_dtype(hidden, head.weight)
     stat = statistics_dtype(dtype)
     if mask is None:
@@ -196,33 +213,51 @@ def fused_categorical_loss(hidden: Tensor, head: nn.Linear, targets: Tensor, pat
         weights = counted / (counted.sum() if count is None else count.to(stat)).clamp_min(1)
     chunk = chunk_size(per_token, head.out_features // per_token, chunk_tokens)
     loss, ce, lse = _FusedLinearCrossEntropy.apply(
-        hidden.reshape(b * tokens, dim), head.weight, head.bias, target_tokens.reshape(-1, per_token),
-        weights.reshape(-1, per_token), float(z_loss_weight), chunk, dtype, torch.is_grad_enabled(),
-        head.out_features // per_token if vocab is None else vocab)
+        hidden.reshape(b * tokens, dim),
+        head.weight,
+        head.bias,
+        target_tokens.reshape(-1, per_token),
+        weights.reshape(-1, per_token),
+        float(z_loss_weight),
+        chunk,
+        dtype,
+        torch.is_grad_enabled(),
+        head.out_features // per_token if vocab is None else vocab,
+    )
     return {"loss": loss, "ce": ce, "logsumexp": lse}
 
 
 # ----------------------------------------------------------------------------- sampling
+
 
 @dataclass
 class Readout:
     """Per-position statistics of pi = softmax(l[:K] / tau).
 
     entropy: (B, h, w) H(pi); mean: (B, d, h, w) posterior mean pi @ C (if a codebook was given);
-    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if uniforms were given).
+    argmax: (B, h, w) argmax_k l_k (if asked); draw: (B, h, w) a draw from pi (if uniforms were given);
+    draw_logprob: (B, h, w) log softmax(l[:K])(draw), at temperature 1 whatever tau (if asked).
     """
 
     entropy: Tensor
     mean: Tensor | None = None
     argmax: Tensor | None = None
     draw: Tensor | None = None
+    draw_logprob: Tensor | None = None
 
 
-def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: Tensor | None,
-                 argmax: bool, uniforms: Tensor | None) -> dict[str, Tensor]:
+def readout_rows(
+    logits: Tensor,
+    temperature: float,
+    num_codes: int,
+    codebook: Tensor | None,
+    argmax: bool,
+    uniforms: Tensor | None,
+    draw_logprob: bool = False,
+) -> dict[str, Tensor]:
     """The read-out of positions given as rows of logits (M, V): ``entropy`` (M,), ``mean``
-    (M, d), ``argmax`` (M,), ``draw`` (M,) (the last three when asked; the draw uses
-    ``uniforms`` (M,) ~ U[0, 1), one per row)."""
+    (M, d), ``argmax`` (M,), ``draw`` (M,), ``draw_logprob`` (M,) (the last four when asked; the
+    draw uses ``uniforms`` (M,) ~ U[0, 1), one per row; its log-probability is untempered)."""
     logits = logits[:, :num_codes]
     log_pi = torch.log_softmax(logits / temperature, dim=-1)
     pi = log_pi.exp()
@@ -233,6 +268,11 @@ def readout_rows(logits: Tensor, temperature: float, num_codes: int, codebook: T
         out["argmax"] = logits.argmax(-1)
     if uniforms is not None:
         out["draw"] = inverse_cdf_draw(pi, uniforms)
+    if draw_logprob:
+        if uniforms is None:
+            raise ValueError("draw_logprob needs uniforms: it is the log-probability of the draw")
+        log_p = log_pi if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        out["draw_logprob"] = log_p.gather(-1, out["draw"].unsqueeze(-1)).squeeze(-1)
     return out
 
 
@@ -246,14 +286,23 @@ def inverse_cdf_draw(pi: Tensor, uniforms: Tensor) -> Tensor:
     return (cdf <= u).sum(-1).clamp_(max=pi.shape[-1] - 1)
 
 
-def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                  argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
+def dense_readout(
+    logits: Tensor,
+    *,
+    temperature: float,
+    num_codes: int,
+    codebook: Tensor | None = None,
+    argmax: bool = False,
+    uniforms: Tensor | None = None,
+    draw_logprob: bool = False,
+) -> Readout:
     """The reference read-out from full logits (B, V, h, w); a draw per position if ``uniforms``
-    (B, h, w) ~ U[0, 1) are given."""
+    (B, h, w) ~ U[0, 1) are given (and its untempered log-probability with ``draw_logprob``)."""
     b, v, h, w = logits.shape
     flat = logits.to(statistics_dtype(logits.dtype)).permute(0, 2, 3, 1).reshape(-1, v)  # positions (b, i, j)
-    rows = readout_rows(flat, temperature, num_codes, codebook, argmax,
-                        None if uniforms is None else uniforms.reshape(-1))
+    rows = readout_rows(
+        flat, temperature, num_codes, codebook, argmax, None if uniforms is None else uniforms.reshape(-1), draw_logprob
+    )
     grids = {k: x.view(b, h, w, *x.shape[1:]) for k, x in rows.items()}
     if "mean" in grids:
         grids["mean"] = grids["mean"].permute(0, 3, 1, 2)
@@ -261,9 +310,20 @@ def dense_readout(logits: Tensor, *, temperature: float, num_codes: int, codeboo
 
 
 @torch.no_grad()
-def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, int], *, temperature: float,
-                  num_codes: int, codebook: Tensor | None = None, argmax: bool = False,
-                  uniforms: Tensor | None = None, chunk_tokens: int | None = None) -> Readout:
+def fused_readout(
+    hidden: Tensor,
+    head: nn.Linear,
+    patch: int,
+    grid: tuple[int, int],
+    *,
+    temperature: float,
+    num_codes: int,
+    codebook: Tensor | None = None,
+    argmax: bool = False,
+    uniforms: Tensor | None = None,
+    draw_logprob: bool = False,
+    chunk_tokens: int | None = None,
+) -> Readout:
     """``dense_readout(unpatchify(head(hidden)), ...)`` chunked over tokens; hidden (B, T, D).
     The same uniforms (B, h, w) give the same draws as the dense read-out."""
     b, tokens, dim = hidden.shape
@@ -277,10 +337,18 @@ def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, 
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = flat.to(dtype), head.weight.to(dtype)
         bias = None if head.bias is None else head.bias.to(dtype)
-        parts = [readout_rows(chunk_logits(h[s:s + chunk], w, bias, per_token, stat).view(-1, vocab), temperature,
-                              num_codes, codebook, argmax,
-                              None if rows_u is None else rows_u[s * per_token:(s + chunk) * per_token])
-                 for s in range(0, b * tokens, chunk)]
+        parts = [
+            readout_rows(
+                chunk_logits(h[s : s + chunk], w, bias, per_token, stat).view(-1, vocab),
+                temperature,
+                num_codes,
+                codebook,
+                argmax,
+                None if rows_u is None else rows_u[s * per_token : (s + chunk) * per_token],
+                draw_logprob,
+            )
+            for s in range(0, b * tokens, chunk)
+        ]
     grids = {}
     for key in parts[0]:
         values = torch.cat([part[key] for part in parts])  # (B*T*p*p, ...)
@@ -291,6 +359,7 @@ def fused_readout(hidden: Tensor, head: nn.Linear, patch: int, grid: tuple[int, 
 
 
 # ----------------------------------------------------------------------------- what methods call
+
 
 def unwrap(model) -> object:
     """The module under DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
@@ -307,8 +376,11 @@ def fused_head_model(model) -> nn.Module | None:
     """The DiT-like module under the wrappers if it supports the fused head (``features`` through
     ``forward(..., return_features=True)``, a ``head`` Linear and a ``patch`` size), else None."""
     inner = unwrap(model)
-    if not (isinstance(inner, nn.Module) and isinstance(getattr(inner, "head", None), nn.Linear)
-            and isinstance(getattr(inner, "patch", None), int)):
+    if not (
+        isinstance(inner, nn.Module)
+        and isinstance(getattr(inner, "head", None), nn.Linear)
+        and isinstance(getattr(inner, "patch", None), int)
+    ):
         return None
     return inner if "return_features" in inspect.signature(inner.forward).parameters else None
 
@@ -335,25 +407,59 @@ class _Features:
         return self.model(x, t, y, return_features=True)
 
 
-def head_loss(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, targets: Tensor, z_loss_weight: float,
-              mask: Tensor | None = None, count: Tensor | None = None) -> dict[str, Tensor]:
+def head_loss(
+    model: Denoiser,
+    x: Tensor,
+    t: Tensor,
+    labels: Tensor,
+    targets: Tensor,
+    z_loss_weight: float,
+    mask: Tensor | None = None,
+    count: Tensor | None = None,
+) -> dict[str, Tensor]:
     """The categorical training loss of ``model`` at (x, t, labels): fused when the model supports
     it, else ``categorical_loss(model(x, t, labels), ...)``."""
     inner = fused_head_model(model)
     if inner is None:
         return categorical_loss(model(x, t, labels), targets, z_loss_weight, mask, count)
     features = model(x, t, labels, return_features=True)
-    return fused_categorical_loss(features, inner.head, targets, inner.patch, z_loss_weight, mask, count,
-                                  vocab=getattr(inner, "out_channels", None))
+    return fused_categorical_loss(
+        features,
+        inner.head,
+        targets,
+        inner.patch,
+        z_loss_weight,
+        mask,
+        count,
+        vocab=getattr(inner, "out_channels", None),
+    )
 
 
-def head_readout(model: Denoiser, x: Tensor, t: Tensor, labels: Tensor, *, grid: tuple[int, int],
-                 cfg_scale: float, temperature: float, num_codes: int, codebook: Tensor | None = None,
-                 argmax: bool = False, uniforms: Tensor | None = None) -> Readout:
+def head_readout(
+    model: Denoiser,
+    x: Tensor,
+    t: Tensor,
+    labels: Tensor,
+    *,
+    grid: tuple[int, int],
+    cfg_scale: float,
+    temperature: float,
+    num_codes: int,
+    codebook: Tensor | None = None,
+    argmax: bool = False,
+    uniforms: Tensor | None = None,
+    draw_logprob: bool = False,
+) -> Readout:
     """The posterior read-out of one (CFG-guided) network evaluation: fused (CFG on the features)
     when the model supports it, else ``dense_readout`` of ``guided(model, ...)``."""
-    options = dict(temperature=temperature, num_codes=num_codes, codebook=codebook, argmax=argmax,
-                   uniforms=uniforms)
+    options = dict(
+        temperature=temperature,
+        num_codes=num_codes,
+        codebook=codebook,
+        argmax=argmax,
+        uniforms=uniforms,
+        draw_logprob=draw_logprob,
+    )
     inner = fused_head_model(model)
     if inner is None:
         return dense_readout(guided(model, x, t, labels, cfg_scale), **options)

@@ -17,6 +17,7 @@ posterior read-out (mean, entropy) are computed chunk by chunk without the full 
 and CFG mixes the features before the head (equal to mixing the logits: the head is affine).
 Other models (test oracles) take the dense reference path.
 """
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -35,12 +36,14 @@ class Purrception(GaussianPathMethod):
     temperature_meaning = "softmax temperature tau on the code posterior"
     prediction = "endpoint"
 
-    def __init__(self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5,
-                 final_rule: str = "nearest"):
+    def __init__(
+        self, codebook: Tensor, normalized: bool = False, *, z_loss: float = 1e-5, final_rule: str = "nearest"
+    ):
         super().__init__(codebook, normalized)
         if final_rule not in FINAL_RULES:
-            raise ValueError(f"method 'purr': unknown final_rule {final_rule!r}; "
-                             f"expected one of {', '.join(FINAL_RULES)}")
+            raise ValueError(
+                f"method 'purr': unknown final_rule {final_rule!r}; expected one of {', '.join(FINAL_RULES)}"
+            )
         if not z_loss >= 0:
             raise ValueError(f"method 'purr': z_loss must be >= 0, got {z_loss}")
         self.z_loss = z_loss
@@ -63,8 +66,18 @@ class Purrception(GaussianPathMethod):
         prediction also reads out the codes of the ``argmax`` / ``sample`` rules (the latter draws
         one uniform per position from ``ctx.noise``)."""
         argmax, sample = final and self.final_rule == "argmax", final and self.final_rule == "sample"
-        post = head_readout(ctx.model, z, ctx.time(t), ctx.labels, grid=ctx.grid, cfg_scale=ctx.cfg_scale,
-                            temperature=ctx.temperature, num_codes=self.num_codes, codebook=self.codebook,
-                            argmax=argmax, uniforms=ctx.noise.rand(*ctx.grid) if sample else None)
+        post = head_readout(
+            ctx.model,
+            z,
+            ctx.time(t),
+            ctx.labels,
+            grid=ctx.grid,
+            cfg_scale=ctx.cfg_scale,
+            temperature=ctx.temperature,
+            num_codes=self.num_codes,
+            codebook=self.codebook,
+            argmax=argmax,
+            uniforms=ctx.noise.rand(*ctx.grid) if sample else None,
+        )
         codes = post.argmax if argmax else post.draw if sample else None
         return Prediction(post.mean, {"entropy": post.entropy.mean()}, codes)

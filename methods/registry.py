@@ -4,6 +4,7 @@ subclass (``methods.sampling``), each under its class attribute ``name``.
 Built-in methods and samplers register when ``methods`` is imported. Extra plugins live in any
 importable module that uses the decorators; ``benchmarks.run --plugins my_module`` imports them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -27,8 +28,7 @@ class Registry(Generic[C]):
         if not isinstance(name, str) or not name:
             raise TypeError(f"{cls.__qualname__} must set a class attribute `name` to register")
         if name in self._classes and self._classes[name] is not cls:
-            raise ValueError(f"a {self.kind} named {name!r} is already registered "
-                             f"({self._classes[name].__qualname__})")
+            raise ValueError(f"a {self.kind} named {name!r} is already registered ({self._classes[name].__qualname__})")
         self._classes[name] = cls
         return cls
 

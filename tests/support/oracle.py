@@ -90,13 +90,26 @@ def toy_mixture(normalized: bool = False) -> ToyMixture:
 
 
 class ContinuousOracle:
-    """Exact posterior on the Gaussian path; ``output`` is "logits" (purr), "endpoint" or "velocity"."""
+    """Exact posterior on the Gaussian path; ``output`` is "logits" (purr), "endpoint" or "velocity".
 
-    def __init__(self, mixture: ToyMixture, output: str):
+    ``jitter`` = sigma > 0 smooths the law: z1 = C[c^m] + sigma eps, eps ~ N(0, I), so that
+    z_t | m ~ N(t C[c^m], s_t^2 I) with s_t^2 = t^2 sigma^2 + (1 - t)^2, the posterior over patterns
+    stays soft at t = 1 and the flow map z0 -> z1 is smooth (with sigma = 0 it is piecewise
+    constant: every trajectory ends on a pattern). The endpoint is then the exact
+    E[z1 | z_t] = sum_m w_m (C[c^m] + (t sigma^2 / s_t^2)(z_t - t C[c^m])); the logits (purr) stay
+    the per-position code posterior, whose mean is the first term. For testing ODE solvers' order.
+    """
+
+    def __init__(self, mixture: ToyMixture, output: str, jitter: float = 0.0):
         if output not in ("logits", "endpoint", "velocity"):
             raise ValueError(f"unknown oracle output {output!r}")
-        self.mixture, self.output = mixture, output
+        self.mixture, self.output, self.jitter = mixture, output, jitter
         self.num_classes = mixture.num_classes
+
+    def spread(self, t: Tensor) -> Tensor:
+        """s_t (B,) float64: the standard deviation of z_t given the pattern."""
+        t = t.to(torch.float64)
+        return (t.square() * self.jitter**2 + (1 - t).square()).sqrt().clamp_min(1e-6)
 
     def log_weights(self, z: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """(B, d, h, w), (B,), (B,) -> unnormalised log w (B, M)."""
@@ -104,17 +117,20 @@ class ContinuousOracle:
         means = means.permute(0, 3, 1, 2)[None]  # (1, M, d, h, w)
         t = t.to(torch.float64)
         sq = (z.to(torch.float64)[:, None] - t.view(-1, 1, 1, 1, 1) * means).square().sum((2, 3, 4))  # (B, M)
-        sigma = (1 - t).clamp_min(1e-6)[:, None]
-        return self.mixture.log_prior(y) - sq / (2 * sigma**2)
+        return self.mixture.log_prior(y) - sq / (2 * self.spread(t)[:, None] ** 2)
 
     def __call__(self, z: Tensor, t: Tensor, y: Tensor) -> Tensor:
         log_pi = self.mixture.per_position_log_probs(self.log_weights(z, t, y))  # (B, K, h, w)
         if self.output == "logits":
             return log_pi.float()
         endpoint = torch.einsum("bkhw,kd->bdhw", log_pi.exp(), self.mixture.codebook.to(z.device, torch.float64))
+        t64, z64 = t.to(torch.float64).view(-1, 1, 1, 1), z.to(torch.float64)
+        if self.jitter:
+            gain = t64 * self.jitter**2 / self.spread(t).view(-1, 1, 1, 1) ** 2
+            endpoint = endpoint + gain * (z64 - t64 * endpoint)
         if self.output == "endpoint":
             return endpoint.float()
-        return ((endpoint - z) / (1 - t.to(torch.float64)).clamp_min(1e-6).view(-1, 1, 1, 1)).float()
+        return ((endpoint - z64) / (1 - t64).clamp_min(1e-6)).float()
 
 
 class MaskedOracle:
@@ -148,12 +164,12 @@ class UniformOracle:
         return self.mixture.per_position_log_probs(self.mixture.log_prior(y) + log_lik).float()
 
 
-def oracle_for(method_name: str, mixture: ToyMixture):
-    """The exact-posterior model a built-in method's sampler expects."""
+def oracle_for(method_name: str, mixture: ToyMixture, jitter: float = 0.0):
+    """The exact-posterior model a built-in method's sampler expects (``jitter``: see ``ContinuousOracle``)."""
     factories = {
-        "purr": lambda: ContinuousOracle(mixture, "logits"),
-        "cfm": lambda: ContinuousOracle(mixture, "velocity"),
-        "cfm-endpoint": lambda: ContinuousOracle(mixture, "endpoint"),
+        "purr": lambda: ContinuousOracle(mixture, "logits", jitter),
+        "cfm": lambda: ContinuousOracle(mixture, "velocity", jitter),
+        "cfm-endpoint": lambda: ContinuousOracle(mixture, "endpoint", jitter),
         "dfm": lambda: MaskedOracle(mixture),
         "dfm-uniform": lambda: UniformOracle(mixture),
     }

@@ -4,6 +4,7 @@ Each method runs against the real tiny DiT built from its ``backbone_io()``: dra
 the loss is a finite scalar that is deterministic given the draws and trains every parameter, and
 the sampler returns in-range code grids with an honest NFE count and a per-step trace.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -99,16 +100,30 @@ def test_sample_returns_code_grids_nfe_and_a_per_step_trace(name, cfg_scale):
     method, model = build(name)
     _, labels = batch()
     steps = 3
-    out = method.sample(model, labels, GRID, steps=steps, temperature=0.9, cfg_scale=cfg_scale,
-                        generator=torch.Generator().manual_seed(2))
+    out = method.sample(
+        model,
+        labels,
+        GRID,
+        steps=steps,
+        temperature=0.9,
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert isinstance(out, SampleOutput)
     assert out.codes.dtype == torch.int64 and out.codes.shape == (B, *GRID)
     assert out.codes.min() >= 0 and out.codes.max() < K
     assert out.nfe == steps * (1 if cfg_scale == 1.0 else 2)
     assert out.trace["t"] == pytest.approx(time_grid(steps, "cpu")[:-1].tolist())
     assert all(len(v) == steps for v in out.trace.values()), {k: len(v) for k, v in out.trace.items()}
-    again = method.sample(model, labels, GRID, steps=steps, temperature=0.9, cfg_scale=cfg_scale,
-                          generator=torch.Generator().manual_seed(2))
+    again = method.sample(
+        model,
+        labels,
+        GRID,
+        steps=steps,
+        temperature=0.9,
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert torch.equal(out.codes, again.codes)
 
 
@@ -120,8 +135,10 @@ def test_per_sample_noise_makes_samples_independent_of_the_batch(name):
     labels, seeds = torch.arange(6) % NUM_CLASSES, [101 + i for i in range(6)]
     options = dict(steps=3, temperature=0.9, cfg_scale=2.0)
     whole = method.sample(model, labels, GRID, generator=SampleNoise.per_sample(seeds, "cpu"), **options)
-    parts = [method.sample(model, labels[s], GRID, generator=SampleNoise.per_sample(seeds[s], "cpu"), **options)
-             for s in (slice(0, 2), slice(2, 6))]
+    parts = [
+        method.sample(model, labels[s], GRID, generator=SampleNoise.per_sample(seeds[s], "cpu"), **options)
+        for s in (slice(0, 2), slice(2, 6))
+    ]
     assert torch.equal(whole.codes, torch.cat([p.codes for p in parts]))
     with pytest.raises(ValueError, match="6 streams for a batch of 2"):
         method.sample(model, labels[:2], GRID, generator=SampleNoise.per_sample(seeds, "cpu"), **options)

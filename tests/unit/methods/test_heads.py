@@ -1,6 +1,7 @@
 """The fused categorical head against the dense reference (``methods.base.categorical_loss`` on the
 DiT's own ``unpatchify(head(features))``): loss, diagnostics and gradients, the posterior read-out,
 CFG on features, the methods' fused and dense paths, and gradient sync under DDP."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,17 @@ from torch import nn
 import methods
 from backbones.dit import build_dit
 from methods.base import BackboneIO, categorical_loss, guided
-from methods.heads import (DenseHead, dense_readout, fused_categorical_loss, fused_head_model, fused_readout,
-                           grid_from_tokens, head_readout, inverse_cdf_draw, tokens_from_grid)
+from methods.heads import (
+    DenseHead,
+    dense_readout,
+    fused_categorical_loss,
+    fused_head_model,
+    fused_readout,
+    grid_from_tokens,
+    head_readout,
+    inverse_cdf_draw,
+    tokens_from_grid,
+)
 
 B, V, WIDTH, GRID = 3, 11, 16, (4, 6)
 
@@ -43,7 +53,7 @@ def by_hand(logits, targets, z, mask=None):
     def mean(v):
         return (v * weight).sum() / weight.sum()
 
-    return {"loss": mean(ce) + z * mean(lse ** 2), "ce": mean(ce), "logsumexp": mean(lse)}
+    return {"loss": mean(ce) + z * mean(lse**2), "ce": mean(ce), "logsumexp": mean(lse)}
 
 
 def dense_loss(model, hidden, targets, z, mask=None):
@@ -53,7 +63,7 @@ def dense_loss(model, hidden, targets, z, mask=None):
 def case(patch, seed=0, masked=False, dtype=torch.float64):
     model = dit(patch, dtype=dtype, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    tokens = GRID[0] * GRID[1] // patch ** 2
+    tokens = GRID[0] * GRID[1] // patch**2
     hidden = torch.randn(B, tokens, WIDTH, generator=g, dtype=dtype)
     targets = torch.randint(V, (B, *GRID), generator=g)
     mask = torch.rand(B, *GRID, generator=g) < 0.4 if masked else None
@@ -72,7 +82,7 @@ def assert_rel_close(actual, expected, rtol):
 @pytest.mark.parametrize("patch", [1, 2])
 def test_token_layout_is_the_one_unpatchify_inverts(patch):
     model = dit(patch)
-    tokens = GRID[0] * GRID[1] // patch ** 2
+    tokens = GRID[0] * GRID[1] // patch**2
     out = torch.randn(B, tokens, patch * patch * V, dtype=torch.float64)
     dense = model.unpatchify(out)  # (B, V, h, w)
     assert torch.equal(grid_from_tokens(out.view(B, tokens, patch * patch, V), GRID, patch), dense.permute(0, 2, 3, 1))
@@ -147,9 +157,30 @@ def test_fused_readout_matches_the_dense_readout(patch):
     assert_rel_close(got.mean, ref.mean, 1e-10)
     assert torch.equal(got.argmax, ref.argmax)
     # an explicit entropy: -sum pi log pi over the first K logits
-    logits = model.unpatchify(model.head(hidden)).detach()[:, :V - 1] / 0.7
+    logits = model.unpatchify(model.head(hidden)).detach()[:, : V - 1] / 0.7
     pi = logits.softmax(1)
     assert_rel_close(got.entropy, -(pi * pi.log()).sum(1), 1e-10)
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_fused_draw_logprob_is_the_untempered_log_prob(patch):
+    """MaskGIT's confidence: log softmax(l[:K])(draw) at temperature 1 while the draw is tempered,
+    the same chunk by chunk as from the dense logits; the extra (mask) logit takes no mass."""
+    model, hidden, _, _ = case(patch)
+    uniforms = torch.rand(B, *GRID, generator=torch.Generator().manual_seed(2))
+    options = dict(temperature=0.6, num_codes=V - 1, uniforms=uniforms, draw_logprob=True)
+    logits = model.unpatchify(model.head(hidden)).detach()
+    ref = dense_readout(logits, **options)
+    got = fused_readout(hidden, model.head, patch, GRID, chunk_tokens=5, **options)
+    assert torch.equal(got.draw, ref.draw)
+    assert_rel_close(got.draw_logprob, ref.draw_logprob, 1e-10)
+    untempered = torch.log_softmax(logits[:, : V - 1], dim=1).gather(1, ref.draw.unsqueeze(1)).squeeze(1)
+    assert_rel_close(ref.draw_logprob, untempered, 1e-12)
+    tempered = torch.log_softmax(logits[:, : V - 1] / 0.6, dim=1).gather(1, ref.draw.unsqueeze(1)).squeeze(1)
+    assert (ref.draw_logprob - tempered).abs().max() > 0.1  # the test can tell the two apart
+    assert dense_readout(logits, temperature=0.6, num_codes=V - 1, uniforms=uniforms).draw_logprob is None
+    with pytest.raises(ValueError, match="draw_logprob needs uniforms"):
+        dense_readout(logits, temperature=0.6, num_codes=V - 1, draw_logprob=True)
 
 
 def test_fused_draws_follow_the_posterior():
@@ -159,8 +190,9 @@ def test_fused_draws_follow_the_posterior():
     tokens = GRID[0] * GRID[1] // 4
     hidden = torch.randn(1, 1, WIDTH, dtype=torch.float64).expand(800, tokens, WIDTH)
     uniforms = torch.rand(800, *GRID, generator=torch.Generator().manual_seed(0))
-    got = fused_readout(hidden, model.head, patch, GRID, temperature=1.3, num_codes=V, uniforms=uniforms,
-                        chunk_tokens=1000)
+    got = fused_readout(
+        hidden, model.head, patch, GRID, temperature=1.3, num_codes=V, uniforms=uniforms, chunk_tokens=1000
+    )
     pi = (model.head(hidden[0, 0]).detach().view(4, V) / 1.3).softmax(-1)  # (p*p, V)
     draws = tokens_from_grid(got.draw, patch).reshape(-1, 4)
     for r in range(4):
@@ -227,16 +259,37 @@ def test_method_losses_are_the_same_on_the_fused_and_dense_paths(name, patch, op
         assert_rel_close(got, want, 1e-4)
 
 
-@pytest.mark.parametrize("name,cfg_scale", [("purr", 1.0), ("purr", 2.0), ("dfm", 2.0), ("dfm-uniform", 1.0)])
-def test_samplers_are_the_same_on_the_fused_and_dense_paths(name, cfg_scale):
+@pytest.mark.parametrize(
+    "name,cfg_scale,sampler",
+    [
+        ("purr", 1.0, "euler"),
+        ("purr", 2.0, "euler"),
+        ("dfm", 2.0, "euler"),
+        ("dfm-uniform", 1.0, "euler"),
+        ("purr", 2.0, "heun"),
+        ("dfm", 2.0, "maskgit"),
+    ],
+)
+def test_samplers_are_the_same_on_the_fused_and_dense_paths(name, cfg_scale, sampler):
     """Patch 1 and one chunk: the fused path draws its random numbers in the dense path's order."""
     torch.manual_seed(0)
     method = methods.get_method(name)(torch.randn(V, 3))
     io = method.backbone_io()
     model = dit(1, vocab=io.out_channels, io_input=io.input, dtype=torch.float32)
     labels = torch.tensor([0, 1, 2])
-    runs = [method.sample(m, labels, GRID, steps=4, temperature=0.8, cfg_scale=cfg_scale,
-                          generator=torch.Generator().manual_seed(5)) for m in (model, DenseHead(model))]
+    runs = [
+        method.sample(
+            m,
+            labels,
+            GRID,
+            steps=4,
+            temperature=0.8,
+            cfg_scale=cfg_scale,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for m in (model, DenseHead(model))
+    ]
     assert torch.equal(runs[0].codes, runs[1].codes)
     assert runs[0].trace["entropy"] == pytest.approx(runs[1].trace["entropy"], rel=1e-5)
 
@@ -280,12 +333,16 @@ def test_fused_loss_through_ddp_all_reduces_every_gradient(tmp_path):
     model = dit(2, vocab=V, dtype=torch.float32)
     codes, labels = torch.randint(V, (4, *GRID)), torch.tensor([0, 1, 2, 4])
     draws = method.draw(codes, torch.Generator().manual_seed(1))
-    halves = [method.loss(model, codes[s], labels[s], {k: v[s] for k, v in draws.items()})["loss"]
-              for s in (slice(0, 2), slice(2, 4))]
+    halves = [
+        method.loss(model, codes[s], labels[s], {k: v[s] for k, v in draws.items()})["loss"]
+        for s in (slice(0, 2), slice(2, 4))
+    ]
     names, params = zip(*model.named_parameters())
     want = dict(zip(names, grads(sum(halves) / 2, list(params))))
-    torch.save({"codebook": method.codebook, "model": model.state_dict(), "codes": codes, "labels": labels,
-                "draws": draws}, tmp_path / "state.pt")
+    torch.save(
+        {"codebook": method.codebook, "model": model.state_dict(), "codes": codes, "labels": labels, "draws": draws},
+        tmp_path / "state.pt",
+    )
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -302,8 +359,10 @@ def padded_and_plain(name: str, codes_k: int, patch: int):
     torch.manual_seed(0)
     method = methods.get_method(name)(torch.randn(codes_k, 3), z_loss=0.05)
     io = method.backbone_io()
-    models = [build_dit("tiny/1", io, GRID, num_classes=4, patch=patch, width=WIDTH, heads=2, head_align=align)
-              for align in (64, 1)]
+    models = [
+        build_dit("tiny/1", io, GRID, num_classes=4, patch=patch, width=WIDTH, heads=2, head_align=align)
+        for align in (64, 1)
+    ]
     padded, plain = models
     per_token, v, v_pad = patch * patch, io.out_channels, padded.head_channels
     with torch.no_grad():
@@ -337,8 +396,11 @@ def test_padded_head_leaves_losses_and_samples_unchanged(name, patch):
             assert_rel_close(results[0][0][key], out[key], 1e-5)
         for n in shared:
             assert_rel_close(results[0][1][n], grad[n], 1e-4)
-    assert padded(codes if method.backbone_io().input == "tokens" else method.embed(codes), torch.rand(B),
-                  labels).shape == (B, method.backbone_io().out_channels, *GRID)
-    runs = [method.sample(m, labels, GRID, steps=3, generator=torch.Generator().manual_seed(5)).codes
-            for m in (padded, plain)]
+    assert padded(
+        codes if method.backbone_io().input == "tokens" else method.embed(codes), torch.rand(B), labels
+    ).shape == (B, method.backbone_io().out_channels, *GRID)
+    runs = [
+        method.sample(m, labels, GRID, steps=3, generator=torch.Generator().manual_seed(5)).codes
+        for m in (padded, plain)
+    ]
     assert torch.equal(runs[0], runs[1])

@@ -4,6 +4,7 @@ The model is a fixed random function of its inputs (``FakeModel``) that records 
 with, so the tests also pin the corrupted input each method builds (the path and its time
 direction: t = 0 noise, t = 1 data).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -75,7 +76,7 @@ def categorical_by_hand(logits, codes, z_weight, mask=None):
     def mean(v):
         return (v * weight).sum() / weight.sum()
 
-    return mean(ce) + z_weight * mean(lse ** 2), mean(ce), mean(lse)
+    return mean(ce) + z_weight * mean(lse**2), mean(ce), mean(lse)
 
 
 def test_gaussian_path_draws_are_batch_first_and_as_specified():
@@ -161,8 +162,9 @@ def test_uniform_dfm_loss_is_cross_entropy_on_the_uniform_path():
     assert out["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name, clean_share", [("dfm", lambda t: t), ("dfm-uniform", lambda t: t + (1 - t) / K)],
-                         ids=["dfm", "dfm-uniform"])
+@pytest.mark.parametrize(
+    "name, clean_share", [("dfm", lambda t: t), ("dfm-uniform", lambda t: t + (1 - t) / K)], ids=["dfm", "dfm-uniform"]
+)
 def test_discrete_paths_show_clean_code_with_prob_kappa_t(name, clean_share):
     """P(x_t = c | t) is kappa(t) = t (mask source) or t + (1 - t)/K (uniform source), independently of
     how ``draw`` encodes its randomness: checked per sample over a 16 x 16 grid."""
@@ -183,19 +185,21 @@ def test_invalid_z_loss_is_rejected_with_the_method_name():
             methods.get_method(name)(torch.randn(K, D), z_loss=-1.0)
 
 
-@pytest.mark.parametrize("name, options", [("purr", {}), ("cfm", {}), ("dfm", {}), ("dfm", {"masked_only": True}),
-                                           ("dfm-uniform", {})])
+@pytest.mark.parametrize(
+    "name, options", [("purr", {}), ("cfm", {}), ("dfm", {}), ("dfm", {"masked_only": True}), ("dfm-uniform", {})]
+)
 def test_the_loss_does_not_depend_on_how_ranks_split_the_batch(name, options):
     """Data-parallel ranks take rows of the global batch's draws and DDP averages their gradients:
     the mean of the ranks' losses must be the one-process loss (with ``masked_only``, the masked
     positions are not evenly spread over the rows, so each rank must divide by the global count)."""
     method, _, codes, labels, draws, model = setup(name, **options)
     ranks = (slice(0, B - 1), slice(B - 1, 2 * B - 2))  # two ranks of B - 1 rows each (B = 5)
-    codes, labels = torch.cat([codes, codes])[:2 * B - 2], torch.cat([labels, labels])[:2 * B - 2]
+    codes, labels = torch.cat([codes, codes])[: 2 * B - 2], torch.cat([labels, labels])[: 2 * B - 2]
     draws = method.draw(codes, torch.Generator().manual_seed(3))
     whole = method.loss(model, codes, labels, draws)["loss"]
-    halves = [method.loss(model, codes[rows], labels[rows], {k: v[rows] for k, v in draws.items()})["loss"]
-              for rows in ranks]
+    halves = [
+        method.loss(model, codes[rows], labels[rows], {k: v[rows] for k, v in draws.items()})["loss"] for rows in ranks
+    ]
     grad_whole = torch.autograd.grad(whole, model.weight)[0]
     grad_ranks = torch.autograd.grad(sum(halves) / 2, model.weight)[0]
     assert (sum(halves) / 2).item() == pytest.approx(whole.item(), rel=1e-5)

@@ -7,6 +7,7 @@ as the temperature goes to 0, and run classifier-free guidance as one batched co
 pass per step. These catch wrong time conventions, step grids and CFG placement, which training
 losses never reveal.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,15 +39,33 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def sample_per_class(name, mixture, *, steps, n=N_PER_CLASS, classes=None, temperature=1.0, cfg_scale=1.0,
-                     seed=0, normalized=False, **options):
+def sample_per_class(
+    name,
+    mixture,
+    *,
+    steps,
+    n=N_PER_CLASS,
+    classes=None,
+    temperature=1.0,
+    cfg_scale=1.0,
+    seed=0,
+    normalized=False,
+    **options,
+):
     """Sample ``n`` grids for each of ``classes`` (default: all) with the method's oracle;
     returns (SampleOutput, labels)."""
     method = methods.get_method(name)(mixture.codebook, normalized, **options)
     classes = range(mixture.num_classes) if classes is None else classes
     labels = torch.tensor(list(classes)).repeat_interleave(n)
-    out = method.sample(oracle_for(name, mixture), labels, mixture.grid, steps=steps, temperature=temperature,
-                        cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
+    out = method.sample(
+        oracle_for(name, mixture),
+        labels,
+        mixture.grid,
+        steps=steps,
+        temperature=temperature,
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return out, labels
 
 
@@ -135,8 +154,9 @@ def test_cfg_batches_conditional_and_null_passes(name):
     null = torch.full_like(labels, MIXTURE.num_classes)
     for cfg_scale, expected_labels in [(1.0, labels), (2.5, torch.cat([labels, null]))]:
         recorder = CallRecorder(oracle_for(name, MIXTURE))
-        out = method.sample(recorder, labels, MIXTURE.grid, steps=5, cfg_scale=cfg_scale,
-                            generator=torch.Generator().manual_seed(0))
+        out = method.sample(
+            recorder, labels, MIXTURE.grid, steps=5, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0)
+        )
         assert len(recorder.labels) == 5
         assert all(torch.equal(y, expected_labels) for y in recorder.labels)
         assert out.nfe == 5 * len(expected_labels) // len(labels)
@@ -152,6 +172,7 @@ def test_cfg_favours_patterns_the_class_prefers(name):
 
 
 # ------------------------------------------------------------------ scripted models: schedules and noise
+
 
 class ScriptedModel:
     """Returns a fixed output (``fill`` everywhere, ``peak`` on channel 0) and records (x, t) per call."""
@@ -171,15 +192,18 @@ def test_sampler_evaluates_model_at_left_end_of_step(name):
     method = methods.get_method(name)(MIXTURE.codebook)
     model = ScriptedModel(method.backbone_io().out_channels)
     steps = 6
-    method.sample(model, torch.zeros(3, dtype=torch.long), (2, 2), steps=steps, generator=torch.Generator().manual_seed(0))
+    method.sample(
+        model, torch.zeros(3, dtype=torch.long), (2, 2), steps=steps, generator=torch.Generator().manual_seed(0)
+    )
     grid = time_grid(steps, "cpu")
     assert len(model.calls) == steps
     for i, (_, t) in enumerate(model.calls):
         assert torch.equal(t, torch.full((3,), grid[i].item())), (i, t)
 
 
-@pytest.mark.parametrize("name, clean_share", [("dfm", lambda t: t), ("dfm-uniform", lambda t: t + (1 - t) / 5)],
-                         ids=["dfm", "dfm-uniform"])
+@pytest.mark.parametrize(
+    "name, clean_share", [("dfm", lambda t: t), ("dfm-uniform", lambda t: t + (1 - t) / 5)], ids=["dfm", "dfm-uniform"]
+)
 def test_discrete_samplers_move_positions_on_the_kappa_schedule(name, clean_share):
     """A model certain of code 0 everywhere: a position shows 0 once it has jumped, so before step i
     the share of zeros is kappa(t_i) = t_i (plus (1 - t_i)/K source zeros for the uniform source),
@@ -187,22 +211,32 @@ def test_discrete_samplers_move_positions_on_the_kappa_schedule(name, clean_shar
     method = methods.get_method(name)(MIXTURE.codebook)
     model = ScriptedModel(method.backbone_io().out_channels, fill=-30.0, peak=30.0)
     steps = 4
-    out = method.sample(model, torch.zeros(1000, dtype=torch.long), (4, 4), steps=steps,
-                        generator=torch.Generator().manual_seed(0))
+    out = method.sample(
+        model, torch.zeros(1000, dtype=torch.long), (4, 4), steps=steps, generator=torch.Generator().manual_seed(0)
+    )
     for i, (x, t) in enumerate(model.calls):
         share = (x == 0).double().mean().item()
         assert share == pytest.approx(clean_share(t[0].item()), abs=0.015), f"step {i}, t = {t[0].item()}"
     assert (out.codes == 0).all()
 
 
-@pytest.mark.parametrize("name, noise_std", [("purr", lambda tau: 1.0), ("cfm", lambda tau: tau),
-                                             ("cfm-endpoint", lambda tau: tau)], ids=["purr", "cfm", "cfm-endpoint"])
+@pytest.mark.parametrize(
+    "name, noise_std",
+    [("purr", lambda tau: 1.0), ("cfm", lambda tau: tau), ("cfm-endpoint", lambda tau: tau)],
+    ids=["purr", "cfm", "cfm-endpoint"],
+)
 def test_continuous_source_noise_scale(name, noise_std):
     """cfm's temperature is the source-noise scale (z0 ~ N(0, tau^2 I)); purr's acts on the softmax only."""
     method = methods.get_method(name)(MIXTURE.codebook)
     model = ScriptedModel(method.backbone_io().out_channels)
-    method.sample(model, torch.zeros(1000, dtype=torch.long), (2, 2), steps=2, temperature=0.3,
-                  generator=torch.Generator().manual_seed(0))
+    method.sample(
+        model,
+        torch.zeros(1000, dtype=torch.long),
+        (2, 2),
+        steps=2,
+        temperature=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
     z0 = model.calls[0][0]
     assert z0.shape == (1000, MIXTURE.codebook.shape[1], 2, 2)
     assert abs(z0.mean().item()) < 0.03
