@@ -23,7 +23,14 @@ import pandas as pd
 
 from backbones.tokenizers.safe_pickle import NotACheckpointError, UnsafeCheckpointError
 from benchmarks.core import logs
-from benchmarks.core.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
+from benchmarks.core.config import (
+    BenchmarkConfig,
+    ConfigError,
+    available_configs,
+    from_dict,
+    load_config,
+    sampler_errors,
+)
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
 from benchmarks.storage.manifest import (
@@ -165,6 +172,7 @@ def print_listing() -> None:
         cls = get_method(name)
         options = ", ".join(cls.option_names()) or "no options"
         print(f"  {name:<14} ({options}); temperature: {cls.temperature_meaning}")
+        print(f"  {'':<14} samplers: {', '.join(cls.supported_samplers())}")
     from benchmarks.data.datasets import dataset_names, get_dataset
     from benchmarks.data.tokenizers import get_tokenizer, tokenizer_names
     from benchmarks.evaluation.extractors import feature_extractor_names, get_feature_extractor
@@ -297,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
         chosen = parse_methods(args.methods, method_names())
     else:
         chosen = saved.get("methods") or list(cfg.methods) or method_names()
+    for problem in sampler_errors(cfg, chosen):
+        fail(problem)
     if args.seeds < 1:
         fail("--seeds must be >= 1")
     seeds = saved.get("seeds") or [cfg.train.seed + k for k in range(args.seeds)]

@@ -41,6 +41,7 @@ from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
 from benchmarks.storage.run_dir import RunDir, checkpoint_step
 from benchmarks.training.trainer import build_method
+from methods.sampling import build_sampler
 
 
 class UsageError(ValueError):
@@ -128,7 +129,7 @@ def export(args: argparse.Namespace) -> Path | None:
     del state  # the optimizer state is not needed
     steps = cfg.eval.cells[0].steps if args.steps is None else args.steps
     temperature = cfg.eval.method_temperature.get(args.method, 1.0) if args.temperature is None else args.temperature
-    cell = Cell(steps, temperature, args.cfg_scale, args.num_samples)
+    cell = Cell(steps, temperature, args.cfg_scale, args.num_samples, resolve_sampler(args.sampler, method))
     labels = resolve_labels(args.labels, args.num_samples, latents.num_classes)
     parts_dir = args.out.with_name(args.out.name + ".parts")
     plan = {
@@ -136,6 +137,7 @@ def export(args: argparse.Namespace) -> Path | None:
         "steps": steps,
         "temperature": temperature,
         "cfg_scale": args.cfg_scale,
+        "sampler": cell.sampler,
         "num_samples": args.num_samples,
         "labels": args.labels,
         "part_size": args.part_size,
@@ -161,11 +163,27 @@ def export(args: argparse.Namespace) -> Path | None:
             batch_size=args.batch_size,
             decode_batch_size=args.decode_batch_size,
             device=device,
+            sampler=cell.sampler,
             progress=args.progress,
             desc=f"rank {dist.rank} part {p + 1}/{len(parts)}",
         )
         save_with(lambda tmp: save_npz(tmp, images=samples.images.numpy(), labels=samples.labels.numpy()), path)  # noqa: B023 (called at once)
     return assemble(parts_dir, len(parts), args.out)
+
+
+def resolve_sampler(spec: str, method) -> str:
+    """The canonical label of sampler ``spec`` for ``method``; UsageError naming the method's
+    samplers if it is unknown, malformed or not one of them."""
+    try:
+        sampler = build_sampler(spec)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--sampler {spec!r}: {e.args[0] if e.args else e}") from None
+    if not sampler.supports(type(method)):
+        raise UsageError(
+            f"--sampler {spec!r}: method {method.name!r} has no such sampler; its samplers: "
+            f"{', '.join(method.supported_samplers())}"
+        )
+    return sampler.label
 
 
 def claim_plan(path: Path, plan: dict) -> None:
@@ -227,6 +245,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated class indices, cycled over the samples (default: i mod num_classes)",
     )
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's first eval cell)")
+    p.add_argument(
+        "--sampler",
+        default="euler",
+        help="sampler spec: a name with optional parameters, e.g. heun, maskgit or dopri5:rtol=1e-4 "
+        "(default euler; python -m benchmarks.run --list shows each method's samplers)",
+    )
     p.add_argument(
         "--temperature",
         type=float,

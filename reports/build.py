@@ -23,6 +23,7 @@ from reports.curves import (
     best_temperature_curves,
     convergence,
     entropy_traces,
+    nfe_curves,
     order_variants,
     sample_grids,
     steps_curves,
@@ -33,6 +34,7 @@ from reports.load import Results, load_runs
 from reports.markdown import FigureEntry, render
 from reports.tables import (
     best_temperature_speedup_table,
+    best_within_nfe_table,
     floor_table,
     other_cells_table,
     results_table,
@@ -134,6 +136,16 @@ def draw_figures(
                 "default-temperature cell (mean over seeds, band ± 1 s.d. when there are several seeds); "
                 "dashed: the tokenizer's reconstruction FID.",
             )
+        by_nfe = nfe_curves(results, conv)
+        if not by_nfe.empty:
+            keep(
+                "fid_vs_nfe",
+                F.plot_nfe(by_nfe, results.floors, fig_dir),
+                "FID vs network evaluations per sampler",
+                "FID against the network evaluations per sample (NFE, guidance included) of each sampler at "
+                "each method's last checkpoint, with its default-temperature cell (mean over seeds, band ± 1 "
+                "s.d.); dashed: the tokenizer's reconstruction FID.",
+            )
     if "class_accuracy" in conv and conv["class_accuracy"].notna().any():
         keep(
             "class_accuracy_vs_iterations",
@@ -216,8 +228,10 @@ def report_text(
     best = (
         best_temperature_speedup_table(best_temperature_curves(curves), results.variants, sweep_rows) if tuned else None
     )
+    by_nfe = nfe_curves(results, conv)
     return render(
         runs=[r.name for r in results.runs],
+        best_within_nfe=None if by_nfe.empty else best_within_nfe_table(by_nfe),
         setup=_setup_table(results),
         results=results_table(results, conv, sweep_rows),
         other_cells=other_cells_table(results, conv, sweep_rows),

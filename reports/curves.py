@@ -5,11 +5,13 @@
   among the settings that the run's config lists as ``eval.cells`` with ``at: every`` (``None``
   temperature = ``eval.method_temperature`` of the method, else 1.0), the one with rows at the
   most (seed, step) points, preferring the method's default temperature (a cell without a
-  ``temperature``) on ties; without such rows, the setting with the most points.
+  ``temperature``), then Euler, on ties; without such rows, the setting with the most points.
 - A *temperature curve* is a cheap cell with another temperature evaluated at every checkpoint of
   the cheap cell (e.g. an ``at: every`` cell at τ = 0.9 for every method).
 - The *sampler-steps curve* of a variant is the cheap cell with other sampler step counts at the
   last checkpoint of the cheap cell (e.g. ``at: last`` cells at 5, 10 and 50 steps).
+- The *NFE curves* of a variant are the cheap cell with other samplers and step counts at the
+  last checkpoint of the cheap cell (FID against network evaluations per sample, per sampler).
 - The *temperature sweep* of a variant at a checkpoint is the group of rows at that step that
   share every setting but the temperature and has the most distinct temperatures (at least 2).
 - Means over seeds are plain means with the sample standard deviation (ddof = 1; 0 for one seed).
@@ -87,13 +89,16 @@ def cheap_cells(results: Results) -> pd.DataFrame:
         ]
         is_configured = pd.Series([k in configured for k in keys], index=coverage.index, dtype=bool)
         coverage["_default"] = [configured.get(k, False) for k in keys]
+        coverage["_other"] = coverage["sampler"] != "euler" if "sampler" in coverage else False
         pool = coverage[is_configured] if is_configured.any() else coverage
         best = pool.sort_values(
-            ["points", "_default", "steps", "temperature", "cfg_scale"],
-            ascending=[False, False, False, True, True],
+            ["points", "_default", "_other", "steps", "temperature", "cfg_scale"],
+            ascending=[False, False, True, False, True, True],
             kind="stable",
         ).iloc[0]
-        rows.append({"backbone": backbone, "variant": variant, "method": method, **best.drop("_default").to_dict()})
+        rows.append(
+            {"backbone": backbone, "variant": variant, "method": method, **best.drop(["_default", "_other"]).to_dict()}
+        )
     return pd.DataFrame(rows, columns=CURVE_KEY + ["method"] + cols + ["points"])
 
 
@@ -116,11 +121,11 @@ def convergence(results: Results) -> pd.DataFrame:
     return rows.sort_values(CURVE_KEY + ["seed", "step"]).reset_index(drop=True)
 
 
-def _same_cell_but(rows: pd.DataFrame, cell: pd.Series, free: str) -> pd.DataFrame:
-    """Rows of one variant with every setting of ``cell`` but ``free`` (a cell column)."""
+def _same_cell_but(rows: pd.DataFrame, cell: pd.Series, *free: str) -> pd.DataFrame:
+    """Rows of one variant with every setting of ``cell`` but those in ``free`` (cell columns)."""
     keep = pd.Series(True, index=rows.index)
     for c in cell_columns(rows):
-        if c != free:
+        if c not in free:
             keep &= rows[c].astype(str) == str(cell[c])
     return rows[keep]
 
@@ -172,6 +177,41 @@ def steps_curves(results: Results, conv: pd.DataFrame) -> pd.DataFrame:
     if not found:
         return conv.iloc[0:0]
     return pd.concat(found).sort_values(CURVE_KEY + ["steps", "seed"]).reset_index(drop=True)
+
+
+NFE_BUDGETS = (8, 16, 32)
+"""The inference budgets (network passes per sample) of the best-sampler table."""
+
+
+def nfe_curves(results: Results, conv: pd.DataFrame) -> pd.DataFrame:
+    """FID against NFE per sampler at each variant's last cheap-cell checkpoint: the rows there
+    with the cheap cell's settings but the sampler and its steps (so its NFE), for variants
+    evaluated there with at least two samplers. Sorted by variant, sampler, NFE and seed."""
+    found = []
+    cells = cheap_cells(results).set_index(CURVE_KEY)
+    m = results.metrics
+    for (backbone, variant), cheap_rows in conv.groupby(CURVE_KEY, sort=True):
+        here = m[(m["backbone"] == backbone) & (m["variant"] == variant) & (m["step"] == cheap_rows["step"].max())]
+        rows = _same_cell_but(here, cells.loc[(backbone, variant)], "sampler", "steps")
+        if rows["sampler"].nunique() >= 2:
+            found.append(rows)
+    if not found:
+        return conv.iloc[0:0]
+    return pd.concat(found).sort_values(CURVE_KEY + ["sampler", "nfe", "seed"]).reset_index(drop=True)
+
+
+def mean_nfe_curve(rows: pd.DataFrame) -> pd.DataFrame:
+    """``nfe_curves`` rows as means over seeds per (backbone, variant, sampler, steps): columns
+    backbone, variant, sampler, steps, nfe (mean over seeds: an adaptive sampler's varies), mean
+    and std of FID, n_seeds."""
+    keys = CURVE_KEY + ["sampler", "steps"]
+    curve = (
+        rows.groupby(keys, sort=True)
+        .agg(nfe=("nfe", "mean"), mean=("fid", "mean"), std=("fid", "std"), n_seeds=("seed", "nunique"))
+        .reset_index()
+    )
+    curve["std"] = curve["std"].fillna(0.0)
+    return curve.sort_values(CURVE_KEY + ["sampler", "nfe"]).reset_index(drop=True)
 
 
 def mean_curve(rows: pd.DataFrame, x: str = "step", value: str = "fid") -> pd.DataFrame:
@@ -250,8 +290,9 @@ def sweep_curve(rows: pd.DataFrame) -> pd.DataFrame:
 
 def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
     """Mean entropy over seeds per (backbone, variant, temperature, t) at ``step`` (default: the
-    variant's last step with traces), for the (steps, cfg_scale) setting with the most temperatures.
-    Columns: backbone, variant, step, steps, cfg_scale, temperature, t, entropy, n_seeds."""
+    variant's last step with traces), for the (sampler, steps, cfg_scale) setting with the most
+    temperatures (Euler's first on ties). Columns: backbone, variant, step, steps, cfg_scale,
+    temperature, t, entropy, n_seeds."""
     tr = results.traces
     out = []
     for (backbone, variant), group in tr.groupby(CURVE_KEY, sort=True):
@@ -259,9 +300,16 @@ def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
         here = group[group["step"] == at]
         if here.empty:
             continue
-        settings = here.groupby(["steps", "cfg_scale"])["temperature"].nunique().reset_index()
-        chosen = settings.sort_values(["temperature", "steps", "cfg_scale"], ascending=[False, False, True]).iloc[0]
-        rows = here[(here["steps"] == chosen["steps"]) & (here["cfg_scale"] == chosen["cfg_scale"])]
+        settings = here.groupby(["sampler", "steps", "cfg_scale"])["temperature"].nunique().reset_index()
+        settings["other"] = settings["sampler"] != "euler"
+        chosen = settings.sort_values(
+            ["temperature", "other", "steps", "cfg_scale"], ascending=[False, True, False, True]
+        ).iloc[0]
+        rows = here[
+            (here["sampler"] == chosen["sampler"])
+            & (here["steps"] == chosen["steps"])
+            & (here["cfg_scale"] == chosen["cfg_scale"])
+        ]
         agg = (
             rows.groupby(["temperature", "t"], sort=True)
             .agg(entropy=("entropy", "mean"), n_seeds=("seed", "nunique"))

@@ -22,7 +22,7 @@ from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from benchmarks.storage.atomic import save_with
-from reports.curves import CURVE_KEY, X_COLUMNS, image_array, mean_curve, order_variants
+from reports.curves import CURVE_KEY, X_COLUMNS, image_array, mean_curve, mean_nfe_curve, order_variants
 
 FORMATS = ("png", "pdf")
 DPI = 150
@@ -186,6 +186,44 @@ def plot_steps(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: st
         ax.set_title(
             f"{backbone}: FID vs sampler steps at the last checkpoint"
             + (f"\n({BAND_NOTE})" if here["n_seeds"].max() > 1 else "")
+        )
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    save(fig, out_dir, name)
+    return curve
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+"""A marker per sampler in ``plot_nfe`` (the colour is the method's)."""
+
+
+def plot_nfe(rows: pd.DataFrame, floors: pd.DataFrame, out_dir: Path, name: str = "fid_vs_nfe") -> pd.DataFrame:
+    """FID against network evaluations per sample (``reports.curves.nfe_curves`` rows): one line
+    per (variant, sampler), mean over seeds with a band ± 1 s.d., the colour by method and the
+    marker and line style by sampler; log-log, one panel per backbone. Returns the plotted means
+    (``reports.curves.mean_nfe_curve``)."""
+    curve = mean_nfe_curve(rows)
+    fig, panels, look = _backbone_panels(curve, width=6.4)
+    samplers = sorted(curve["sampler"].unique())
+    for ax, backbone, here in panels:
+        for variant in order_variants(here["variant"]):
+            for sampler in sorted(here.loc[here["variant"] == variant, "sampler"].unique()):
+                c = here[(here["variant"] == variant) & (here["sampler"] == sampler)]
+                k = samplers.index(sampler)
+                style = {"color": look[variant]["color"], "linestyle": LINESTYLES[k % len(LINESTYLES)]}
+                x, mean, std = c["nfe"].to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy()
+                ax.plot(x, mean, marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{variant}, {sampler}", **style)
+                if np.any(std > 0):
+                    ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.12, linewidth=0)
+        _floor_lines(ax, floors, backbone)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        _log_y(ax)
+        ax.set_xlabel("network evaluations per sample, NFE (log scale)")
+        ax.set_ylabel("FID (log scale)")
+        seeds = int(here["n_seeds"].max())
+        ax.set_title(
+            f"{backbone}: FID vs NFE per sampler at the last checkpoint" + (f"\n({BAND_NOTE})" if seeds > 1 else "")
         )
         ax.grid(True, alpha=0.3)
         _legend(ax)

@@ -36,7 +36,10 @@ from benchmarks.storage.results import CELL_KEY, TRACE_KEY, MetricsFileError, ke
 from benchmarks.storage.run_dir import MANIFEST, METRICS, TRACES, TRAIN_LOG, RunDir, parse_job_key
 
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
-REQUIRED_TRACES = TRACE_KEY + ["entropy"]
+REQUIRED_TRACES = [c for c in TRACE_KEY if c != "sampler"] + ["entropy"]
+PRE_SAMPLER_AXIS = "euler"
+"""The sampler of every trace in a ``traces.csv`` written before samplers were an evaluation axis
+(such files have no ``sampler`` column)."""
 REQUIRED_TRAIN_LOG = ["step", "loss"]
 FLOOR_TIMINGS = ["eval_wall_s"]
 """``tokenizer_floor.json`` keys that are timings; every other key (its metrics, whichever were
@@ -181,6 +184,8 @@ def read_run(run_dir: str | Path) -> Run:
     manifest = _read_json(folder.manifest) or {}
     metrics = _read_csv(folder.metrics, REQUIRED_METRICS)
     traces = _read_csv(folder.traces, REQUIRED_TRACES)
+    if "sampler" not in traces.columns:
+        traces = traces.assign(sampler=PRE_SAMPLER_AXIS)
     logs = _read_train_logs(folder)
     if not manifest and metrics.empty and logs.empty:
         raise RunFolderError(f"{path}: not a run folder (no {MANIFEST}, {METRICS} or a job's {TRAIN_LOG})")

@@ -104,11 +104,13 @@ def render(
     speedups: pd.DataFrame,
     best_speedups: pd.DataFrame | None,
     variants: pd.DataFrame,
+    best_within_nfe: pd.DataFrame | None = None,
     meanings: pd.DataFrame,
     figures: list[FigureEntry],
     notes: list[str],
 ) -> str:
-    """report.md; ``best_speedups`` None when no method has curves at several temperatures."""
+    """report.md; ``best_speedups`` None when no method has curves at several temperatures;
+    ``best_within_nfe`` None when no method was evaluated with several samplers."""
     parts = [
         "# Benchmark report\n",
         "Built by `python -m reports` from the run folders' files alone (in merge order): "
@@ -126,6 +128,14 @@ def render(
             "Cells that are neither the cheap cell nor the temperature sweep (e.g. the final cell with CFG), "
             "FID as mean ± s.d. over seeds, the other metrics as means.\n",
             table(other_cells),
+        ]
+    if best_within_nfe is not None:
+        parts += [
+            "### Best sampler within an inference budget\n",
+            "Per method and budget of network evaluations per sample (NFE, guidance included): the sampler "
+            "and step count with the lowest FID (mean ± s.d. over seeds) among those whose NFE fits the budget, "
+            "at the last checkpoint and the method's default temperature.\n",
+            table(best_within_nfe),
         ]
     parts += [
         "## Tokenizer floor\n",

@@ -24,7 +24,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from reports.curves import cell_columns, order_variants, seed_matrix, sweep_curve
+from reports.curves import (
+    CURVE_KEY,
+    NFE_BUDGETS,
+    cell_columns,
+    mean_nfe_curve,
+    order_variants,
+    seed_matrix,
+    sweep_curve,
+)
 from reports.load import Results
 from reports.speedup import FRACTIONS, bootstrap_interval, format_interval, format_speedup, speedup
 
@@ -286,6 +294,7 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
         return frame[columns].astype(str).agg("|".join, axis=1) if len(frame) else pd.Series(dtype=str)
 
     key = ["backbone", "variant", "step", *cols]
+    several_samplers = "sampler" in results.metrics and results.metrics["sampler"].nunique() > 1
     known = set(ident(conv, key)) | set(ident(sweep_rows, key))
     rest = results.metrics[~ident(results.metrics, key).isin(known)] if len(results.metrics) else results.metrics
     rows = []
@@ -297,6 +306,7 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
                 "variant": setting["variant"],
                 "step": int(setting["step"]),
                 "τ": f"{setting['temperature']:g}",
+                **({"sampler": setting["sampler"], "NFE": f"{group['nfe'].mean():g}"} if several_samplers else {}),
                 "steps": int(setting["steps"]),
                 "CFG": f"{setting['cfg_scale']:g}",
                 "samples": str(int(setting["n_samples"])) if "n_samples" in setting else "-",
@@ -321,4 +331,47 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
         ["backbone", "variant", "step", "steps", "CFG", "τ"],
         key=lambda s: s.map(order) if s.name == "variant" else s,
         kind="stable",
+    ).reset_index(drop=True)
+
+
+def best_within_nfe_table(rows: pd.DataFrame, budgets=NFE_BUDGETS) -> pd.DataFrame:
+    """Per variant and inference budget B: the sampler setting with the lowest mean FID over seeds
+    among those whose mean NFE is at most B (``reports.curves.nfe_curves`` rows), with its NFE and
+    FID as mean ± s.d.; '-' where no setting fits the budget."""
+    curve = mean_nfe_curve(rows)
+    out = []
+    for (backbone, variant), here in curve.groupby(CURVE_KEY, sort=True):
+        for budget in budgets:
+            fits = here[here["nfe"] <= budget]
+            if fits.empty:
+                out.append(
+                    {
+                        "backbone": backbone,
+                        "variant": variant,
+                        "NFE budget": budget,
+                        "sampler": "-",
+                        "steps": "-",
+                        "NFE": "-",
+                        "FID": "-",
+                        "seeds": "-",
+                    }
+                )
+                continue
+            best = fits.loc[fits["mean"].idxmin()]
+            out.append(
+                {
+                    "backbone": backbone,
+                    "variant": variant,
+                    "NFE budget": budget,
+                    "sampler": best["sampler"],
+                    "steps": int(best["steps"]),
+                    "NFE": f"{best['nfe']:g}",
+                    "FID": f"{best['mean']:.2f} ± {best['std']:.2f}",
+                    "seeds": int(best["n_seeds"]),
+                }
+            )
+    frame = pd.DataFrame(out)
+    order = {v: i for i, v in enumerate(order_variants(frame["variant"]))}
+    return frame.sort_values(
+        ["backbone", "NFE budget", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable"
     ).reset_index(drop=True)

@@ -127,6 +127,11 @@ class EvalCell:
     """``every`` checkpoint or only the ``last`` one."""
     num_samples: int | None = None
     """None = ``eval.num_samples``."""
+    sampler: str = "euler"
+    """A sampler spec: a registered sampler's name, optionally with parameters, e.g. ``heun``,
+    ``dopri5:rtol=1e-4,atol=1e-4`` or ``maskgit:choice_temperature=2`` (docs/samplers.md)."""
+    methods: list[str] | None = None
+    """Only these methods evaluate the cell (None: every method), e.g. ``[dfm]`` for ``maskgit``."""
 
 
 @dataclass
@@ -149,6 +154,8 @@ class EvalConfig:
     temperatures: list[float] = field(default_factory=list)
     """The temperature sweep (run with ``sweep_steps`` at the last checkpoint)."""
     sweep_steps: int = 50
+    sweep_sampler: str = "euler"
+    """The sampler spec of the temperature sweep (every method must support it)."""
     sweep_at: int | None = None
     """Step of the checkpoint the sweep runs at (None = the last one)."""
     sweep_samples: int | None = None
@@ -364,6 +371,8 @@ def validate(cfg: BenchmarkConfig) -> None:
             raise ConfigError(message)
     for message in registry_errors(cfg):
         raise ConfigError(message)
+    for message in sampler_errors(cfg):
+        raise ConfigError(message)
     if t.checkpoint_schedule == "log":
         _check_log_schedule(t)
     sweep_at, steps = cfg.eval.sweep_at, t.checkpoint_steps()
@@ -472,3 +481,36 @@ def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
 
 def method_options(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
     return dict(cfg.methods.get(method, {}))
+
+
+def sampler_errors(cfg: BenchmarkConfig, methods: list[str] | None = None) -> list[str]:
+    """Problems with the sampler specs of the evaluation cells and the sweep: an unknown sampler or
+    a bad parameter, or a method that does not support its cell's sampler (naming the method and
+    its choices). ``methods``: the methods that will run (default: the config's ``methods``)."""
+    from methods import get_method
+    from methods.sampling import build_sampler
+
+    chosen = list(methods if methods is not None else cfg.methods)
+    specs = [(f"eval.cells[{i}].sampler", c.sampler, c.methods) for i, c in enumerate(cfg.eval.cells)]
+    specs.append(("eval.sweep_sampler", cfg.eval.sweep_sampler, None))
+    problems = []
+    for key, spec, only in specs:
+        try:
+            sampler = build_sampler(spec)
+        except (KeyError, ValueError) as e:
+            problems.append(f"{key}: {e.args[0] if e.args else e}")
+            continue
+        for name in only if only is not None else chosen:
+            try:
+                cls = get_method(name)
+            except KeyError as e:
+                problems.append(f"{key.rsplit('.', 1)[0]}.methods: {e.args[0]}")
+                continue
+            if not sampler.supports(cls):
+                cell = key.rsplit(".", 1)[0]
+                limit = f" (name the cell's methods in {cell}.methods)" if only is None and "cells" in key else ""
+                problems.append(
+                    f"{key}: method {name!r} has no sampler {spec!r}; its samplers: "
+                    f"{', '.join(cls.supported_samplers())}{limit}"
+                )
+    return problems

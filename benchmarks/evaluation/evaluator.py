@@ -17,8 +17,10 @@ run into ``tokenizer_floor.json``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,31 +47,43 @@ from benchmarks.storage.manifest import git_commit
 from benchmarks.storage.results import TRACE_COLUMNS, TRACE_KEY, append_rows, cell_key, done_cells, metrics_csv_columns
 from benchmarks.storage.run_dir import GridLayout, RunDir, SampleGrid, write_sidecar
 from benchmarks.training.trainer import CheckpointEvent
+from methods.sampling import build_sampler
 
-SAMPLER = "euler"
+EULER = "euler"
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One evaluation setting: the sampler (its canonical label, ``methods.sampling.build_sampler``),
+    its steps, the temperature, the CFG scale and the number of samples."""
+
     steps: int
     temperature: float
     cfg_scale: float
     num_samples: int
+    sampler: str = EULER
 
     @property
     def tag(self) -> str:
-        return f"steps{self.steps}_tau{self.temperature:g}_cfg{self.cfg_scale:g}_n{self.num_samples}"
+        """The cell in file names: ``steps20_tau0.9_cfg1_n500``, prefixed by the sampler's label
+        (its punctuation as ``-``) for any sampler but Euler, e.g. ``heun_steps8_...``."""
+        prefix = "" if self.sampler == EULER else re.sub(r"[^A-Za-z0-9.]+", "-", self.sampler).strip("-") + "_"
+        return f"{prefix}steps{self.steps}_tau{self.temperature:g}_cfg{self.cfg_scale:g}_n{self.num_samples}"
 
 
 def cell_seed(seed: int, step: int, cell: Cell) -> int:
     """A fixed sampling seed per (training seed, checkpoint, cell): reruns give identical images.
-    Sample i of the cell is drawn with ``sample_seeds(cell_seed(...), [i])``."""
+    Sample i of the cell is drawn with ``sample_seeds(cell_seed(...), [i])``. A sampler other than
+    Euler adds a hash of its label, so two samplers at equal steps draw independent noise (Euler
+    cells keep the seeds they had before samplers were an axis)."""
+    sampler = 0 if cell.sampler == EULER else zlib.crc32(cell.sampler.encode()) * 104_729
     return (
         seed * 1_000_003
         + step * 7919
         + cell.steps * 131
         + int(round(cell.temperature * 1000)) * 17
         + int(round(cell.cfg_scale * 1000))
+        + sampler
     ) % (2**63 - 1)
 
 
@@ -154,21 +168,26 @@ class Evaluator:
 
     # ------------------------------------------------------------------ cells
     def cells(self, event: CheckpointEvent) -> list[Cell]:
-        ev = self.cfg.eval
-        default_tau = ev.method_temperature.get(event.method.name, 1.0)
+        """The cells of this checkpoint: ``eval.cells`` that apply to the method (``methods``) and
+        the checkpoint (``at``), and the temperature sweep at its checkpoint; duplicates once."""
+        ev, name = self.cfg.eval, event.method.name
+        default_tau = ev.method_temperature.get(name, 1.0)
         cells = [
             Cell(
                 c.steps,
                 c.temperature if c.temperature is not None else default_tau,
                 c.cfg_scale,
                 c.num_samples or ev.num_samples,
+                build_sampler(c.sampler).label,
             )
             for c in ev.cells
-            if c.at == "every" or (c.at == "last" and event.is_last)
+            if (c.at == "every" or (c.at == "last" and event.is_last)) and (c.methods is None or name in c.methods)
         ]
         sweep_here = event.step == ev.sweep_at if ev.sweep_at is not None else event.is_last
         if sweep_here:
-            cells += [Cell(ev.sweep_steps, tau, 1.0, ev.sweep_samples or ev.num_samples) for tau in ev.temperatures]
+            sampler = build_sampler(ev.sweep_sampler).label
+            samples = ev.sweep_samples or ev.num_samples
+            cells += [Cell(ev.sweep_steps, tau, 1.0, samples, sampler) for tau in ev.temperatures]
         return list(dict.fromkeys(cells))
 
     def row(self, event: CheckpointEvent, cell: Cell, nfe: int) -> dict:
@@ -183,7 +202,7 @@ class Evaluator:
             "backbone": self.cfg.backbone,
             "params": event.params,
             "tokenizer": self.latents.info.get("tokenizer"),
-            "sampler": SAMPLER,
+            "sampler": cell.sampler,
             "steps": cell.steps,
             "nfe": nfe,
             "temperature": cell.temperature,
@@ -213,6 +232,7 @@ class Evaluator:
             batch_size=ev.batch_size,
             decode_batch_size=ev.decode_batch_size,
             device=event.device,
+            sampler=cell.sampler,
             progress=self.progress,
             desc=f"sample {event.method.name} seed {event.seed} step {event.step} {cell.tag}",
         )
@@ -227,7 +247,14 @@ class Evaluator:
             else {}
         )  # a rank can have no samples when there are more ranks
         grid = samples.images[: max(0, self.cfg.eval.grid_samples - start)]
-        return {"features": features, "grid": grid, "traces": samples.traces, "nfe": samples.nfe}
+        return {
+            "features": features,
+            "grid": grid,
+            "traces": samples.traces,
+            "nfe_total": samples.nfe_total,
+            "sample_wall_s": samples.sample_wall_s,
+            "sample_cpu_s": samples.sample_cpu_s,
+        }
 
     def save_grid(self, images: torch.Tensor, event: CheckpointEvent, cell: Cell) -> Path:
         """Write the PNG grid of the cell's first ``eval.grid_samples`` images, a column per class
@@ -246,7 +273,7 @@ class Evaluator:
                 event.method.name,
                 event.seed,
                 event.step,
-                SAMPLER,
+                cell.sampler,
                 cell.steps,
                 cell.temperature,
                 cell.cfg_scale,
@@ -290,8 +317,10 @@ class Evaluator:
         )
         trace = mean_trace([t for s in shards for t in s["traces"]])
         entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
-        row = self.row(event, cell, nfe=max(s["nfe"] for s in shards))
+        row = self.row(event, cell, nfe=mean_nfe(sum(s["nfe_total"] for s in shards), cell.num_samples))
         row.update(
+            sample_s_per_image=sum(s["sample_wall_s"] for s in shards) / cell.num_samples,
+            sample_cpu_s_per_image=sum(s["sample_cpu_s"] for s in shards) / cell.num_samples,
             entropy=entropy,
             eval_wall_s=round(time.perf_counter() - start, 3),
             **{k: metrics.get(k, float("nan")) for k in metric_columns()},
@@ -304,6 +333,7 @@ class Evaluator:
                         "method": event.method.name,
                         "seed": event.seed,
                         "step": event.step,
+                        "sampler": cell.sampler,
                         "steps": cell.steps,
                         "temperature": cell.temperature,
                         "cfg_scale": cell.cfg_scale,
@@ -347,3 +377,10 @@ def image_labels(images) -> np.ndarray:
     if hasattr(images, "labels"):
         return np.asarray(images.labels)
     return np.asarray([label for _, label in images.samples])
+
+
+def mean_nfe(total: int, n: int) -> int | float:
+    """NFE per sample of a cell: an integer when every sample took the same number of network
+    passes (fixed-step samplers), else the mean over samples to 2 decimals (an adaptive one)."""
+    mean = total / n
+    return int(mean) if mean.is_integer() else round(mean, 2)

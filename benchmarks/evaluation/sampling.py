@@ -10,6 +10,7 @@ and by ``python -m benchmarks.sample``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,12 +49,16 @@ def decode_codes(tokenizer, codes: torch.Tensor, batch_size: int) -> torch.Tenso
 @dataclass
 class Samples:
     """Images of a block of sample indices: uint8 (n, C, H, W) on the CPU, their labels (n,), the
-    sampler's NFE, and per-batch traces as (batch size, trace) pairs (see ``mean_trace``)."""
+    sum over the block's samples of the sampler's NFE (an adaptive sampler's NFE differs between
+    batches), per-batch traces as (batch size, trace) pairs (see ``mean_trace``), and the seconds
+    spent in the sampler (decoding excluded), wall and process CPU time."""
 
     images: torch.Tensor
     labels: torch.Tensor
-    nfe: int = 0
+    nfe_total: int = 0
     traces: list[tuple[int, dict[str, list[float]]]] = field(default_factory=list)
+    sample_wall_s: float = 0.0
+    sample_cpu_s: float = 0.0
 
 
 def sample_images(
@@ -70,30 +75,47 @@ def sample_images(
     batch_size: int,
     decode_batch_size: int,
     device: torch.device,
+    sampler: str = "euler",
     progress: bool = False,
     desc: str = "sample",
 ) -> Samples:
-    """Sample and decode one image per (label, seed), ``batch_size`` at a time, under the suite's
-    sampling precision (``device_autocast``). The progress bar counts samples."""
-    images, traces, nfe = [], [], 0
+    """Sample with ``sampler`` (a spec, ``methods.sampling.build_sampler``) and decode one image per
+    (label, seed), ``batch_size`` at a time, under the suite's sampling precision
+    (``device_autocast``). The progress bar counts samples; the sampler's own time is measured
+    apart from decoding, in wall and process CPU seconds (``Samples``)."""
+    images, traces, nfe_total, wall, cpu = [], [], 0, 0.0, 0.0
     with tqdm(total=len(labels), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for start in range(0, len(labels), batch_size):
             batch = labels[start : start + batch_size].to(device)
             noise = SampleNoise.per_sample(seeds[start : start + batch_size], device)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             with device_autocast(device):
                 out = method.sample(
-                    model, batch, grid, steps=steps, temperature=temperature, cfg_scale=cfg_scale, generator=noise
+                    model,
+                    batch,
+                    grid,
+                    steps=steps,
+                    temperature=temperature,
+                    cfg_scale=cfg_scale,
+                    generator=noise,
+                    sampler=sampler,
                 )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall, cpu = wall + time.perf_counter() - wall0, cpu + time.process_time() - cpu0
             images.append(decode_codes(tokenizer, out.codes, decode_batch_size))
             traces.append((len(batch), out.trace))
-            nfe = out.nfe
+            nfe_total += out.nfe * len(batch)
             bar.update(len(batch))
     empty = torch.zeros(0, tokenizer.in_channels, 0, 0, dtype=torch.uint8)
-    return Samples(torch.cat(images) if images else empty, labels.clone(), nfe, traces)
+    return Samples(torch.cat(images) if images else empty, labels.clone(), nfe_total, traces, wall, cpu)
 
 
 def mean_trace(traces: list[tuple[int, dict[str, list[float]]]]) -> dict[str, list[float]]:
-    """Sample-weighted mean of per-batch traces (same keys and lengths in every batch)."""
+    """Sample-weighted mean of per-batch traces, or {} when the batches' time grids differ (an
+    adaptive sampler evaluates at times of its own in each batch: no common trace exists)."""
+    if len({tuple(tr.get("t", ())) for _, tr in traces}) > 1:
+        return {}
     total = sum(n for n, _ in traces)
     keys = traces[0][1].keys() if traces else []
     return {k: list(np.sum([np.asarray(tr[k]) * n for n, tr in traces], axis=0) / total) for k in keys}

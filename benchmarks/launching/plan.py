@@ -32,6 +32,7 @@ from benchmarks.core.config import BenchmarkConfig
 from benchmarks.storage.run_dir import RunDir
 from benchmarks.training.flops import meta_parameter_count, model_flops
 from methods import get_method
+from methods.sampling import build_sampler
 
 CHECKPOINT_BYTES_PER_PARAM = 16
 """float32 model + EMA + AdamW's exp_avg and exp_avg_sq."""
@@ -126,7 +127,9 @@ def checkpoint_steps(cfg: BenchmarkConfig) -> list[int]:
 
 
 def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> list[tuple[int, int, float, float, int]]:
-    """(checkpoint step, sampler steps, temperature, cfg scale, samples) for every cell a job runs."""
+    """(checkpoint step, network evaluations per sample before guidance, temperature, cfg scale,
+    samples) for every cell a job of ``method`` runs (an adaptive sampler's evaluations are not
+    known ahead: its ``steps`` stand in for them)."""
     ev = cfg.eval
     if not ev.enabled:
         return []
@@ -136,9 +139,14 @@ def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> lis
     for step in steps:
         last = step == steps[-1]
         here = [
-            (c.steps, c.temperature if c.temperature is not None else tau, c.cfg_scale, c.num_samples or ev.num_samples)
+            (
+                build_sampler(c.sampler).evaluations(c.steps) or c.steps,
+                c.temperature if c.temperature is not None else tau,
+                c.cfg_scale,
+                c.num_samples or ev.num_samples,
+            )
             for c in ev.cells
-            if c.at == "every" or last
+            if (c.at == "every" or last) and (c.methods is None or method in c.methods)
         ]
         if step == sweep_at:
             here += [(ev.sweep_steps, t, 1.0, ev.sweep_samples or ev.num_samples) for t in ev.temperatures]

@@ -37,8 +37,10 @@ LEAD_COLUMNS = [
     "ref_stats",
 ]
 """The columns of a ``metrics.csv`` row before its metric columns: the cell and where it comes from."""
-TAIL_COLUMNS = ["entropy", "eval_wall_s", "git_commit"]
-"""The columns after the metric columns."""
+TAIL_COLUMNS = ["entropy", "sample_s_per_image", "sample_cpu_s_per_image", "eval_wall_s", "git_commit"]
+"""The columns after the metric columns: the mean entropy along the sampler, the sampler's own
+seconds per image (wall, and process CPU time, which holds on a shared machine; decoding and
+feature extraction excluded) and the whole cell's wall seconds."""
 
 
 def metrics_csv_columns(metric_columns: list[str]) -> list[str]:
@@ -61,7 +63,7 @@ CELL_KEY = [
 ]
 
 
-TRACE_COLUMNS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "t", "entropy"]
+TRACE_COLUMNS = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "t", "entropy"]
 TRACE_KEY = TRACE_COLUMNS[:-1]
 
 
@@ -92,8 +94,9 @@ def key_text(value) -> str:
 
 
 def cell_key(row: dict, key: list[str] = CELL_KEY) -> tuple:
-    """The identity of a row."""
-    return tuple(key_text(row[name]) for name in key)
+    """The identity of a row (a column the row lacks, as in a file written before the column
+    existed, reads as missing)."""
+    return tuple(key_text(row.get(name)) for name in key)
 
 
 INTEGER_COLUMNS = ("seed", "step")
