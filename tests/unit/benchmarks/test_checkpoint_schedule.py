@@ -48,15 +48,18 @@ RECIPE = (
 )
 
 
-@pytest.mark.parametrize("name", ["convergence", "zloss"])
+@pytest.mark.parametrize("name", ["convergence", "zloss", "samplers"])
 def test_reference_configs_share_the_default_recipe(name):
-    """convergence.yaml and zloss.yaml copy default.yaml's data, tokenizer, backbone and training
-    recipe (their comments say to keep them in step); a re-tuned default must be copied to them."""
+    """convergence.yaml, zloss.yaml and samplers.yaml copy default.yaml's data, tokenizer, backbone
+    and training recipe (their comments say to keep them in step); a re-tuned default must be
+    copied to them. The samplers study trains exactly as the convergence reference."""
     default, other = load_config("default"), load_config(name)
     assert (other.data, other.tokenizer, other.backbone) == (default.data, default.tokenizer, default.backbone)
     assert {k: getattr(other.train, k) for k in RECIPE} == {k: getattr(default.train, k) for k in RECIPE}
     if name == "zloss":  # the default run's purr is the z-loss arm: the whole budget and evaluation match
         assert other.train == default.train and other.eval == default.eval
+    if name == "samplers":
+        assert other.train == load_config("convergence").train
 
 
 @pytest.mark.parametrize(
