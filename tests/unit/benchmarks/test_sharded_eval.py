@@ -18,7 +18,16 @@ from benchmarks.evaluation.sampling import decode_codes, sample_images, shard_ra
 from benchmarks.launching.jobs import run_job
 
 METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "entropy"]
-OVERRIDES = ["train.device=cpu", "train.iterations=20", "train.checkpoint_every=10", "eval.temperatures=[]"]
+OVERRIDES = [
+    "train.device=cpu",
+    "train.iterations=20",
+    "train.checkpoint_every=10",
+    "eval.temperatures=[]",
+    "eval.cells=[{steps: 8}, {steps: 4, sampler: heun, at: last, methods: [purr]},"
+    " {steps: 8, sampler: maskgit, at: last, methods: [dfm]}]",
+]
+"""Two checkpoints with an Euler cell each, and at the last one a Heun (purr) or MaskGIT (dfm) cell:
+every sampler draws through the per-sample seeds, so no sample depends on the rank drawing it."""
 
 
 def _free_port() -> int:
@@ -63,7 +72,7 @@ def test_shards_cover_every_sample_once():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["purr", "dfm"])
 def test_two_gloo_ranks_write_the_metrics_of_one_process(method, shared_cache, tmp_path, monkeypatch):
-    """The smoke job (train 20 steps, evaluate 2 checkpoints) on 2 gloo ranks writes the
+    """The smoke job (train 20 steps, evaluate 2 checkpoints, Euler and another sampler) on 2 gloo ranks writes the
     single-process metrics: each sample's noise comes from its own seed, each rank samples half
     of every cell, and rank 0 scores the gathered features."""
     monkeypatch.setenv("VQFLOW_CACHE", str(shared_cache))
@@ -74,11 +83,12 @@ def test_two_gloo_ranks_write_the_metrics_of_one_process(method, shared_cache, t
     mp.spawn(_job_rank, args=(2, _free_port(), method, str(two), str(shared_cache)), nprocs=2, join=True)
 
     want, got = pd.read_csv(single / "metrics.csv"), pd.read_csv(two / "metrics.csv")
-    assert len(want) == len(got) == 2 and list(got["step"]) == list(want["step"])
+    assert len(want) == len(got) == 3 and list(got["step"]) == list(want["step"]) == [10, 20, 20]
+    assert list(got["sampler"]) == list(want["sampler"]) and got["sampler"].nunique() == 2
     for column in METRICS:
         pd.testing.assert_series_equal(got[column], want[column], rtol=1e-3, atol=1e-4, check_exact=False)
     (eval0, sampled0), (eval1, sampled1) = [map(float, (two / f"rank{r}.txt").read_text().split()) for r in (0, 1)]
-    assert sampled0 == sampled1 == 100  # half of each of the 2 cells of 100 samples
+    assert sampled0 == sampled1 == 150  # half of each of the 3 cells of 100 samples
     print(
         f"\n{method}: evaluation 1 process {summary['eval_s']:.2f} s; "
         f"2 ranks {eval0:.2f} / {eval1:.2f} s (rank 0 / 1); "

@@ -776,3 +776,38 @@ def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, ru
     assert csvs and csvs == sorted(p.name for p in (tmp_path / "figures").glob("*.csv"))
     for csv in csvs:
         assert (tmp_path / "figures" / csv).read_bytes() == (committed / "figures" / csv).read_bytes(), csv
+
+
+def test_best_within_nfe_picks_lowest_fid_that_fits():
+    from reports.tables import best_within_nfe_table
+
+    rows = pd.DataFrame(
+        [
+            {
+                "backbone": "b",
+                "variant": "cfm",
+                "seed": s,
+                "sampler": sampler,
+                "steps": steps,
+                "nfe": nfe,
+                "fid": fid + s,
+            }
+            for s in (0, 1)
+            for sampler, steps, nfe, fid in [
+                ("euler", 8, 8, 30.0),
+                ("euler", 16, 16, 20.0),
+                ("heun", 4, 7, 25.0),
+                ("heun", 8, 15, 12.0),
+                ("dopri5:rtol=0.01,atol=0.01", 1, 40 + 2 * s, 10.0),
+            ]
+        ]
+    )
+    table = best_within_nfe_table(rows, budgets=(4, 8, 16, 32, 64))
+    got = {r["NFE budget"]: (r["sampler"], r["NFE"], r["FID"]) for _, r in table.iterrows()}
+    assert got == {
+        4: ("-", "-", "-"),
+        8: ("heun", "7", "25.50 ± 0.71"),
+        16: ("heun", "15", "12.50 ± 0.71"),
+        32: ("heun", "15", "12.50 ± 0.71"),
+        64: ("dopri5:rtol=0.01,atol=0.01", "41", "10.50 ± 0.71"),  # its NFE is the mean over seeds
+    }
