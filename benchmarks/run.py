@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ import pandas as pd
 from backbones.tokenizers.safe_pickle import NotACheckpointError, UnsafeCheckpointError
 from benchmarks.core import logs
 from benchmarks.core.config import BenchmarkConfig, ConfigError, available_configs, from_dict, load_config
+from benchmarks.core.distributed import DistEnv
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
 from benchmarks.storage.manifest import (
@@ -265,7 +267,10 @@ INPUT_ERRORS = (ConfigError, ImageFileError, MetricsFileError, NotACheckpointErr
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.configure(progress=not args.no_progress)
+    main_rank = DistEnv.from_environment().is_main
+    logs.configure(progress=not args.no_progress and main_rank)
+    if not main_rank:  # torchrun: rank 0 prints the stage lines, the others only warnings
+        logging.getLogger(logs.ROOT).setLevel(logging.WARNING)
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -292,6 +297,12 @@ def run(args: argparse.Namespace) -> int:
         fail(str(e))
     if args.launcher:
         cfg.launcher.kind = args.launcher
+    dist = DistEnv.from_environment()
+    if dist.enabled and cfg.launcher.kind != "local":
+        fail(
+            f"under torchrun ({dist.world_size} ranks) the ranks run the jobs themselves: use --launcher local, "
+            f"not {cfg.launcher.kind} (or submit without torchrun; launcher.gpus_per_job sets the ranks of a job)"
+        )
     saved = read_manifest(run_dir) if args.resume else {}
     if args.methods is not None:
         chosen = parse_methods(args.methods, method_names())
@@ -313,16 +324,11 @@ def run(args: argparse.Namespace) -> int:
                 step_time = StepTime({"*": args.step_seconds}, max(cfg.launcher.gpus_per_job, 1), "--step-seconds")
             elif args.step_seconds_from is not None:
                 step_time = step_time_from_run(args.step_seconds_from, cfg)
-            print(
-                dry_run(
-                    cfg,
-                    chosen,
-                    seeds,
-                    peak_tflops=args.gpu_peak_tflops,
-                    utilisation=args.utilisation,
-                    step_time=step_time,
-                )
+            plan = dry_run(
+                cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation, step_time=step_time
             )
+            if dist.is_main:
+                print(plan)
         except ValueError as e:
             fail(str(e))
         return 0
@@ -350,6 +356,9 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
 
+    if not dist.is_main:
+        return run_other_rank(cfg, chosen, seeds, run_dir, dist, args)
+    start_ranks(cfg, dist)
     update_manifest(
         run_dir,
         {
@@ -362,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
             "git_commit": git_commit(),
         },
     )
+    dist.barrier()  # the other ranks start once the manifest holds this config
     start, started = time.perf_counter(), now_iso()
     cells_before = evaluated_cells(run_dir)
     diverged = None
@@ -406,6 +416,41 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {path.relative_to(run_dir).as_posix():<18} {path.resolve()}")
     if diverged:
         print(f"error: {diverged}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def start_ranks(cfg: BenchmarkConfig, dist: DistEnv) -> None:
+    """Under torchrun: join the ranks' process group (NCCL on GPUs, gloo on CPU) before any job,
+    so rank 0 can hold the others until the run folder is ready. No-op for one process."""
+    if not dist.enabled:
+        return
+    from benchmarks.core.device import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(dist.local_rank)
+        device = torch.device("cuda", dist.local_rank)
+    dist.init_process_group(device)
+
+
+def run_other_rank(
+    cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, dist: DistEnv, args: argparse.Namespace
+) -> int:
+    """A torchrun rank > 0: wait for rank 0 to set up the run folder, then walk the same job list
+    (every job trains with DDP and evaluates sharded); rank 0 writes every shared file."""
+    from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
+
+    start_ranks(cfg, dist)
+    dist.barrier()
+    try:
+        launch(cfg, methods, seeds, run_dir, progress=False, tensorboard=args.tensorboard)
+    except JobsDiverged:
+        return 1
+    except LaunchError as e:
+        print(f"error (rank {dist.rank}): {e}", file=sys.stderr)
         return 1
     return 0
 
