@@ -298,11 +298,7 @@ def run(args: argparse.Namespace) -> int:
     if args.launcher:
         cfg.launcher.kind = args.launcher
     dist = DistEnv.from_environment()
-    if dist.enabled and cfg.launcher.kind != "local":
-        fail(
-            f"under torchrun ({dist.world_size} ranks) the ranks run the jobs themselves: use --launcher local, "
-            f"not {cfg.launcher.kind} (or submit without torchrun; launcher.gpus_per_job sets the ranks of a job)"
-        )
+    check_ranks(cfg, dist, dry_run=args.dry_run)
     saved = read_manifest(run_dir) if args.resume else {}
     if args.methods is not None:
         chosen = parse_methods(args.methods, method_names())
@@ -418,6 +414,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {diverged}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_ranks(cfg: BenchmarkConfig, dist: DistEnv, *, dry_run: bool) -> None:
+    """Exit 2 where the ranks cannot work: a submitting launcher under torchrun (the ranks run
+    the jobs themselves), a global batch that does not divide by torchrun's world size, or
+    ``launcher.nodes`` > 1 with a launcher other than slurm (outside ``--dry-run``)."""
+    kind, batch = cfg.launcher.kind, cfg.train.batch_size
+    if dist.enabled and kind != "local":
+        fail(
+            f"under torchrun ({dist.world_size} ranks) the ranks run the jobs themselves: use --launcher local, "
+            f"not {kind} (or submit without torchrun; launcher.nodes x launcher.gpus_per_job sets a job's ranks)"
+        )
+    if batch % dist.world_size:
+        fail(
+            f"train.batch_size={batch} must be divisible by torchrun's world size {dist.world_size} "
+            "(--nnodes x --nproc_per_node; one equal share per rank)"
+        )
+    if cfg.launcher.nodes > 1 and kind != "slurm" and not dry_run:
+        fail(
+            f"launcher.nodes={cfg.launcher.nodes} needs --launcher slurm (the {kind} launcher runs on one machine); "
+            "for several ranks here use launcher.gpus_per_job with submitit-local, or torchrun"
+        )
 
 
 def start_ranks(cfg: BenchmarkConfig, dist: DistEnv) -> None:

@@ -344,14 +344,20 @@ def planned_row(method: str, seed: int, step: int, cell) -> dict:
 
 
 def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -> dict:
-    """submitit parameters of one job: one node; with GPUs one task (DDP rank) per GPU, else one task."""
+    """submitit parameters of one job: ``launcher.nodes`` nodes, on each one task (DDP rank) per
+    GPU, or one task without GPUs; so nodes x max(gpus_per_job, 1) ranks."""
     gpus = launcher.gpus_per_job
+    if launcher.nodes > 1 and launcher.kind != "slurm":
+        raise LaunchError(
+            f"launcher.nodes={launcher.nodes} needs --launcher slurm (submitit's local executor runs "
+            "one node); on one machine use launcher.gpus_per_job ranks, or torchrun --nnodes"
+        )
     params = {
         "name": name,
         "timeout_min": launcher.timeout_min,
         "cpus_per_task": launcher.cpus_per_task,
         "mem_gb": float(launcher.mem_gb),
-        "nodes": 1,
+        "nodes": launcher.nodes,
         "tasks_per_node": max(gpus, 1),
     }
     if gpus:
