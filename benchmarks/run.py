@@ -232,7 +232,7 @@ def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> 
         notes = RunDir(run_dir).accept_config(manifest, cfg.to_dict())
     except ConfigChangeRefused as e:
         fail(f"{e}: use another --out, or --resume to continue it as it was")
-    for note in notes:
+    for note in notes if DistEnv.from_environment().is_main else ():  # torchrun: once, from rank 0
         print(f"note: {note}", file=sys.stderr)
 
 

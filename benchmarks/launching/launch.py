@@ -429,6 +429,11 @@ def submit(
     skipped = [run.job(m, s).key for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
         print(f"skipping {len(skipped)} finished job(s): {', '.join(skipped)}")
+    for m, s in todo:
+        events = read_events(run_dir, m, s)
+        if events and events[-1]["event"] == "done" and events[-1].get("step", 0) >= cfg.train.iterations:
+            n = len(missing_cells(run_dir, m, s, cfg))
+            print(f"{run.job(m, s).key} finished training; submitting it again for {n} new evaluation cell(s)")
     if not todo:
         return []
     executor = make_executor(cfg, run.submitit)

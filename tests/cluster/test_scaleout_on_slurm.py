@@ -69,6 +69,7 @@ def test_added_eval_cells_are_evaluated_by_slurm_jobs(slurm_cluster, shared_cach
     cells = "eval.cells=[{steps: 8, at: every}, {steps: 4, at: last}]"
     started = time.monotonic()
     again = _ok(_cli(shared_cache, *launch, *base, cells, *_slurm(slurm_cluster.partition)))
+    assert "purr/seed0 finished training; submitting it again for 1 new evaluation cell(s)" in again.stdout
     assert "submitted 1 job(s) as SLURM job array" in again.stdout, again.stdout
     after = pd.read_csv(run / "metrics.csv")
     assert len(after) == 3 and not after.duplicated(CELL_KEY).any()
