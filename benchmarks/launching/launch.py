@@ -4,15 +4,18 @@
 ``submitit-local``  one subprocess per job (submitit's local executor), all started at once: the
                     cluster code path (checkpoint on the preemption signal, requeue) on one machine.
 ``slurm``           one SLURM job array with a task per (method, seed). A task spans
-                    ``launcher.gpus_per_job`` GPUs of one node with DDP (one process per GPU), or
-                    one process on CPUs.
+                    ``launcher.nodes`` nodes x ``launcher.gpus_per_job`` GPUs with DDP (one
+                    process per GPU), or one process per node on CPUs.
+
+Under torchrun the ``local`` launcher runs in every rank: the ranks walk the job list together.
 
 Every job writes into the same run folder: ``metrics.csv`` rows are lock-appended, the manifest is
 lock-merged, and each job owns ``<method>/seed<k>/`` (checkpoints, ``train_log.csv``, and
 ``job_events.jsonl``: one JSON line per start, requeue and finish, written by rank 0). submitit's
 pickles and logs go to ``<run>/submitit/``. Submitting returns at once after printing the job ids
 (also recorded in the manifest under ``launches``); ``wait=True`` follows the jobs to the end.
-Jobs whose last event says they finished are not submitted again, and nothing is submitted while
+Jobs whose last event says they finished, and whose last checkpoint has every evaluation cell of
+the current config in ``metrics.csv``, are not submitted again (``finished``), and nothing is submitted while
 jobs of an earlier launch of the run are still queued or running (two jobs would train one
 (method, seed) into the same checkpoints).
 
