@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from benchmarks.core.config import (
     load_config,
     sampler_errors,
 )
+from benchmarks.core.distributed import DistEnv
 from benchmarks.data.images import ImageFileError
 from benchmarks.launching.launch import JobBusyError
 from benchmarks.storage.manifest import (
@@ -238,7 +240,7 @@ def check_config_change(run_dir: Path, cfg: BenchmarkConfig, manifest: dict) -> 
         notes = RunDir(run_dir).accept_config(manifest, cfg.to_dict())
     except ConfigChangeRefused as e:
         fail(f"{e}: use another --out, or --resume to continue it as it was")
-    for note in notes:
+    for note in notes if DistEnv.from_environment().is_main else ():  # torchrun: once, from rank 0
         print(f"note: {note}", file=sys.stderr)
 
 
@@ -273,7 +275,10 @@ INPUT_ERRORS = (ConfigError, ImageFileError, MetricsFileError, NotACheckpointErr
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.configure(progress=not args.no_progress)
+    main_rank = DistEnv.from_environment().is_main
+    logs.configure(progress=not args.no_progress and main_rank)
+    if not main_rank:  # torchrun: rank 0 prints the stage lines, the others only warnings
+        logging.getLogger(logs.ROOT).setLevel(logging.WARNING)
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -300,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
         fail(str(e))
     if args.launcher:
         cfg.launcher.kind = args.launcher
+    dist = DistEnv.from_environment()
+    check_ranks(cfg, dist, dry_run=args.dry_run)
     saved = read_manifest(run_dir) if args.resume else {}
     if args.methods is not None:
         chosen = parse_methods(args.methods, method_names())
@@ -323,16 +330,11 @@ def run(args: argparse.Namespace) -> int:
                 step_time = StepTime({"*": args.step_seconds}, max(cfg.launcher.gpus_per_job, 1), "--step-seconds")
             elif args.step_seconds_from is not None:
                 step_time = step_time_from_run(args.step_seconds_from, cfg)
-            print(
-                dry_run(
-                    cfg,
-                    chosen,
-                    seeds,
-                    peak_tflops=args.gpu_peak_tflops,
-                    utilisation=args.utilisation,
-                    step_time=step_time,
-                )
+            plan = dry_run(
+                cfg, chosen, seeds, peak_tflops=args.gpu_peak_tflops, utilisation=args.utilisation, step_time=step_time
             )
+            if dist.is_main:
+                print(plan)
         except ValueError as e:
             fail(str(e))
         return 0
@@ -360,6 +362,9 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
 
+    if not dist.is_main:
+        return run_other_rank(cfg, chosen, seeds, run_dir, dist, args)
+    start_ranks(cfg, dist)
     update_manifest(
         run_dir,
         {
@@ -372,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
             "git_commit": git_commit(),
         },
     )
+    dist.barrier()  # the other ranks start once the manifest holds this config
     start, started = time.perf_counter(), now_iso()
     cells_before = evaluated_cells(run_dir)
     diverged = None
@@ -416,6 +422,63 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {path.relative_to(run_dir).as_posix():<18} {path.resolve()}")
     if diverged:
         print(f"error: {diverged}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_ranks(cfg: BenchmarkConfig, dist: DistEnv, *, dry_run: bool) -> None:
+    """Exit 2 where the ranks cannot work: a submitting launcher under torchrun (the ranks run
+    the jobs themselves), a global batch that does not divide by torchrun's world size, or
+    ``launcher.nodes`` > 1 with a launcher other than slurm (outside ``--dry-run``)."""
+    kind, batch = cfg.launcher.kind, cfg.train.batch_size
+    if dist.enabled and kind != "local":
+        fail(
+            f"under torchrun ({dist.world_size} ranks) the ranks run the jobs themselves: use --launcher local, "
+            f"not {kind} (or submit without torchrun; launcher.nodes x launcher.gpus_per_job sets a job's ranks)"
+        )
+    if batch % dist.world_size:
+        fail(
+            f"train.batch_size={batch} must be divisible by torchrun's world size {dist.world_size} "
+            "(--nnodes x --nproc_per_node; one equal share per rank)"
+        )
+    if cfg.launcher.nodes > 1 and kind != "slurm" and not dry_run:
+        fail(
+            f"launcher.nodes={cfg.launcher.nodes} needs --launcher slurm (the {kind} launcher runs on one machine); "
+            "for several ranks here use launcher.gpus_per_job with submitit-local, or torchrun"
+        )
+
+
+def start_ranks(cfg: BenchmarkConfig, dist: DistEnv) -> None:
+    """Under torchrun: join the ranks' process group (NCCL on GPUs, gloo on CPU) before any job,
+    so rank 0 can hold the others until the run folder is ready. No-op for one process."""
+    if not dist.enabled:
+        return
+    from benchmarks.core.device import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(dist.local_rank)
+        device = torch.device("cuda", dist.local_rank)
+    dist.init_process_group(device)
+
+
+def run_other_rank(
+    cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, dist: DistEnv, args: argparse.Namespace
+) -> int:
+    """A torchrun rank > 0: wait for rank 0 to set up the run folder, then walk the same job list
+    (every job trains with DDP and evaluates sharded); rank 0 writes every shared file."""
+    from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
+
+    start_ranks(cfg, dist)
+    dist.barrier()
+    try:
+        launch(cfg, methods, seeds, run_dir, progress=False, tensorboard=args.tensorboard)
+    except JobsDiverged:
+        return 1
+    except LaunchError as e:
+        print(f"error (rank {dist.rank}): {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -18,8 +18,10 @@ except the Debian packages that `install` adds::
 pid's start time first so that a recycled pid is never signalled. Jobs still queued or running
 are cancelled through `scancel` before the daemons stop.
 
-The cluster: one node `localhost` (127.0.0.1) with `cpus` CPUs and RealMemory = MemTotal - 2 GiB;
-partition `debug` (default, PriorityTier 1, preemptable by requeue with a GraceTime) and partition
+The cluster: node `localhost` (127.0.0.1) with `cpus` CPUs and RealMemory = MemTotal - 2 GiB;
+a second node `node2`, another slurmd on this machine (`slurmd -N node2`, NodeHostname=localhost,
+its own Port; Slurm 22.05's Debian build has MULTIPLE_SLURMD) declaring the same CPUs and memory;
+partition `multi` (both nodes, for `--nodes 2` jobs); partition `debug` (default, PriorityTier 1, preemptable by requeue with a GraceTime) and partition
 `urgent` (PriorityTier 2) whose jobs preempt `debug` jobs. Preempted jobs receive their
 `--signal` (submitit: USR2) at once (`SlurmctldParameters=preempt_send_user_signal`), which is
 what submitit's Checkpointable needs to checkpoint and requeue itself. Accounting goes through
@@ -68,7 +70,7 @@ BINARIES = {
     "sacct": "slurm-wlm",
     "sacctmgr": "slurm-wlm",
 }
-DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")  # start order; stopped in reverse
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurmd2")  # start order; stopped in reverse
 CLUSTER_NAME = "vqflow"
 PARTITION = "debug"
 URGENT_PARTITION = "urgent"
@@ -79,6 +81,8 @@ KILL_WAIT_S = 5  # SIGTERM -> SIGKILL delay when Slurm ends a job
 CRED_EXPIRE_S = 10
 SCHED_INTERVAL_S = 2  # main and backfill scheduler passes (defaults 60 s and 30 s) start requeued jobs
 NODE = "localhost"
+NODE2 = "node2"  # a second node daemon on this machine (slurmd -N node2, its own port)
+MULTI_PARTITION = "multi"  # both nodes: multi-node jobs (--nodes 2)
 DB_NAME = "slurm_acct_db"
 DB_USER = "slurm"
 LOG_TAIL_LINES = 40
@@ -147,7 +151,8 @@ class Layout:
     info = property(lambda self: self.root / "cluster.json")
 
     def log(self, daemon: str) -> Path:
-        return self.logs / f"{daemon}.log"
+        node = {"slurmd": NODE, "slurmd2": NODE2}.get(daemon)  # SlurmdLogFile is per node (%n)
+        return self.logs / (f"slurmd-{node}.log" if node else f"{daemon}.log")
 
     def out(self, daemon: str) -> Path:
         return self.logs / f"{daemon}.out"
@@ -175,7 +180,7 @@ class Settings:
         mem_mb = _mem_total_mb() - 2048
         if mem_mb < 512:
             raise ClusterError(f"MemTotal - 2 GiB = {mem_mb} MB leaves no memory for a SLURM node")
-        ports = dict(zip(("slurmctld", "slurmd", "slurmdbd", "mariadbd"), _free_ports(4)))
+        ports = dict(zip(("slurmctld", "slurmd", "slurmd2", "slurmdbd", "mariadbd"), _free_ports(5)))
         return cls(cpus=cpus, real_memory_mb=mem_mb, ports=ports, db_password=secrets.token_hex(12))
 
 
@@ -270,6 +275,15 @@ def up(root: str | Path, *, cpus: int | None = None, install: bool = False, time
             f"node {NODE} to be idle in sinfo",
             also=("slurmctld",),
         )
+        _start(lay, "slurmd2", ["slurmd", "-D", "-N", NODE2, "-f", str(lay.conf)], env)
+        _wait(
+            lay,
+            "slurmd2",
+            lambda: _out(["sinfo", "-h", "-n", NODE2, "-o", "%T"], env).strip() == "idle",
+            deadline,
+            f"node {NODE2} to be idle in sinfo",
+            also=("slurmctld",),
+        )
     except BaseException:
         stop(lay)
         raise
@@ -288,6 +302,8 @@ def _make_dirs(lay: Layout) -> None:
         (lay.db_tmp, 0o700),
         (lay.state, 0o700),
         (lay.spool, 0o755),
+        (lay.spool / NODE, 0o755),
+        (lay.spool / NODE2, 0o755),
         (lay.logs, 0o755),
         (lay.pids, 0o755),
     ]:
@@ -313,11 +329,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={sock},cred_expire={CRED_EXPIRE_S}
 StateSaveLocation={lay.state}
-SlurmdSpoolDir={lay.spool}
+SlurmdSpoolDir={lay.spool}/%n
 SlurmctldPidFile={lay.root / "slurmctld.pid"}
-SlurmdPidFile={lay.root / "slurmd.pid"}
+SlurmdPidFile={lay.root / "slurmd-%n.pid"}
 SlurmctldLogFile={lay.log("slurmctld")}
-SlurmdLogFile={lay.log("slurmd")}
+SlurmdLogFile={lay.logs}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -341,9 +357,12 @@ AccountingStoragePass={sock}
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs={s.cpus} RealMemory={s.real_memory_mb} State=UNKNOWN
+# node2 first: while one node is defined and it is named localhost, Slurm matches any name to it
+NodeName={NODE2} NodeAddr=127.0.0.1 Port={s.ports["slurmd2"]} CPUs={s.cpus} RealMemory={s.real_memory_mb} State=UNKNOWN
+NodeName={NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={s.ports["slurmd"]} CPUs={s.cpus} RealMemory={s.real_memory_mb} State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime={GRACE_TIME_S}
 PartitionName={URGENT_PARTITION} Nodes={NODE} Default=NO MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+PartitionName={MULTI_PARTITION} Nodes={NODE},{NODE2} Default=NO MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
 """
     dbd_conf = f"""\
 AuthType=auth/munge
@@ -547,7 +566,7 @@ def down(root: str | Path, timeout: float = 60.0) -> list[str]:
 def stop(lay: Layout, timeout: float = 60.0) -> list[str]:
     """SIGTERM each recorded daemon (reverse start order), wait, SIGKILL what remains. Only those pids."""
     stopped = []
-    groups = [("slurmd", "slurmctld"), ("slurmdbd",), ("mariadbd", "munged")]
+    groups = [("slurmd", "slurmd2", "slurmctld"), ("slurmdbd",), ("mariadbd", "munged")]
     per_group = timeout / len(groups)
     for group in groups:
         live = {d: _read_pid(lay, d) for d in group if _recorded_alive(lay, d)}

@@ -171,6 +171,9 @@ class LauncherConfig:
     kind: str = "local"
     partition: str | None = None
     gpus_per_job: int = 0
+    nodes: int = 1
+    """Nodes per job (SLURM): a job runs ``nodes x max(gpus_per_job, 1)`` DDP ranks, one per GPU
+    (one per node on CPUs); ``train.batch_size`` must divide by that world size."""
     cpus_per_task: int = 2
     mem_gb: float = 8
     timeout_min: int = 60
@@ -414,14 +417,15 @@ def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
     samples = [("eval.num_samples", ev.num_samples), ("eval.sweep_samples", ev.sweep_samples)] + [
         (f"eval.cells[{i}].num_samples", c.num_samples) for i, c in enumerate(ev.cells)
     ]
-    ranks = max(launcher.gpus_per_job, 1)
+    ranks = max(launcher.gpus_per_job, 1) * max(launcher.nodes, 1)
     return [
         (t.iterations >= 1, "train.iterations must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (
             t.batch_size % ranks == 0,
-            f"train.batch_size={t.batch_size} must be divisible by "
-            f"launcher.gpus_per_job={ranks} (one equal share per rank)",
+            f"train.batch_size={t.batch_size} must be divisible by the world size {ranks} = "
+            f"launcher.nodes={launcher.nodes} x launcher.gpus_per_job={launcher.gpus_per_job} "
+            "(one equal share per rank; 0 GPUs: one rank per node)",
         ),
         (t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a finite number > 0, got {t.lr}"),
         (
@@ -472,6 +476,7 @@ def value_checks(cfg: BenchmarkConfig) -> list[tuple[bool, str]]:
             f"launcher.kind must be local, submitit-local or slurm, got {launcher.kind!r}",
         ),
         (launcher.gpus_per_job >= 0, "launcher.gpus_per_job must be >= 0"),
+        (launcher.nodes >= 1, "launcher.nodes must be >= 1"),
         (launcher.cpus_per_task >= 1, "launcher.cpus_per_task must be >= 1"),
         (launcher.timeout_min >= 1, "launcher.timeout_min must be >= 1"),
         (launcher.signal_delay_s >= 1, "launcher.signal_delay_s must be >= 1"),

@@ -17,6 +17,7 @@ run into ``tokenizer_floor.json``.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -135,28 +136,29 @@ class Evaluator:
         return self._reference
 
     def tokenizer_floor(self) -> dict:
-        """Metrics of the tokenizer's reconstructions of the reference images (computed once)."""
+        """Metrics of the tokenizer's reconstructions of ``n = min(eval.num_samples, N)`` reference
+        images, evenly spaced over the N (computed once per run into ``tokenizer_floor.json``).
+
+        A collective with several ranks (every rank calls it): rank r reconstructs and extracts
+        features of its block ``shard_range(n, r, world)`` of the n images, rank 0 gathers the
+        features (concatenated in rank order, so in image order) and the squared errors, and
+        computes the metrics and PSNR = 10 log10(255^2 / MSE) with MSE = sum of squared errors /
+        pixel count over all n images: the same numbers for any world size. Returns the floor on
+        rank 0 and {} on the other ranks."""
         path = self.run.floor
-        if path.exists():
-            return json.loads(path.read_text())
+        exists = self.dist.broadcast(path.exists() if self.dist.is_main else None)
+        if exists:
+            return json.loads(path.read_text()) if self.dist.is_main else {}
         if self.latents.images is None:
             return {}
         start = time.perf_counter()
         n = min(self.cfg.eval.num_samples, len(self.latents.images))
         indices = np.linspace(0, len(self.latents.images) - 1, n).astype(int)
-        subset = torch.utils.data.Subset(self.latents.images, indices)
-        metrics = fidelity.reconstruction_metrics(
-            self.latents.tokenizer,
-            subset,
-            self.reference(),
-            self.extractor(),
-            labels=image_labels(self.latents.images)[indices],
-            progress=self.progress,
-            kid_subsets=self.cfg.eval.kid_subsets,
-            metrics=self.cfg.eval.metrics,
-        )
+        shards = self.dist.gather(self.floor_shard(indices))
+        if shards is None:
+            return {}
         floor = {
-            **metrics,
+            **self.floor_metrics(shards, image_labels(self.latents.images)[indices]),
             "n_samples": n,
             "tokenizer": self.latents.info.get("tokenizer"),
             "feature_extractor": self.extractor().id,
@@ -166,29 +168,36 @@ class Evaluator:
         save_json(floor, path)
         return floor
 
+    def floor_shard(self, indices: np.ndarray) -> dict:
+        """This rank's part of the floor: features {layer: (m, D)} of the reconstructions of its
+        block of ``indices`` (m images), their summed squared error (uint8 units) and pixel count."""
+        block = shard_range(len(indices), self.dist.rank, self.dist.world_size)
+        if not len(block):  # more ranks than images
+            return {"features": {}, "sq_err": 0.0, "pixels": 0}
+        subset = torch.utils.data.Subset(self.latents.images, indices[block.start : block.stop])
+        recon, mse = fidelity.reconstruct(self.latents.tokenizer, subset)
+        features = fidelity.extract_features(recon, self.extractor(), progress=self.progress)
+        return {"features": features, "sq_err": mse * recon.numel(), "pixels": recon.numel()}
+
+    def floor_metrics(self, shards: list[dict], labels: np.ndarray) -> dict:
+        """Rank 0: the floor's metrics from every rank's ``floor_shard`` (in rank order)."""
+        parts = [s["features"] for s in shards if s["features"]]
+        features = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        metrics = fidelity.metrics_from_features(
+            features,
+            self.reference(),
+            self.extractor(),
+            labels=labels,
+            kid_subsets=self.cfg.eval.kid_subsets,
+            metrics=self.cfg.eval.metrics,
+        )
+        mse = sum(s["sq_err"] for s in shards) / sum(s["pixels"] for s in shards)
+        metrics["psnr"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
+        return metrics
+
     # ------------------------------------------------------------------ cells
     def cells(self, event: CheckpointEvent) -> list[Cell]:
-        """The cells of this checkpoint: ``eval.cells`` that apply to the method (``methods``) and
-        the checkpoint (``at``), and the temperature sweep at its checkpoint; duplicates once."""
-        ev, name = self.cfg.eval, event.method.name
-        default_tau = ev.method_temperature.get(name, 1.0)
-        cells = [
-            Cell(
-                c.steps,
-                c.temperature if c.temperature is not None else default_tau,
-                c.cfg_scale,
-                c.num_samples or ev.num_samples,
-                build_sampler(c.sampler).label,
-            )
-            for c in ev.cells
-            if (c.at == "every" or (c.at == "last" and event.is_last)) and (c.methods is None or name in c.methods)
-        ]
-        sweep_here = event.step == ev.sweep_at if ev.sweep_at is not None else event.is_last
-        if sweep_here:
-            sampler = build_sampler(ev.sweep_sampler).label
-            samples = ev.sweep_samples or ev.num_samples
-            cells += [Cell(ev.sweep_steps, tau, 1.0, samples, sampler) for tau in ev.temperatures]
-        return list(dict.fromkeys(cells))
+        return checkpoint_cells(self.cfg, event.method.name, event.step, event.is_last)
 
     def row(self, event: CheckpointEvent, cell: Cell, nfe: int) -> dict:
         return {
@@ -286,8 +295,8 @@ class Evaluator:
     def todo(self, event: CheckpointEvent) -> list[Cell]:
         """The cells of this checkpoint not yet in ``metrics.csv`` (rank 0 reads; all ranks get its list)."""
         todo = None
+        self.tokenizer_floor()  # a collective: every rank reconstructs its block of the floor's images
         if self.dist.is_main:
-            self.tokenizer_floor()
             done = done_cells(self.run.metrics)
             todo = [cell for cell in self.cells(event) if cell_key(self.row(event, cell, nfe=0)) not in done]
         return self.dist.broadcast(todo)
@@ -353,6 +362,32 @@ class Evaluator:
             tqdm.write(line)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def checkpoint_cells(cfg: BenchmarkConfig, method: str, step: int, is_last: bool) -> list[Cell]:
+    """The cells the config evaluates at a checkpoint of ``method``: ``eval.cells`` that apply to
+    the method (``methods``) with ``at: every`` (and ``at: last`` at the last checkpoint), plus the
+    temperature sweep at ``eval.sweep_at`` (default: the last checkpoint); each once. A cell's
+    sampler is its canonical label (``methods.sampling.build_sampler``)."""
+    ev = cfg.eval
+    default_tau = ev.method_temperature.get(method, 1.0)
+    cells = [
+        Cell(
+            c.steps,
+            c.temperature if c.temperature is not None else default_tau,
+            c.cfg_scale,
+            c.num_samples or ev.num_samples,
+            build_sampler(c.sampler).label,
+        )
+        for c in ev.cells
+        if (c.at == "every" or (c.at == "last" and is_last)) and (c.methods is None or method in c.methods)
+    ]
+    sweep_here = step == ev.sweep_at if ev.sweep_at is not None else is_last
+    if sweep_here:
+        sampler = build_sampler(ev.sweep_sampler).label
+        samples = ev.sweep_samples or ev.num_samples
+        cells += [Cell(ev.sweep_steps, tau, 1.0, samples, sampler) for tau in ev.temperatures]
+    return list(dict.fromkeys(cells))
 
 
 def extractor_for(cfg: BenchmarkConfig) -> fidelity.ExtractorSpec:

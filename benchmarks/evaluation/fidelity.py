@@ -164,9 +164,11 @@ def extract_features(
             layers or extractor.layers,
             cuda=cuda,
             feature_extractor_weights_path=extractor.weights_path,
-            verbose=progress,
+            verbose=False,  # its "Creating feature extractor ..." print is no progress bar
         )
-        return get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, dataset.in_memory, progress)
+        # verbose: torch-fidelity's "Processing samples" bar and line, never in a --no-progress run
+        verbose = progress and logs.show_progress()
+        return get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, dataset.in_memory, verbose)
 
 
 # ---------------------------------------------------------------------------------------------

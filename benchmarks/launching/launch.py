@@ -4,15 +4,18 @@
 ``submitit-local``  one subprocess per job (submitit's local executor), all started at once: the
                     cluster code path (checkpoint on the preemption signal, requeue) on one machine.
 ``slurm``           one SLURM job array with a task per (method, seed). A task spans
-                    ``launcher.gpus_per_job`` GPUs of one node with DDP (one process per GPU), or
-                    one process on CPUs.
+                    ``launcher.nodes`` nodes x ``launcher.gpus_per_job`` GPUs with DDP (one
+                    process per GPU), or one process per node on CPUs.
+
+Under torchrun the ``local`` launcher runs in every rank: the ranks walk the job list together.
 
 Every job writes into the same run folder: ``metrics.csv`` rows are lock-appended, the manifest is
 lock-merged, and each job owns ``<method>/seed<k>/`` (checkpoints, ``train_log.csv``, and
 ``job_events.jsonl``: one JSON line per start, requeue and finish, written by rank 0). submitit's
 pickles and logs go to ``<run>/submitit/``. Submitting returns at once after printing the job ids
 (also recorded in the manifest under ``launches``); ``wait=True`` follows the jobs to the end.
-Jobs whose last event says they finished are not submitted again, and nothing is submitted while
+Jobs whose last event says they finished, and whose last checkpoint has every evaluation cell of
+the current config in ``metrics.csv``, are not submitted again (``finished``), and nothing is submitted while
 jobs of an earlier launch of the run are still queued or running (two jobs would train one
 (method, seed) into the same checkpoints).
 
@@ -84,7 +87,7 @@ def launch(
     if cfg.launcher.kind == "local":
         run_local(cfg, methods, seeds, run_dir, progress=progress, tensorboard=tensorboard)
         return True
-    jobs = submit(cfg, methods, seeds, run_dir, tensorboard=tensorboard)
+    jobs = submit(cfg, methods, seeds, run_dir, tensorboard=tensorboard, progress=progress)
     if not jobs:
         print("every job of this run has already finished")
         return True
@@ -108,18 +111,27 @@ def run_local(
     tensorboard: bool = False,
 ) -> None:
     """Run every job in this process. A job that diverges stops (``TrainingDiverged``) and the
-    others go on; then ``JobsDiverged`` names the diverged ones."""
+    others go on; then ``JobsDiverged`` names the diverged ones.
+
+    Under torchrun (``DistEnv`` of several ranks) every rank calls this with the same job list and
+    the ranks walk it together: each job trains with DDP and evaluates sharded over the ranks.
+    Rank 0 alone holds the job locks and writes the job events (the trainer and evaluator write
+    their files from rank 0 too)."""
+    dist = DistEnv.from_environment()
+    main = dist.is_main
     diverged = []
     with contextlib.ExitStack() as held:
         for method in methods:
-            for seed in seeds:
+            for seed in seeds if main else ():
                 held.enter_context(job_lock(run_dir, method, seed))
-        latents = prepare_recorded_latents(cfg, run_dir, progress=progress)
-        evaluator = make_evaluator(cfg, latents, run_dir, progress)
+        latents = prepare_recorded_latents(cfg, run_dir, progress=progress and main, record=main)
+        evaluator = make_evaluator(cfg, latents, run_dir, progress and main, dist)
         jobs = [(method, seed) for method in methods for seed in seeds]
         for k, (method, seed) in enumerate(jobs, 1):
             with logs.stage(f"job {k} of {len(jobs)}: {method} seed {seed}", part="jobs"):
-                record_event(run_dir, method, seed, "start", from_step=RunDir(run_dir).job(method, seed).newest_step())
+                if main:
+                    from_step = RunDir(run_dir).job(method, seed).newest_step()
+                    record_event(run_dir, method, seed, "start", from_step=from_step)
                 try:
                     summary = run_job(
                         cfg,
@@ -132,11 +144,13 @@ def run_local(
                         tensorboard=tensorboard,
                     )
                 except TrainingDiverged as e:
-                    print(f"error: {e}", file=sys.stderr)
-                    record_event(run_dir, method, seed, "diverged", step=e.step)
+                    if main:
+                        print(f"error: {e}", file=sys.stderr)
+                        record_event(run_dir, method, seed, "diverged", step=e.step)
                     diverged.append(f"{method} seed {seed} (step {e.step})")
                     continue
-                record_event(run_dir, method, seed, "done", step=summary["step"])
+                if main:
+                    record_event(run_dir, method, seed, "done", step=summary["step"])
     if diverged:
         raise JobsDiverged(f"{len(diverged)} job(s) diverged: {', '.join(diverged)}; the other jobs finished")
 
@@ -187,9 +201,11 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
     names of the modules that register its methods (imported first, for plugin methods).
     """
 
-    def __init__(self, modules: tuple[str, ...] = (), tensorboard: bool = False):
+    def __init__(self, modules: tuple[str, ...] = (), tensorboard: bool = False, progress: bool = True):
         self.modules = tuple(modules)
         self.tensorboard = tensorboard
+        self.progress = progress
+        """False for a --no-progress command: the job log holds only the plain stage lines."""
 
     def __call__(self, cfg_dict: dict, method: str, seed: int, run_dir: str) -> dict:
         for module in self.modules:
@@ -197,7 +213,8 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
         if "SLURM_CPUS_PER_TASK" in os.environ:  # without CPU binding torch would use every core of the node
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         cfg = from_dict(cfg_dict)
-        logs.configure()  # the job's stderr is its SLURM / submitit log file: plain stage lines
+        progress = getattr(self, "progress", True)  # a job pickled before the flag existed
+        logs.configure(progress=progress)  # the job's stderr is its SLURM / submitit log file
         sig = preemption_signal()
         if callable(signal.getsignal(sig)):  # submitit's handler: defer it to step boundaries
             PREEMPTION.install(sig)
@@ -215,7 +232,7 @@ class BenchmarkJob(submitit.helpers.Checkpointable):
                 )
             lock = job_lock(run_dir, method, seed) if main else contextlib.nullcontext()
             with lock, logs.stage(f"job {method} seed {seed}", part="jobs"):
-                summary = run_job(cfg, method, seed, run_dir, progress=True, tensorboard=self.tensorboard)
+                summary = run_job(cfg, method, seed, run_dir, progress=progress, tensorboard=self.tensorboard)
             if main:
                 record_event(run_dir, method, seed, "done", step=summary["step"])
             return summary
@@ -279,24 +296,72 @@ def read_events(run_dir: str | Path, method: str, seed: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def finished(run_dir: str | Path, method: str, seed: int, iterations: int) -> bool:
-    """Whether the job's last event is a finish at ``iterations`` (training and evaluation done)."""
+def finished(run_dir: str | Path, method: str, seed: int, cfg: BenchmarkConfig) -> bool:
+    """Whether the job is complete for ``cfg``: its last event is a finish at ``train.iterations``
+    and ``metrics.csv`` holds every cell ``cfg`` evaluates at that last checkpoint (a rerun
+    with cells added to ``eval.cells`` or ``eval.temperatures`` submits the job again; it skips
+    training and evaluates only the missing cells)."""
     events = read_events(run_dir, method, seed)
-    return bool(events) and events[-1]["event"] == "done" and events[-1].get("step", 0) >= iterations
+    iterations = cfg.train.iterations
+    if not (events and events[-1]["event"] == "done" and events[-1].get("step", 0) >= iterations):
+        return False
+    return not missing_cells(run_dir, method, seed, cfg)
+
+
+PLANNED_CELL_KEY = ["method", "seed", "step", "sampler", "steps", "temperature", "cfg_scale", "n_samples"]
+"""The part of a cell's identity (``results.CELL_KEY``) known before evaluating: not the feature
+extractor's and reference statistics' ids, which need the extractor and the reference images."""
+
+
+def missing_cells(run_dir: str | Path, method: str, seed: int, cfg: BenchmarkConfig) -> list:
+    """The evaluation cells of ``cfg`` at the job's last checkpoint (step ``train.iterations``)
+    without a row in ``metrics.csv`` ([] with evaluation off)."""
+    if not cfg.eval.enabled:
+        return []
+    from benchmarks.evaluation.evaluator import checkpoint_cells
+    from benchmarks.storage.results import cell_key, done_cells
+
+    step = cfg.train.iterations
+    done = done_cells(RunDir(run_dir).metrics, PLANNED_CELL_KEY)
+    return [
+        cell
+        for cell in checkpoint_cells(cfg, method, step, is_last=True)
+        if cell_key(planned_row(method, seed, step, cell), PLANNED_CELL_KEY) not in done
+    ]
+
+
+def planned_row(method: str, seed: int, step: int, cell) -> dict:
+    """The ``PLANNED_CELL_KEY`` fields of a cell's future ``metrics.csv`` row."""
+    return {
+        "method": method,
+        "seed": seed,
+        "step": step,
+        "sampler": cell.sampler,
+        "steps": cell.steps,
+        "temperature": cell.temperature,
+        "cfg_scale": cell.cfg_scale,
+        "n_samples": cell.num_samples,
+    }
 
 
 # ----------------------------------------------------------------------------- submission
 
 
 def executor_parameters(launcher: LauncherConfig, name: str, setup: list[str]) -> dict:
-    """submitit parameters of one job: one node; with GPUs one task (DDP rank) per GPU, else one task."""
+    """submitit parameters of one job: ``launcher.nodes`` nodes, on each one task (DDP rank) per
+    GPU, or one task without GPUs; so nodes x max(gpus_per_job, 1) ranks."""
     gpus = launcher.gpus_per_job
+    if launcher.nodes > 1 and launcher.kind != "slurm":
+        raise LaunchError(
+            f"launcher.nodes={launcher.nodes} needs --launcher slurm (submitit's local executor runs "
+            "one node); on one machine use launcher.gpus_per_job ranks, or torchrun --nnodes"
+        )
     params = {
         "name": name,
         "timeout_min": launcher.timeout_min,
         "cpus_per_task": launcher.cpus_per_task,
         "mem_gb": float(launcher.mem_gb),
-        "nodes": 1,
+        "nodes": launcher.nodes,
         "tasks_per_node": max(gpus, 1),
     }
     if gpus:
@@ -346,9 +411,16 @@ def make_executor(cfg: BenchmarkConfig, folder: Path) -> submitit.AutoExecutor:
 
 
 def submit(
-    cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path, *, tensorboard: bool = False
+    cfg: BenchmarkConfig,
+    methods: list[str],
+    seeds: list[int],
+    run_dir: Path,
+    *,
+    tensorboard: bool = False,
+    progress: bool = True,
 ) -> list[tuple[str, submitit.Job]]:
-    """Submit the unfinished jobs as one array; returns (``method/seed<k>``, job) pairs."""
+    """Submit the unfinished jobs (``finished``) as one array; returns (``method/seed<k>``, job)
+    pairs. ``progress`` False: the jobs' logs get no progress bars (``--no-progress``)."""
     run_dir = Path(run_dir).resolve()
     run = RunDir(run_dir)
     busy = active_jobs(run_dir)
@@ -357,14 +429,19 @@ def submit(
             f"jobs of {run_dir} are still queued or running ({', '.join(busy)}): wait for them "
             "(they resume and finish on their own) or cancel them before submitting again"
         )
-    todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg.train.iterations)]
+    todo = [(m, s) for m in methods for s in seeds if not finished(run_dir, m, s, cfg)]
     skipped = [run.job(m, s).key for m in methods for s in seeds if (m, s) not in todo]
     if skipped:
         print(f"skipping {len(skipped)} finished job(s): {', '.join(skipped)}")
+    for m, s in todo:
+        events = read_events(run_dir, m, s)
+        if events and events[-1]["event"] == "done" and events[-1].get("step", 0) >= cfg.train.iterations:
+            n = len(missing_cells(run_dir, m, s, cfg))
+            print(f"{run.job(m, s).key} finished training; submitting it again for {n} new evaluation cell(s)")
     if not todo:
         return []
     executor = make_executor(cfg, run.submitit)
-    job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard)
+    job = BenchmarkJob(plugin_modules(methods), tensorboard=tensorboard, progress=progress)
     n = len(todo)
     submitted = executor.map_array(
         job, [cfg.to_dict()] * n, [m for m, _ in todo], [s for _, s in todo], [str(run_dir)] * n

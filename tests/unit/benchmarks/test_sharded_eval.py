@@ -105,3 +105,64 @@ def test_chunked_decoding_equals_one_shot_decoding():
     one_shot = decode_codes(tokenizer, codes, batch_size=10)
     assert one_shot.dtype == torch.uint8 and one_shot.shape[0] == 10
     assert torch.equal(decode_codes(tokenizer, codes, batch_size=3), one_shot)
+
+
+FLOOR_OVERRIDES = ["train.device=cpu", "tokenizer.vqvae.train_steps=30", "eval.num_samples=41", "eval.kid_subsets=2"]
+
+
+def _floor_rank(rank: int, world: int, port: int, run_dir: str, cache: str) -> None:
+    """One rank computing the tokenizer floor; it writes how many images it reconstructed and
+    what ``tokenizer_floor()`` returned."""
+    import json
+
+    from benchmarks.core.distributed import DistEnv
+    from benchmarks.evaluation import fidelity
+    from benchmarks.launching.jobs import latents_for
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), VQFLOW_CACHE=cache
+    )
+    torch.set_num_threads(1)
+    reconstructed, real = [], fidelity.reconstruct
+
+    def counting(tokenizer, images, **options):
+        reconstructed.append(len(images))
+        return real(tokenizer, images, **options)
+
+    fidelity.reconstruct = counting  # this process's module: count what this rank reconstructs
+    cfg = load_config("smoke", FLOOR_OVERRIDES)
+    dist = DistEnv.from_environment()
+    dist.init_process_group(torch.device("cpu"))
+    try:
+        ev = evaluator.Evaluator(cfg, latents_for(cfg, progress=False), run_dir, progress=False, dist=dist)
+        floor = ev.tokenizer_floor()
+        with open(f"{run_dir}/rank{rank}.json", "w") as f:
+            json.dump({"reconstructed": sum(reconstructed), "floor": floor}, f)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_tokenizer_floor_is_sharded_over_two_ranks(shared_cache, tmp_path, monkeypatch):
+    """Each of 2 gloo ranks reconstructs its block of the floor's 41 images (20 + 21), rank 0
+    scores the gathered features: the single-process floor, written once."""
+    import json
+
+    from benchmarks.launching.jobs import latents_for
+
+    monkeypatch.setenv("VQFLOW_CACHE", str(shared_cache))
+    cfg = load_config("smoke", FLOOR_OVERRIDES)
+    single = evaluator.Evaluator(cfg, latents_for(cfg, progress=False), tmp_path / "one", progress=False)
+    want = single.tokenizer_floor()
+    two = tmp_path / "two"
+    two.mkdir()
+    mp.spawn(_floor_rank, args=(2, _free_port(), str(two), str(shared_cache)), nprocs=2, join=True)
+
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["reconstructed"] for r in ranks] == [len(shard_range(41, r, 2)) for r in (0, 1)] == [20, 21]
+    assert ranks[1]["floor"] == {}
+    got = json.loads((two / "tokenizer_floor.json").read_text())
+    assert got == ranks[0]["floor"] and want["n_samples"] == got["n_samples"] == 41
+    for key, value in want.items():
+        if key != "eval_wall_s":
+            assert got[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
