@@ -215,9 +215,16 @@ def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
     return classifier_weights(NAME, *load_mnist5k(), config)
 
 
-def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig()) -> Path:
+def classifier_weights(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Path of this architecture trained on uint8 ``images`` (N, C, H, W) with labels (N,) in
-    [0, 10), cached as ``<cache>/extractors/<name>-<key>/`` (see ``mnist_cnn_weights``)."""
+    [0, 10), cached as ``<cache>/extractors/<name>-<key>/`` (see ``mnist_cnn_weights``). ``test``:
+    a held-apart (images, labels) split whose accuracy ``info.json`` records as ``test_accuracy``."""
     key = weights_key(images, labels, config)
     folder = cache_dir("extractors", f"{name}-{key}")
     path = folder / "weights.pt"
@@ -227,9 +234,12 @@ def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config
         else:
             with logs.stage(f"feature extractor: train {name} ({config.epochs} epochs)", part="eval"):
                 model, info = train_classifier(images, labels, config, progress=logs.show_progress())
-            logs.get_logger("eval").info(
-                "feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"]
-            )
+            log = logs.get_logger("eval")
+            if info["num_holdout"]:
+                log.info("feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"])
+            if test is not None:
+                info["test_accuracy"] = accuracy(model, torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+                log.info("feature extractor: %s test accuracy %.1f%%", name, 100 * info["test_accuracy"])
             save_json(
                 {"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info}, folder / "info.json"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -15,6 +16,9 @@ import pytest
 from benchmarks.core.config import ConfigError, DataConfig
 from benchmarks.data.datasets import get_dataset
 from benchmarks.data.datasets.fashion_mnist import DEBIAN_PACKAGE, DEFAULT_PATH, FILES, SPLITS
+from benchmarks.data.images import ArrayImages
+from benchmarks.evaluation.extractors import get_feature_extractor
+from benchmarks.evaluation.fidelity import extract_features
 
 ROOT = Path(__file__).resolve().parents[3]
 real_files = pytest.mark.skipif(
@@ -61,6 +65,22 @@ def test_real_files_load_padded_train_and_test_splits():
     assert ref.images.shape == (10_000, 3, 32, 32)
     assert np.array_equal(np.bincount(ref.labels), [1000] * 10)
     assert not np.array_equal(ref.images[:100, :1], images[:100])
+
+
+@pytest.mark.slow  # trains the classifier: about 3 min on 2 shared cores
+@real_files
+def test_fashion_cnn_test_accuracy_is_at_least_90_percent(shared_cache, monkeypatch):
+    monkeypatch.setenv("VQFLOW_CACHE", str(shared_cache))
+    spec = get_feature_extractor("fashion-cnn").spec()
+    info = json.loads((Path(spec.weights_path).parent / "info.json").read_text())
+    print(f"fashion-cnn: test accuracy {info['test_accuracy']:.4f}, trained in {info['train_seconds']:.0f} s")
+    assert info["test_accuracy"] >= 0.90 and info["num_train"] == 60_000
+    assert spec.layer("fid") == "penultimate" and spec.class_layer == "logits"
+    test = get_dataset("fashion-mnist").reference(DataConfig(dataset="fashion-mnist"), 1)
+    few = ArrayImages(test.images[:500], test.labels[:500])
+    feats = extract_features(few, spec, layers=["penultimate", "logits"], progress=False)
+    assert feats["penultimate"].shape == (500, 128)
+    assert (feats["logits"].argmax(1).numpy() == test.labels[:500]).mean() >= 0.85
 
 
 def test_training_images_are_the_default_reference():

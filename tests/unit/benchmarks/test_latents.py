@@ -72,6 +72,8 @@ def test_mnist_info_reports_quality_from_independent_formulas(mnist):
     info = mnist.info
     assert info["perplexity"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
     assert info["codes_used"] == int((counts > 0).sum())
+    assert info["dead_codes"] == int((counts == 0).sum())
+    assert info["perplexity_per_code"] == pytest.approx(info["perplexity"] / TINY.codebook_size)
     assert info["recon_mse"] == pytest.approx(mse, rel=1e-4) and info["recon_mse_images"] == 5000
     assert info["num_images"] == 5000 and info["grid"] == [8, 8] and info["dataset"] == "mnist5k"
     assert info["tokenizer"] == "vqvae" and not info["from_cache"] and not info["tokenizer_from_cache"]
