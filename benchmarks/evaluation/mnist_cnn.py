@@ -149,7 +149,7 @@ def accuracy(model: MnistCNN, images: Tensor, labels: Tensor, batch_size: int = 
 
 @one_thread()
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, config: TrainConfig, progress: bool = True
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, progress: bool = True, name: str = NAME
 ) -> tuple[MnistCNN, dict]:
     """Train on uint8 images (N, 1, 32, 32) / int labels (N,) minus the hold-out split; cross-entropy,
     AdamW, one-cycle learning rate, with a progress bar over the steps. Returns the model (eval
@@ -167,7 +167,7 @@ def train_classifier(
     model.train()
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
-        desc=f"train {NAME} feature extractor",
+        desc=f"train {name} feature extractor",
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
@@ -233,7 +233,7 @@ def classifier_weights(
             logs.reused(f"feature extractor: train {name}", f"trained weights in the cache ({folder})", part="eval")
         else:
             with logs.stage(f"feature extractor: train {name} ({config.epochs} epochs)", part="eval"):
-                model, info = train_classifier(images, labels, config, progress=logs.show_progress())
+                model, info = train_classifier(images, labels, config, logs.show_progress(), name)
             log = logs.get_logger("eval")
             if info["num_holdout"]:
                 log.info("feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"])
