@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,15 @@ FILES = [name for images, labels, _ in SPLITS.values() for name in (images, labe
 @register
 class FashionMNIST(ArrayDataSet):
     name = "fashion-mnist"
-    path = f"a folder with {', '.join(FILES)} (default {DEFAULT_PATH})"
+    path = f"a folder with {', '.join(FILES)}"
+    default_path = DEFAULT_PATH
     image_size = SIDE + 2 * PAD
     num_classes = len(CLASSES)
     feature_extractor = "fashion-cnn"
 
     def check(self, data: DataConfig) -> None:
+        super().check(data)
         folder = Path(data.path or DEFAULT_PATH)
-        super().check(replace(data, path=str(folder)))
         for images, labels, n in SPLITS.values():
             check_idx(folder / images, IMAGES_MAGIC, (n, SIDE, SIDE))
             check_idx(folder / labels, LABELS_MAGIC, (n,))

@@ -44,6 +44,8 @@ class DataSet(ABC):
     name: str
     path: str | None = None
     """What ``data.path`` holds, for messages (e.g. ``ROOT/<class>/<image>``); None: no path is read."""
+    default_path: str | None = None
+    """Where the files are when ``data.path`` is unset (e.g. a Debian package's folder); None: required."""
     num_classes: int | None = None
     """The class count if fixed (``--dry-run`` reads no data); None: ``data.num_classes``."""
     feature_extractor: str = "inception-v3-compat"
@@ -53,8 +55,9 @@ class DataSet(ABC):
 
     def check(self, data: DataConfig) -> None:
         """Preflight: raise ConfigError naming the key, the file and the fix for the first missing
-        input. Reads metadata only (milliseconds). Default: ``data.path`` is given if ``path`` is set."""
-        if self.path is not None and not data.path:
+        input. Reads metadata only (milliseconds). Default: ``data.path`` is given if ``path`` is set
+        and there is no ``default_path``."""
+        if self.path is not None and self.default_path is None and not data.path:
             raise ConfigError(
                 f"data.path is required for data.dataset={self.name!r} ({self.path}): add --set data.path=..."
             )
