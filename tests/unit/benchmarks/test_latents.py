@@ -100,7 +100,8 @@ def test_pre_encoded_shards_reuse_the_cached_vqvae(mnist):
 
 
 def test_bad_arguments_name_the_key(cache):
-    with pytest.raises(ValueError, match="unknown data set 'cifar10'; registered: fashion-mnist, imagefolder, mnist5k, shards"):
+    registered = "registered: fashion-mnist, imagefolder, mnist5k, shards"
+    with pytest.raises(ValueError, match=f"unknown data set 'cifar10'; {registered}"):
         prepare_latents("cifar10", None, 32, "vqvae", None, TINY, progress=False)
     with pytest.raises(ValueError, match="tokenizer.ckpt"):
         prepare_latents("mnist5k", None, 32, "vq-f8", None, TINY, progress=False)
