@@ -133,3 +133,28 @@ def test_run_exits_2_before_writing_anything(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "train-images-idx3-ubyte.gz" in proc.stderr and DEBIAN_PACKAGE in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_evaluator_takes_the_data_sets_own_reference(own, toy_latents, tmp_path, monkeypatch):
+    """data.reference unset: the evaluator's FID reference is ``DataSet.reference`` (e.g. a test
+    split), else the training images."""
+    import benchmarks.data.datasets as datasets
+    from benchmarks.core.config import load_config
+    from benchmarks.evaluation import evaluator as ev
+
+    train, test = (ArrayImages(np.full((4, 1, 32, 32), v, np.uint8), np.arange(4)) for v in (1, 2))
+    toy_latents.images = train
+
+    class WithTestSplit:
+        def reference(self, data, channels):
+            assert channels == toy_latents.tokenizer.in_channels
+            return test if own else None
+
+    seen = []
+    monkeypatch.setattr(datasets, "get_dataset", lambda name: WithTestSplit())
+    monkeypatch.setattr(ev.fidelity, "reference_from_images", lambda images, *a, **k: seen.append(images))
+    evaluator = ev.Evaluator(load_config("smoke"), toy_latents, tmp_path / "run", progress=False)
+    evaluator._extractor = "stub"
+    evaluator.reference()
+    assert seen == [test if own else train]
