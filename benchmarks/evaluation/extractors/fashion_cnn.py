@@ -18,7 +18,7 @@ from benchmarks.evaluation.mnist_cnn import FeatureExtractorMnistCNN, TrainConfi
 
 NAME = "fashion-cnn"
 TRAIN = TrainConfig(epochs=4, batch_size=128, holdout_fraction=0.0, max_shift=0, widths=(32, 64, 128))
-"""Measured (2 shared cores): see docs/fashion.md."""
+"""Test accuracy 0.912 after 169 s of training on 2 shared cores (docs/fashion.md)."""
 
 
 @register
