@@ -184,7 +184,9 @@ def print_listing() -> None:
     for name in dataset_names():
         ds = get_dataset(name)
         print(
-            f"  {name:<14} data.path: {ds.path or 'not used'}; auto extractor: {ds.feature_extractor}"
+            f"  {name:<14} data.path: {ds.path or 'not used'}"
+            + (f" (default {ds.default_path})" if ds.default_path else "")
+            + f"; auto extractor: {ds.feature_extractor}"
             + ("; pre-encoded code shards" if ds.encoded else "")
         )
     print("tokenizers (tokenizer.kind):")

@@ -40,7 +40,8 @@ class DataConfig:
     num_classes: int | None = None
     """Classes in the data; needed by ``--dry-run`` for datasets it does not read (checked at train time)."""
     reference: str | None = None
-    """Evaluation reference: None = the training images; or an image folder, or an ADM-style ``.npz``."""
+    """Evaluation reference: None = the data set's (``DataSet.reference``: its test split if it has
+    one, e.g. Fashion-MNIST, else the training images); or an image folder, or an ADM-style ``.npz``."""
 
 
 @dataclass

@@ -57,7 +57,8 @@ class LatentSpace:
     images: the reference images as a dataset of (uint8 (C, H, W) tensor, label), in shard order;
     None when the data source is pre-encoded shards. info: tokenizer kind and cache keys, recon_mse
     (on the [-1, 1] scale, over ``recon_mse_images`` images), perplexity and codes_used of the code
-    frequencies, dataset id and counts.
+    frequencies with ``perplexity_per_code`` (perplexity / K) and ``dead_codes`` (K - codes_used),
+    dataset id and counts.
     """
 
     tokenizer: Tokenizer
@@ -282,7 +283,15 @@ def _info_from_meta(shards: CodeShards) -> dict:
         "perplexity": quality.get("perplexity"),
         "codes_used": quality.get("codes_used"),
         "codebook_size": shards.codebook_size,
+        **_usage(quality, shards.codebook_size),
         "grid": list(shards.grid),
         "num_images": len(shards),
         "num_classes": shards.num_classes,
     }
+
+
+def _usage(quality: dict, k: int) -> dict:
+    """Codebook usage over the encoded images: ``perplexity / K`` and dead codes ``K - codes_used``."""
+    if quality.get("perplexity") is None or quality.get("codes_used") is None:
+        return {}
+    return {"perplexity_per_code": quality["perplexity"] / k, "dead_codes": k - quality["codes_used"]}

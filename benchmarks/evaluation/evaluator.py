@@ -120,7 +120,14 @@ class Evaluator:
                 self._reference = fidelity.reference_from_npz(ref, self.extractor(), progress=self.progress)
             else:
                 images = self.latents.images
-                if ref is not None:
+                if ref is None:
+                    from benchmarks.data.datasets import get_dataset
+
+                    own = get_dataset(self.cfg.data.dataset).reference(
+                        self.cfg.data, self.latents.tokenizer.in_channels
+                    )
+                    images = images if own is None else own
+                else:
                     from benchmarks.data.images import ImageFolder
 
                     images = ImageFolder(

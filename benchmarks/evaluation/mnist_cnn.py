@@ -149,7 +149,7 @@ def accuracy(model: MnistCNN, images: Tensor, labels: Tensor, batch_size: int = 
 
 @one_thread()
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, config: TrainConfig, progress: bool = True
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, progress: bool = True, name: str = NAME
 ) -> tuple[MnistCNN, dict]:
     """Train on uint8 images (N, 1, 32, 32) / int labels (N,) minus the hold-out split; cross-entropy,
     AdamW, one-cycle learning rate, with a progress bar over the steps. Returns the model (eval
@@ -167,7 +167,7 @@ def train_classifier(
     model.train()
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
-        desc=f"train {NAME} feature extractor",
+        desc=f"train {name} feature extractor",
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
@@ -215,9 +215,16 @@ def mnist_cnn_weights(config: TrainConfig = TrainConfig()) -> Path:
     return classifier_weights(NAME, *load_mnist5k(), config)
 
 
-def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config: TrainConfig = TrainConfig()) -> Path:
+def classifier_weights(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Path of this architecture trained on uint8 ``images`` (N, C, H, W) with labels (N,) in
-    [0, 10), cached as ``<cache>/extractors/<name>-<key>/`` (see ``mnist_cnn_weights``)."""
+    [0, 10), cached as ``<cache>/extractors/<name>-<key>/`` (see ``mnist_cnn_weights``). ``test``:
+    a held-apart (images, labels) split whose accuracy ``info.json`` records as ``test_accuracy``."""
     key = weights_key(images, labels, config)
     folder = cache_dir("extractors", f"{name}-{key}")
     path = folder / "weights.pt"
@@ -226,10 +233,13 @@ def classifier_weights(name: str, images: np.ndarray, labels: np.ndarray, config
             logs.reused(f"feature extractor: train {name}", f"trained weights in the cache ({folder})", part="eval")
         else:
             with logs.stage(f"feature extractor: train {name} ({config.epochs} epochs)", part="eval"):
-                model, info = train_classifier(images, labels, config, progress=logs.show_progress())
-            logs.get_logger("eval").info(
-                "feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"]
-            )
+                model, info = train_classifier(images, labels, config, logs.show_progress(), name)
+            log = logs.get_logger("eval")
+            if info["num_holdout"]:
+                log.info("feature extractor: %s hold-out accuracy %.1f%%", name, 100 * info["holdout_accuracy"])
+            if test is not None:
+                info["test_accuracy"] = accuracy(model, torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+                log.info("feature extractor: %s test accuracy %.1f%%", name, 100 * info["test_accuracy"])
             save_json(
                 {"key": key, "config": asdict(config), "arch_version": ARCH_VERSION, **info}, folder / "info.json"
             )

@@ -134,3 +134,12 @@ def test_small_plans_print_gflop_and_gpu_seconds_not_zeros():
         train, train_s, eval_, eval_s = (float(row[i].replace(",", "")) for i in (2, 3, 5, 6))
         assert train > 1 and eval_ > 1 and train_s > 0 and eval_s > 0, row  # 58 GFLOP, 48 GFLOP, GPU-seconds
     assert all(s > 0 for s in totals_seconds(text))
+
+
+def test_codebook_scaling_plans_purr_at_k16384():
+    """The study's largest K: purr's and dfm's K-way heads dominate a mini/2 step, cfm's does not."""
+    cfg = load_config("codebook-scaling", ["data.path=/nonexistent"])  # the plan reads no data
+    text = dry_run(cfg, ["purr", "cfm", "dfm"], [0, 1, 2], peak_tflops=989, utilisation=0.25)
+    assert "tokenizer vqvae (K=16384, d=4)" in text and "3 methods x 3 seeds = 9" in text
+    gflop = {m: float(re.search(rf"^{m}\s+\S+\s+([\d.]+)", text, flags=re.M).group(1)) for m in ("purr", "cfm", "dfm")}
+    assert gflop["purr"] > 5 * gflop["cfm"] and gflop["dfm"] > 5 * gflop["cfm"]

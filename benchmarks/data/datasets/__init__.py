@@ -2,7 +2,7 @@
 module each; importing this package registers them. A new data set is one module with
 ``@register`` (here, or a plugin module given to ``--plugins``)."""
 
-from benchmarks.data.datasets import imagefolder, mnist5k, shards  # noqa: F401  (built-ins register)
+from benchmarks.data.datasets import fashion_mnist, imagefolder, mnist5k, shards  # noqa: F401  (built-ins register)
 from benchmarks.data.datasets.registry import (
     REGISTRY,
     ArrayDataSet,

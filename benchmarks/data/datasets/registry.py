@@ -2,7 +2,8 @@
 
 A data set says how the suite reads it: ``load`` gives its images and labels as an ``ImageSource``
 (uint8 (C, H, W) images, int labels, the class count and a content id for cache keys), or, for
-pre-encoded code shards (``encoded = True``), ``open_shards`` gives the shards. ``check`` is its
+pre-encoded code shards (``encoded = True``), ``open_shards`` gives the shards; ``reference`` the
+evaluation's reference images if not the training images (e.g. a test split). ``check`` is its
 preflight (files exist; metadata reads only, before anything is written), ``num_classes`` what
 ``--dry-run`` needs without reading data, and ``feature_extractor`` what ``eval.feature_extractor:
 auto`` evaluates it with. ``ArrayDataSet`` is the base for data sets held in memory as arrays.
@@ -43,6 +44,8 @@ class DataSet(ABC):
     name: str
     path: str | None = None
     """What ``data.path`` holds, for messages (e.g. ``ROOT/<class>/<image>``); None: no path is read."""
+    default_path: str | None = None
+    """Where the files are when ``data.path`` is unset (e.g. a Debian package's folder); None: required."""
     num_classes: int | None = None
     """The class count if fixed (``--dry-run`` reads no data); None: ``data.num_classes``."""
     feature_extractor: str = "inception-v3-compat"
@@ -52,8 +55,9 @@ class DataSet(ABC):
 
     def check(self, data: DataConfig) -> None:
         """Preflight: raise ConfigError naming the key, the file and the fix for the first missing
-        input. Reads metadata only (milliseconds). Default: ``data.path`` is given if ``path`` is set."""
-        if self.path is not None and not data.path:
+        input. Reads metadata only (milliseconds). Default: ``data.path`` is given if ``path`` is set
+        and there is no ``default_path``."""
+        if self.path is not None and self.default_path is None and not data.path:
             raise ConfigError(
                 f"data.path is required for data.dataset={self.name!r} ({self.path}): add --set data.path=..."
             )
@@ -61,6 +65,11 @@ class DataSet(ABC):
     def load(self, data: DataConfig, channels: int | None) -> ImageSource:
         """The images for a tokenizer taking ``channels`` (1 or 3; None: the data's own)."""
         raise NotImplementedError(f"data set {self.name!r} has no images (encoded = {self.encoded})")
+
+    def reference(self, data: DataConfig, channels: int | None) -> Dataset | None:
+        """The evaluation's reference images (FID statistics) when ``data.reference`` is unset, for
+        a tokenizer taking ``channels``. Default None: the training images (``load``)."""
+        return None
 
     def open_shards(self, data: DataConfig) -> CodeShards:
         """The code shards of a pre-encoded data set (``encoded = True``)."""
@@ -82,6 +91,10 @@ class ArrayDataSet(DataSet):
     def arrays(self, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 (N, C, image_size, image_size), labels int (N,))."""
 
+    def reference_arrays(self, data: DataConfig) -> tuple[np.ndarray, np.ndarray] | None:
+        """Reference images and labels like ``arrays`` (e.g. a test split); None: the training images."""
+        return None
+
     def check(self, data: DataConfig) -> None:
         super().check(data)
         if data.image_size != self.image_size:
@@ -93,6 +106,16 @@ class ArrayDataSet(DataSet):
         if data.image_size != self.image_size:
             raise ValueError(f"data.image_size must be {self.image_size} for {self.name}, got {data.image_size}")
         images, labels = self.arrays(data)
+        images = self._with_channels(images, channels)
+        data_id = f"{self.name}-{images.shape[1]}ch-" + content_hash(images.tobytes(), labels.tobytes())
+        return ImageSource(ArrayImages(images, labels), self.num_classes or int(labels.max()) + 1, data_id)
+
+    def reference(self, data: DataConfig, channels: int | None) -> Dataset | None:
+        arrays = self.reference_arrays(data)
+        return None if arrays is None else ArrayImages(self._with_channels(arrays[0], channels), arrays[1])
+
+    def _with_channels(self, images: np.ndarray, channels: int | None) -> np.ndarray:
+        """Checked uint8 (N, C, S, S) images, grey repeated to ``channels`` (None: unchanged)."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2:] != (self.image_size,) * 2:
             raise ValueError(
                 f"data set {self.name!r} gave {images.dtype} images {images.shape}, expected uint8 "
@@ -104,8 +127,7 @@ class ArrayDataSet(DataSet):
                     f"data set {self.name!r} has {images.shape[1]}-channel images; the tokenizer takes {channels}"
                 )
             images = np.repeat(images, channels, axis=1)
-        data_id = f"{self.name}-{images.shape[1]}ch-" + content_hash(images.tobytes(), labels.tobytes())
-        return ImageSource(ArrayImages(images, labels), self.num_classes or int(labels.max()) + 1, data_id)
+        return images
 
 
 REGISTRY: Registry[DataSet] = Registry("data set", "data.dataset")

@@ -2,7 +2,7 @@
 entries, one module each; importing this package registers them. A new extractor is one module
 with ``@register`` (here, or a plugin module given to ``--plugins``)."""
 
-from benchmarks.evaluation.extractors import inception, mnist_cnn  # noqa: F401  (built-ins register)
+from benchmarks.evaluation.extractors import fashion_cnn, inception, mnist_cnn  # noqa: F401  (built-ins register)
 from benchmarks.evaluation.extractors.registry import (
     REGISTRY,
     ExtractorSpec,

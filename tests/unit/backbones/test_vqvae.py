@@ -235,3 +235,21 @@ def test_wrong_types_name_the_field(field, value):
 def test_code_usage_formula():
     perplexity, used = code_usage(np.array([5, 5, 0, 0]))
     assert perplexity == pytest.approx(2.0) and used == 2
+
+
+def test_paper_codebook_k16384_d4_trains_and_reports_usage():
+    """K = 16384, d = 4 (LDM vq-f8's codebook) on 8x8 grids: a few steps run, usage is reported."""
+    cfg = replace(TINY, codebook_size=16384, code_dim=4, downsample=4, channels=16, train_steps=5, batch_size=8)
+    images = rectangles(32, size=32)
+    start = time.perf_counter()
+    model, info = train_vqvae(cfg, images, progress=False)
+    seconds = time.perf_counter() - start
+    k, tokens = cfg.codebook_size, len(images) * 8 * 8
+    print(
+        f"VQ-VAE K={k} d=4: {cfg.train_steps} steps in {seconds:.1f} s; codes used {info['codes_used']} "
+        f"of {k} ({k - info['codes_used']} dead) over {tokens} tokens, perplexity {info['perplexity']:.0f} "
+        f"(perplexity / K = {info['perplexity'] / k:.3f}), recon MSE {info['recon_mse']:.4f}"
+    )
+    assert model.codebook.shape == (k, 4)
+    assert 1 < info["perplexity"] <= info["codes_used"] <= min(k, tokens)
+    assert np.isfinite(info["recon_mse"])

@@ -4,6 +4,7 @@ log``); the trainer checkpoints and evaluates exactly at ``TrainConfig.checkpoin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,6 +61,21 @@ def test_reference_configs_share_the_default_recipe(name):
         assert other.train == default.train and other.eval == default.eval
     if name == "samplers":
         assert other.train == load_config("convergence").train
+
+
+@pytest.mark.parametrize("name", ["fashion", "codebook-scaling"])
+def test_fashion_configs_share_the_default_recipe(name):
+    """fashion.yaml and codebook-scaling.yaml: default.yaml's backbone and recipe on Fashion-MNIST;
+    fashion keeps its tokenizer and evaluation, the study its d = 4 at K = 16384."""
+    default, other = load_config("default"), load_config(name)
+    assert other.data.dataset == "fashion-mnist" and other.backbone == default.backbone
+    assert {k: getattr(other.train, k) for k in RECIPE} == {k: getattr(default.train, k) for k in RECIPE}
+    if name == "fashion":
+        assert other.tokenizer == default.tokenizer and other.eval == default.eval
+    else:
+        vq = other.tokenizer.vqvae
+        assert (vq.codebook_size, vq.code_dim) == (16384, 4)
+        assert replace(vq, codebook_size=default.tokenizer.vqvae.codebook_size) == default.tokenizer.vqvae
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,8 @@ def test_mnist_info_reports_quality_from_independent_formulas(mnist):
     info = mnist.info
     assert info["perplexity"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
     assert info["codes_used"] == int((counts > 0).sum())
+    assert info["dead_codes"] == int((counts == 0).sum())
+    assert info["perplexity_per_code"] == pytest.approx(info["perplexity"] / TINY.codebook_size)
     assert info["recon_mse"] == pytest.approx(mse, rel=1e-4) and info["recon_mse_images"] == 5000
     assert info["num_images"] == 5000 and info["grid"] == [8, 8] and info["dataset"] == "mnist5k"
     assert info["tokenizer"] == "vqvae" and not info["from_cache"] and not info["tokenizer_from_cache"]
@@ -98,7 +100,8 @@ def test_pre_encoded_shards_reuse_the_cached_vqvae(mnist):
 
 
 def test_bad_arguments_name_the_key(cache):
-    with pytest.raises(ValueError, match="unknown data set 'cifar10'; registered: imagefolder, mnist5k, shards"):
+    registered = "registered: fashion-mnist, imagefolder, mnist5k, shards"
+    with pytest.raises(ValueError, match=f"unknown data set 'cifar10'; {registered}"):
         prepare_latents("cifar10", None, 32, "vqvae", None, TINY, progress=False)
     with pytest.raises(ValueError, match="tokenizer.ckpt"):
         prepare_latents("mnist5k", None, 32, "vq-f8", None, TINY, progress=False)

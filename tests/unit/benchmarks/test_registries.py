@@ -132,7 +132,13 @@ def make_shards(tmp_path: Path) -> DataConfig:
     return DataConfig(dataset="shards", path=str(tmp_path / "shards"), image_size=8)
 
 
-DATA_MAKERS = {"imagefolder": make_image_folder, "shards": make_shards}
+def make_fashion_files(tmp_path: Path) -> DataConfig:
+    from tests.unit.benchmarks.test_fashion_mnist import fake_folder
+
+    return DataConfig(dataset="fashion-mnist", path=str(fake_folder(tmp_path)))
+
+
+DATA_MAKERS = {"imagefolder": make_image_folder, "shards": make_shards, "fashion-mnist": make_fashion_files}
 """Tiny real inputs for the data sets that read ``data.path``; one without a maker and without a
 path (e.g. ``mnist5k``) is read as it is."""
 
@@ -152,7 +158,7 @@ def test_data_set_contract(name, tmp_path):
     entry.check(data)  # the preflight passes on real files
     assert entry.feature_extractor in feature_extractor_names()
     assert entry.dry_run_classes(DataConfig(dataset=name, num_classes=7)) == 7
-    if entry.path is not None:
+    if entry.path is not None and entry.default_path is None:
         with pytest.raises(ConfigError, match=rf"data.path is required for data.dataset='{name}'"):
             entry.check(DataConfig(dataset=name))
     if entry.encoded:
@@ -224,7 +230,7 @@ def mnist_cnn_weights(tmp_path: Path) -> Path:
     return tmp_path / "mnist-cnn.pt"
 
 
-EXTRACTOR_WEIGHTS = {mnist_cnn.NAME: mnist_cnn_weights}
+EXTRACTOR_WEIGHTS = {mnist_cnn.NAME: mnist_cnn_weights, "fashion-cnn": mnist_cnn_weights}
 """Weights files for the extractors whose default is slow to make here (training)."""
 
 
