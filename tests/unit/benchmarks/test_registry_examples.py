@@ -132,9 +132,9 @@ def test_density_coverage_metric_adds_its_columns_to_a_row(plugin, toy_latents, 
         train_wall_s=1.0,
         params=1,
     )
-    evaluator.record(
-        event, Cell(8, 1.0, 1.0, 30), [{"features": features, "grid": images[:4], "traces": [], "nfe": 8}], 0.0
-    )
+    shard = {"features": features, "grid": images[:4], "traces": [], "nfe_total": 8 * 30}
+    shard.update(sample_wall_s=0.3, sample_cpu_s=0.3)
+    evaluator.record(event, Cell(8, 1.0, 1.0, 30), [shard], 0.0)
     row = pd.read_csv(tmp_path / "run" / "metrics.csv").iloc[0]
     # the generated half are reference points: they cover at least themselves, each inside its own ball
     assert row["coverage"] >= 0.5 and row["density"] >= 1 / 5 and math.isfinite(row["fid"])
