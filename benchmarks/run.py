@@ -247,6 +247,18 @@ def check_results_files(run_dir: Path) -> None:
             fail(str(e))
 
 
+def check_disk_room(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> None:
+    """Exit 2 with the estimate if the run's outputs cannot fit the free disk under ``run_dir``."""
+    from benchmarks.launching.plan import disk_room_error
+
+    try:
+        error = disk_room_error(cfg, methods, seeds, run_dir)
+    except ValueError:  # no class count to size the backbone without data: not estimated
+        return
+    if error:
+        fail(error)
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder; exit 2 naming it if it is a file or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -346,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         check_inputs(cfg)
     except ConfigError as e:
         fail(str(e))
+    check_disk_room(cfg, chosen, seeds, run_dir)
     prepare_run_dir(run_dir)
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch

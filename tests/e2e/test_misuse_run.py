@@ -1,0 +1,63 @@
+"""``benchmarks.run`` and ``python -m reports`` under misuse (issue 25 item 5, the sweep's table):
+huge budgets, full and read-only disks, damaged or diverged results. Each case exits non-zero
+with one line naming the problem and the fix, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_misuse import BASE, ROOT, cli, env
+
+DATA_LIMIT = 3 << 30
+"""Bytes of heap a dry run may use (the interpreter with torch needs under 1 GB)."""
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "8m"):
+    """A ``size`` tmpfs mounted at ``folder`` (root only; skipped elsewhere), unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def limit_heap() -> None:
+    resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
+
+
+# ------------------------------------------------------------------------------- huge budgets
+
+
+@pytest.mark.parametrize("iterations, cells", [(10**9, "100,000,000"), (10**12, "100,000,000,000")])
+def test_dry_run_of_a_huge_budget_is_constant(tmp_path, iterations, cells):
+    """Before: 191 s and 11.3 GB for 10^9 iterations, a bare MemoryError for 10^12."""
+    cmd = [sys.executable, "-m", "benchmarks.run", *BASE, f"train.iterations={iterations}", "--dry-run"]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120, preexec_fn=limit_heap
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"evaluation cells per job (purr): {cells} in all: step 10: " in proc.stdout
+    assert "; ...; step " in proc.stdout and f"; step {iterations:,}: 8 steps" in proc.stdout
+    assert "disk: about " in proc.stdout
+
+
+def test_run_that_cannot_fit_the_disk_is_refused(capsys, tmp_path):
+    """Before: a 10^7-step run just started (and would have filled the disk with grids)."""
+    with small_disk(tmp_path / "small") as disk:
+        out = disk / "run"
+        code, err = cli(capsys, *BASE, "train.iterations=10000000", "--out", str(out))
+        written = list(disk.iterdir())
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: this run writes about 13.7 GB into --out {out} (1,000,000 evaluated checkpoints" in err
+    assert "lower train.iterations or raise train.checkpoint_every, or choose an --out on a larger disk" in err
+    assert written == []
