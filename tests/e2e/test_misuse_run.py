@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_misuse import BASE, ROOT, cli, env
+from benchmarks import run as run_cli_module
+from tests.e2e.test_misuse import BASE, FAST, ROOT, cli, copy_run, env, finished_run
 
 DATA_LIMIT = 3 << 30
 """Bytes of heap a dry run may use (the interpreter with torch needs under 1 GB)."""
@@ -61,3 +62,55 @@ def test_run_that_cannot_fit_the_disk_is_refused(capsys, tmp_path):
     assert f"error: this run writes about 13.7 GB into --out {out} (1,000,000 evaluated checkpoints" in err
     assert "lower train.iterations or raise train.checkpoint_every, or choose an --out on a larger disk" in err
     assert written == []
+
+
+# ------------------------------------------------------------------------------- feature extractor weights
+
+
+@pytest.fixture(scope="module")
+def cache(shared_cache):
+    return shared_cache
+
+
+@pytest.fixture(scope="module")
+def finished(cache, tmp_path_factory):
+    """A finished 20-step purr run (read-only for the cases: copy it to change it)."""
+    return finished_run(cache, tmp_path_factory)
+
+
+def image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for label, colour in (("cat", "red"), ("dog", "blue")):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), colour).save(root / label / f"{i}.png")
+    return root
+
+
+def test_missing_inception_weights_before_writing(capsys, tmp_path, monkeypatch):
+    """Before: preflight passed, then a 53-line FileNotFoundError after the VQ-VAE and training."""
+    monkeypatch.delenv("VQFLOW_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torch-hub copy of the weights
+    images, out = image_folder(tmp_path / "images"), tmp_path / "run"
+    code, err = cli(capsys, *BASE, "data.dataset=imagefolder", f"data.path={images}", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "error: eval.feature_extractor 'inception-v3-compat': Inception weights not found" in err
+    assert "eval.inception_weights=/path/to/weights-inception-2015-12-05-6726825d.pth" in err
+    assert not out.exists()
+
+
+def test_eval_change_on_trained_steps_without_results(capsys, finished, tmp_path):
+    """A run whose first evaluation failed (trained steps, no metrics row) takes a corrected eval.*
+    setting; before, it was refused with "use --resume", which brought the failure back."""
+    from benchmarks.core.config import load_config
+    from benchmarks.storage.manifest import read_manifest, update_manifest
+
+    out = copy_run(finished, tmp_path)
+    (out / "metrics.csv").unlink()
+    manifest = read_manifest(out)
+    manifest["config"]["train"]["iterations"] = 40  # training not done: 20 of 40 steps
+    update_manifest(out, {"config": manifest["config"]})
+    corrected = load_config("smoke", [*FAST, "train.iterations=40", "eval.kid_subsets=3"])
+    run_cli_module.check_config_change(out, corrected, read_manifest(out))
+    assert "note: eval.kid_subsets changes from 2 to 3" in capsys.readouterr().err
