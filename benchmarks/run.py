@@ -259,6 +259,43 @@ def check_disk_room(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], 
         fail(error)
 
 
+def check_cache() -> None:
+    """Exit 2 if the project cache is empty and cannot be written (every entry would have to be built)."""
+    from benchmarks.storage.cache import cache_root
+    from benchmarks.storage.writable import unwritable_reason
+
+    root = cache_root()
+    reason = unwritable_reason(root)
+    if reason is not None and not (root.is_dir() and any(root.iterdir())):
+        fail(
+            f"the project cache {root} is empty and cannot be written ({reason}): set VQFLOW_CACHE to a writable folder"
+        )
+
+
+def os_error_exit(error: OSError, run_dir: Path) -> int:
+    """One line for a full disk (exit 1: rerun to continue) or a read-only project cache (exit 2);
+    any other OSError propagates with its traceback."""
+    import errno
+
+    from benchmarks.storage.cache import cache_root
+
+    where = Path(error.filename or run_dir)
+    if error.errno == errno.ENOSPC:
+        print(
+            f"error: no space left on the device writing {where}: free space there (or move --out to a "
+            "larger disk), then rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 1
+    read_only = error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if read_only and where.resolve().is_relative_to(cache_root().resolve()):
+        fail(
+            f"the project cache {cache_root()} cannot be written ({error.strerror}: {where}) and lacks an entry "
+            "this run needs: set VQFLOW_CACHE to a writable folder (or to a cache holding the entry)"
+        )
+    raise error
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder; exit 2 naming it if it is a file or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -359,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         fail(str(e))
     check_disk_room(cfg, chosen, seeds, run_dir)
+    check_cache()
     prepare_run_dir(run_dir)
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
@@ -396,6 +434,8 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        return os_error_exit(e, run_dir)
     if done:
         add_timings(
             run_dir,

@@ -114,3 +114,45 @@ def test_eval_change_on_trained_steps_without_results(capsys, finished, tmp_path
     corrected = load_config("smoke", [*FAST, "train.iterations=40", "eval.kid_subsets=3"])
     run_cli_module.check_config_change(out, corrected, read_manifest(out))
     assert "note: eval.kid_subsets changes from 2 to 3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- read-only cache, full disk
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` as a read-only bind mount (refused even for root); skipped where mounts are not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts need root")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_empty_read_only_cache_exits_2(capsys, tmp_path, monkeypatch):
+    """Before: ``OSError: [Errno 30] Read-only file system`` after the manifest was written."""
+    out = tmp_path / "run"
+    with read_only(tmp_path / "cache") as empty:
+        monkeypatch.setenv("VQFLOW_CACHE", str(empty))
+        code, err = cli(capsys, *BASE, "--out", str(out))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: the project cache {empty} is empty and cannot be written" in err
+    assert "set VQFLOW_CACHE to a writable folder" in err and not out.exists()
+
+
+def test_full_disk_is_one_line_and_no_temp_file(capsys, cache, tmp_path, monkeypatch):
+    """A 4 MB disk holds the first checkpoint (3 MB), not the second. Before: torch's
+    ``RuntimeError: [enforce fail at inline_container.cc:672]`` traceback."""
+    monkeypatch.setenv("VQFLOW_CACHE", str(cache))
+    with small_disk(tmp_path / "small", "4m") as disk:
+        code, err = cli(capsys, *BASE, "--out", str(disk / "run"))
+        left = [p.name for p in disk.rglob("*.tmp")]
+    checkpoint = disk / "run" / "purr" / "seed0" / "checkpoints" / "step_000000020.pt"
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        f"error: no space left on the device writing {checkpoint}: free space there (or move --out to a "
+        "larger disk), then rerun the same command to continue"
+    ), err
+    assert "Traceback" not in err and left == []
