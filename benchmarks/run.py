@@ -484,10 +484,21 @@ def build_report_if_available(run_dir: Path) -> Path | None:
     """Build the run's report (``reports.build_report``); returns its folder. A failure is
     reported, not raised: the results are complete, and ``python -m reports RUN_DIR`` rebuilds
     the report from them."""
+    import warnings
+
     from reports import build_report
+    from reports.load import MergeWarning
 
     try:
-        return build_report([run_dir])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MergeWarning)
+            out = build_report([run_dir])
+        for w in caught:
+            if issubclass(w.category, MergeWarning):
+                print(f"note: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return out
     except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
         print(
             f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",

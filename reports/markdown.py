@@ -107,6 +107,7 @@ def render(
     meanings: pd.DataFrame,
     figures: list[FigureEntry],
     notes: list[str],
+    diverged: list[str] | None = None,
 ) -> str:
     """report.md; ``best_speedups`` None when no method has curves at several temperatures."""
     parts = [
@@ -120,6 +121,12 @@ def render(
     if not variants.empty:
         parts += ["## Variants\n", VARIANTS_TEXT, table(variants)]
     parts += ["## Results\n", RESULTS_METHOD, table(results)]
+    if diverged:
+        parts += [
+            "### Diverged jobs\n",
+            "Training stopped at a non-finite loss or gradient; these jobs have no results after that step.\n",
+            "".join(f"- {d}\n" for d in diverged),
+        ]
     if not other_cells.empty:
         parts += [
             "### Other evaluations\n",

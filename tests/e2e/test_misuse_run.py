@@ -156,3 +156,84 @@ def test_full_disk_is_one_line_and_no_temp_file(capsys, cache, tmp_path, monkeyp
         "larger disk), then rerun the same command to continue"
     ), err
     assert "Traceback" not in err and left == []
+
+
+# ------------------------------------------------------------------------------- reports
+
+
+def report(capsys, *args: str) -> tuple[int, str]:
+    """``python -m reports ARGS`` in this process: (exit status, stderr)."""
+    from reports.__main__ import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_report_names_the_diverged_jobs(capsys, finished, tmp_path):
+    """Before: an empty report of a run whose every job diverged, divergence not mentioned."""
+    from benchmarks.storage.run_dir import RunDir
+
+    out = copy_run(finished, tmp_path)
+    folder = RunDir(out)
+    folder.metrics.unlink()
+    folder.job("purr", 0).events.write_text('{"event": "start", "from_step": 0}\n{"event": "diverged", "step": 15}\n')
+    code, err = report(capsys, str(out))
+    assert code == 0 and "note: purr seed 0 in run 'run' diverged at step 15" in err, err
+    text = folder.report_file.read_text()
+    assert "### Diverged jobs" in text and "- purr seed 0 in run 'run' diverged at step 15" in text
+
+
+def test_report_says_a_missing_final_fid(capsys, finished, tmp_path):
+    """Before: step 10 shown as the final FID when the FID of step 20 was NaN, no warning."""
+    import pandas as pd
+
+    from benchmarks.storage.run_dir import RunDir
+
+    out = copy_run(finished, tmp_path)
+    folder = RunDir(out)
+    metrics = pd.read_csv(folder.metrics)
+    metrics.loc[metrics["step"] == 20, "fid"] = float("nan")
+    metrics.to_csv(folder.metrics, index=False)
+    assert report(capsys, str(out))[0] == 0
+    row = next(line for line in folder.report_file.read_text().splitlines() if line.startswith("| tiny/1 | purr |"))
+    assert "| 20 |" in row and "| missing (NaN) |" in row, row
+
+
+def test_merged_runs_take_each_job_from_one_folder(capsys, finished, tmp_path):
+    """D1 trained purr to 20; E1 holds the same job with cells up to 40 (an extension): before, the
+    loss curve came from D1 (to 20) and the FID curve from both (to 40)."""
+    import pandas as pd
+
+    from benchmarks.storage.run_dir import RunDir
+
+    d1 = copy_run(finished, tmp_path / "d")
+    e1 = copy_run(finished, tmp_path / "e")
+    metrics = pd.read_csv(RunDir(e1).metrics)
+    later = metrics.assign(step=metrics["step"] + 20)
+    pd.concat([metrics, later]).to_csv(RunDir(e1).metrics, index=False)
+    code, err = report(capsys, str(d1), str(e1), "--out", str(tmp_path / "merged"))
+    assert code == 0, err
+    assert "metrics.csv: 2 row(s) of purr seed 0 only in run 'run' (steps 30-40) dropped" in err, err
+    fid = pd.read_csv(tmp_path / "merged" / "figures" / "fid_vs_iterations.csv")
+    assert fid["step"].max() == 20
+
+
+def test_report_into_a_read_only_folder_exits_2(capsys, finished, tmp_path):
+    with read_only(tmp_path / "ro") as folder:
+        code, err = report(capsys, str(finished), "--out", str(folder))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: the report folder {folder} cannot be written (folder {folder} is not writable)" in err
+
+
+def test_duplicated_metrics_row_is_one_note(capsys, finished, cache, tmp_path, monkeypatch):
+    """Before: a raw pandas/warnings ``MergeWarning`` dump in the log of ``benchmarks.run``."""
+    out = copy_run(finished, tmp_path)
+    metrics = out / "metrics.csv"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(lines) + lines[1])
+    monkeypatch.setenv("VQFLOW_CACHE", str(cache))
+    code, err = cli(capsys, *BASE, "--out", str(out))
+    assert code == 0, err
+    line = len(lines) + 1
+    assert f"note: {metrics} line {line} repeats the cell of line 2 (kept); delete line {line}" in err
+    assert "MergeWarning" not in err and "warnings.warn" not in err
