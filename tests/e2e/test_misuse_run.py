@@ -237,3 +237,32 @@ def test_duplicated_metrics_row_is_one_note(capsys, finished, cache, tmp_path, m
     line = len(lines) + 1
     assert f"note: {metrics} line {line} repeats the cell of line 2 (kept); delete line {line}" in err
     assert "MergeWarning" not in err and "warnings.warn" not in err
+
+
+# ------------------------------------------------------------------------------- TensorBoard
+
+
+def test_tensorboard_rerun_logs_each_point_once(capsys, finished, cache, tmp_path, monkeypatch):
+    """A rerun after a kill evaluates the newest checkpoint's missing cells again; before, it wrote
+    that checkpoint's FID and sample grid into the event files a second time."""
+    pytest.importorskip("tensorboard")
+    from collections import Counter
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from benchmarks.storage.run_dir import RunDir
+
+    out = copy_run(finished, tmp_path)
+    monkeypatch.setenv("VQFLOW_CACHE", str(cache))
+    for _ in range(2):
+        code, err = cli(capsys, *BASE, "--tensorboard", "--out", str(out))
+        assert code == 0, err
+    folder = RunDir(out).job("purr", 0).tensorboard
+    points = Counter(
+        (value.tag, event.step)
+        for path in sorted(folder.iterdir())
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    )
+    assert {tag for tag, _ in points} >= {"fid/steps8_tau0.9_cfg1_n20", "samples/steps8_tau0.9_cfg1_n20"}
+    assert [p for p, n in points.items() if n > 1] == []
