@@ -52,8 +52,9 @@ def test_dry_run_of_a_huge_budget_is_constant(tmp_path, iterations, cells):
     assert "disk: about " in proc.stdout
 
 
-def test_run_that_cannot_fit_the_disk_is_refused(capsys, tmp_path):
+def test_run_that_cannot_fit_the_disk_is_refused(capsys, tmp_path, monkeypatch):
     """Before: a 10^7-step run just started (and would have filled the disk with grids)."""
+    monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "cache"))
     with small_disk(tmp_path / "small") as disk:
         out = disk / "run"
         code, err = cli(capsys, *BASE, "train.iterations=10000000", "--out", str(out))
@@ -91,6 +92,7 @@ def image_folder(root: Path) -> Path:
 def test_missing_inception_weights_before_writing(capsys, tmp_path, monkeypatch):
     """Before: preflight passed, then a 53-line FileNotFoundError after the VQ-VAE and training."""
     monkeypatch.delenv("VQFLOW_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("VQFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torch-hub copy of the weights
     images, out = image_folder(tmp_path / "images"), tmp_path / "run"
     code, err = cli(capsys, *BASE, "data.dataset=imagefolder", f"data.path={images}", "--out", str(out))
