@@ -259,6 +259,55 @@ def check_results_files(run_dir: Path) -> None:
             fail(str(e))
 
 
+def check_disk_room(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], run_dir: Path) -> None:
+    """Exit 2 with the estimate if the run's outputs cannot fit the free disk under ``run_dir``."""
+    from benchmarks.launching.plan import disk_room_error
+
+    try:
+        error = disk_room_error(cfg, methods, seeds, run_dir)
+    except ValueError:  # no class count to size the backbone without data: not estimated
+        return
+    if error:
+        fail(error)
+
+
+def check_cache() -> None:
+    """Exit 2 if the project cache is empty and cannot be written (every entry would have to be built)."""
+    from benchmarks.storage.cache import cache_root
+    from benchmarks.storage.writable import unwritable_reason
+
+    root = cache_root()
+    reason = unwritable_reason(root)
+    if reason is not None and not (root.is_dir() and any(root.iterdir())):
+        fail(
+            f"the project cache {root} is empty and cannot be written ({reason}): set VQFLOW_CACHE to a writable folder"
+        )
+
+
+def os_error_exit(error: OSError, run_dir: Path) -> int:
+    """One line for a full disk (exit 1: rerun to continue) or a read-only project cache (exit 2);
+    any other OSError propagates with its traceback."""
+    import errno
+
+    from benchmarks.storage.cache import cache_root
+
+    where = Path(error.filename or run_dir)
+    if error.errno == errno.ENOSPC:
+        print(
+            f"error: no space left on the device writing {where}: free space there (or move --out to a "
+            "larger disk), then rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 1
+    read_only = error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if read_only and where.resolve().is_relative_to(cache_root().resolve()):
+        fail(
+            f"the project cache {cache_root()} cannot be written ({error.strerror}: {where}) and lacks an entry "
+            "this run needs: set VQFLOW_CACHE to a writable folder (or to a cache holding the entry)"
+        )
+    raise error
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder; exit 2 naming it if it is a file or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -360,6 +409,8 @@ def run(args: argparse.Namespace) -> int:
         check_inputs(cfg)
     except ConfigError as e:
         fail(str(e))
+    check_disk_room(cfg, chosen, seeds, run_dir)
+    check_cache()
     prepare_run_dir(run_dir)
 
     from benchmarks.launching.launch import JobsDiverged, LaunchError, launch
@@ -401,6 +452,8 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        return os_error_exit(e, run_dir)
     if done:
         add_timings(
             run_dir,
@@ -506,10 +559,21 @@ def build_report_if_available(run_dir: Path) -> Path | None:
     """Build the run's report (``reports.build_report``); returns its folder. A failure is
     reported, not raised: the results are complete, and ``python -m reports RUN_DIR`` rebuilds
     the report from them."""
+    import warnings
+
     from reports import build_report
+    from reports.load import MergeWarning
 
     try:
-        return build_report([run_dir])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MergeWarning)
+            out = build_report([run_dir])
+        for w in caught:
+            if issubclass(w.category, MergeWarning):
+                print(f"note: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return out
     except Exception as e:  # noqa: BLE001 (any failure of the report leaves the results intact)
         print(
             f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with: python -m reports {run_dir}",

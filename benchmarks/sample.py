@@ -25,6 +25,10 @@ for another.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from backbones.dit import build_dit
+from benchmarks.core.cli import OneLineParser
 from benchmarks.core.config import BenchmarkConfig, from_dict
 from benchmarks.core.distributed import DistEnv
 from benchmarks.evaluation.evaluator import Cell, cell_seed
@@ -40,6 +45,7 @@ from benchmarks.evaluation.sampling import balanced_labels, sample_images, sampl
 from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
 from benchmarks.storage.run_dir import RunDir, checkpoint_step
+from benchmarks.storage.writable import free_bytes, human_bytes, unwritable_reason
 from benchmarks.training.trainer import build_method
 from methods.sampling import build_sampler
 
@@ -114,16 +120,53 @@ def write_output(images: np.ndarray, labels: np.ndarray, out: Path) -> None:
         save_with(lambda tmp: Image.fromarray(array).save(tmp, format="png"), path)  # noqa: B023 (called at once)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that exists or cannot be created, before any work."""
+    if out.exists():
+        raise UsageError(f"--out {out} already exists; delete it or choose another path")
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise UsageError(f"--out {out} cannot be written ({reason}); choose a writable --out")
+
+
+def pick_device(name: str | None, local_rank: int) -> torch.device:
+    """``--device`` as a torch device; an unknown name or a missing GPU is a usage error."""
+    if name is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_disk(out: Path, num_samples: int, image_size: int) -> None:
+    """Refuse an export whose parts and output cannot fit the free disk under ``out``; say the size."""
+    need = 2 * num_samples * image_size * image_size * 3  # uint8 parts, then the output beside them
+    free = free_bytes(out)
+    if need > free:
+        raise UsageError(
+            f"--num-samples {num_samples} of {image_size}x{image_size} images needs about {human_bytes(need)} "
+            f"at {out} (parts, then the output), only {human_bytes(free)} is free; export fewer samples or "
+            "choose an --out on a larger disk"
+        )
+    print(f"export: {num_samples} samples need about {human_bytes(need)} ({human_bytes(free)} free)", file=sys.stderr)
+
+
 def export(args: argparse.Namespace) -> Path | None:
     """Sample this rank's parts; the rank that completes the set writes ``args.out``. Returns the
     output path if this rank wrote it."""
     dist = DistEnv.from_environment()
-    if args.out.exists():
-        raise UsageError(f"--out {args.out} already exists; delete it or choose another path")
+    check_out(args.out)
+    device = pick_device(args.device, dist.local_rank)
     checkpoint = find_checkpoint(args.run, args.method, args.seed, args.step)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = from_dict(state["config"])
-    device = torch.device(args.device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))
+    check_disk(args.out, args.num_samples, cfg.data.image_size)
     latents = latents_for(cfg, progress=args.progress and dist.is_main)
     method, model, step = load_model(state, cfg, latents, device)
     del state  # the optimizer state is not needed
@@ -134,6 +177,11 @@ def export(args: argparse.Namespace) -> Path | None:
     parts_dir = args.out.with_name(args.out.name + ".parts")
     plan = {
         "checkpoint": str(checkpoint.resolve()),
+        "config": hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest(),
+        "method": args.method,
+        "seed": args.seed,
+        "step": step,
+        "sampler": getattr(cell, "sampler", None),
         "steps": steps,
         "temperature": temperature,
         "cfg_scale": args.cfg_scale,
@@ -142,12 +190,22 @@ def export(args: argparse.Namespace) -> Path | None:
         "labels": args.labels,
         "part_size": args.part_size,
     }
-    claim_plan(parts_dir / "plan.json", plan)
+    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+    with export_lock(parts_dir, dist.rank, args.out):
+        claim_plan(parts_dir / "plan.json", plan)
+        sample_parts(args, dist, parts_dir, plan_id, (method, model, latents, device, labels, cell, step))
+    return assemble(parts_dir, math.ceil(args.num_samples / args.part_size), args.out, plan_id)
+
+
+def sample_parts(args, dist, parts_dir: Path, plan_id: str, job) -> None:
+    """Sample this rank's missing parts (a part of another plan is sampled again), each tagged with ``plan_id``."""
+    method, model, latents, device, labels, cell, step = job
+    steps, temperature = cell.steps, cell.temperature
     seed = cell_seed(args.seed, step, cell)
     parts = range(0, args.num_samples, args.part_size)
     for p, start in enumerate(parts):
         path = parts_dir / f"part-{p:05d}.npz"
-        if p % dist.world_size != dist.rank or path.exists():
+        if p % dist.world_size != dist.rank or part_plan(path) == plan_id:
             continue
         block = range(start, min(start + args.part_size, args.num_samples))
         samples = sample_images(
@@ -167,8 +225,37 @@ def export(args: argparse.Namespace) -> Path | None:
             progress=args.progress,
             desc=f"rank {dist.rank} part {p + 1}/{len(parts)}",
         )
-        save_with(lambda tmp: save_npz(tmp, images=samples.images.numpy(), labels=samples.labels.numpy()), path)  # noqa: B023 (called at once)
-    return assemble(parts_dir, len(parts), args.out)
+        arrays = {"images": samples.images.numpy(), "labels": samples.labels.numpy(), "plan": np.array(plan_id)}
+        save_with(lambda tmp: save_npz(tmp, **arrays), path)  # noqa: B023 (called at once)
+
+
+def part_plan(path: Path) -> str | None:
+    """The plan id a part was sampled under; None for a missing, unreadable or untagged part."""
+    try:
+        with np.load(path) as part:
+            return str(part["plan"]) if "plan" in part.files else None
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+@contextlib.contextmanager
+def export_lock(parts_dir: Path, rank: int, out: Path):
+    """One process per (export, rank): a second identical command is refused while the first runs."""
+    from filelock import FileLock, Timeout
+
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(parts_dir / f"rank{rank}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UsageError(
+            f"another export into --out {out} is running (rank {rank} holds {lock.lock_file}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def resolve_sampler(spec: str, method) -> str:
@@ -188,8 +275,6 @@ def resolve_sampler(spec: str, method) -> str:
 
 def claim_plan(path: Path, plan: dict) -> None:
     """Pin the export's arguments in its parts folder; a different rerun into it is an error."""
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path):
         if path.exists():
@@ -204,13 +289,13 @@ def claim_plan(path: Path, plan: dict) -> None:
             save_json(plan, path)
 
 
-def assemble(parts_dir: Path, count: int, out: Path) -> Path | None:
-    """Once all ``count`` parts exist, write ``out`` from them (once, under a lock) and remove them."""
+def assemble(parts_dir: Path, count: int, out: Path, plan_id: str) -> Path | None:
+    """Once all ``count`` parts of this plan exist, write ``out`` from them (once, under a lock) and remove them."""
     if not parts_dir.exists():  # another rank has written the output
         return None
     with locked(parts_dir / "plan.json"):
         paths = [parts_dir / f"part-{p:05d}.npz" for p in range(count)]
-        if not parts_dir.exists() or not all(p.exists() for p in paths):
+        if not parts_dir.exists() or not all(part_plan(p) == plan_id for p in paths):
             return None
         images, labels = [], []
         for path in paths:
@@ -223,7 +308,7 @@ def assemble(parts_dir: Path, count: int, out: Path) -> Path | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m benchmarks.sample",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -265,9 +350,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("num_samples", "batch_size", "decode_batch_size", "part_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("num_samples", "batch_size", "decode_batch_size", "part_size", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        p.error(f"--temperature must be a finite number > 0, got {args.temperature:g}")
+    if not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        p.error(f"--cfg-scale must be >= 0 (as eval.cells[].cfg_scale of benchmarks.run), got {args.cfg_scale:g}")
     return args
 
 

@@ -21,26 +21,33 @@ batch ``.npz`` or an image folder) name them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import math
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.core.cli import OneLineParser
 from benchmarks.core.config import from_dict
 from benchmarks.data import datasets, tokenizers  # noqa: F401  (register the built-ins a run's config names)
 from benchmarks.evaluation import fidelity
 from benchmarks.evaluation.extractors import feature_extractor_names
 from benchmarks.evaluation.metrics import metric_columns
 from benchmarks.storage.manifest import read_manifest
-from benchmarks.storage.results import append_rows
+from benchmarks.storage.results import read_rows, upsert_row
 from benchmarks.storage.run_dir import MANIFEST
+from benchmarks.storage.writable import unwritable_reason
 
-SCORE_LEAD = ["source", "n_samples", "feature_extractor", "ref_stats"]
+SCORE_LEAD = ["source", "sha256", "n_samples", "feature_extractor", "ref_stats"]
 """The columns of a score row before its metric columns (``benchmarks.evaluation.metrics.metric_columns``)."""
-SCORE_KEY = ["source", "feature_extractor", "ref_stats"]
+SCORE_KEY = ["sha256", "feature_extractor", "ref_stats"]
+"""A row's identity: the scored content (not its path, which a new export may reuse) and the metric's ids."""
+VALID_INPUT = "an ADM-format .npz (arr_0 uint8 (N, H, W, 1 or 3), arr_1 labels) or a folder of image files"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -50,10 +57,20 @@ class UsageError(ValueError):
 
 def load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (N, C, H, W) and labels (N,) or None from an ADM-format batch."""
-    with np.load(path) as data:
-        if "arr_0" not in data.files:
-            raise UsageError(f"{path} has no images (key arr_0); keys: {data.files}")
-        images, labels = data["arr_0"], data["arr_1"] if "arr_1" in data.files else None
+    try:
+        with np.load(path) as data:
+            if "arr_0" not in data.files:
+                raise UsageError(f"{path} has no images (key arr_0); keys: {data.files}")
+            images, labels = data["arr_0"], data["arr_1"] if "arr_1" in data.files else None
+    except UsageError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise UsageError(f"{path} cannot be read as an .npz ({e}); expected {VALID_INPUT}") from None
+        what = "pickled objects, or not an .npz at all"
+        raise UsageError(f"{path} holds no image arrays ({what}); expected {VALID_INPUT}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path} cannot be read as an .npz ({e}); expected {VALID_INPUT}") from None
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
         raise UsageError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
     if labels is not None and labels.shape != (len(images),):
@@ -66,8 +83,6 @@ def load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (N, C, H, W) of a folder (file-name order) and labels from class subfolders."""
-    from PIL import Image
-
     files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (p.name, str(p)))
     if not files:
         raise UsageError(f"{root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -78,15 +93,62 @@ def load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         if labelled and all(c.isdigit() for c in classes)
         else {c: i for i, c in enumerate(classes)}
     )
-    arrays = []
-    for path in files:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
-        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    arrays = [read_image(path) for path in files]
     if len({a.shape for a in arrays}) > 1:
         raise UsageError(f"{root}: images differ in size or channels ({sorted({a.shape for a in arrays})[:3]} ...)")
     labels = torch.tensor([index[p.parent.relative_to(root).as_posix()] for p in files]) if labelled else None
     return torch.from_numpy(np.stack(arrays)), labels
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 (C, H, W); an unreadable file is a usage error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise UsageError(f"{path} cannot be read as an image ({e}); replace or delete it") from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of an .npz's bytes, or of a folder's image files (relative names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023 (called at once)
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_append(path: Path) -> None:
+    """Refuse an ``--append`` target that cannot take score rows, before any scoring."""
+    reason = unwritable_reason(path)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = f"{path} is read-only"
+    if reason is not None:
+        raise UsageError(f"--append {path} cannot be written ({reason}); choose a writable CSV")
+    header, _ = read_rows(path)
+    missing = [c for c in ("source", "feature_extractor", "ref_stats") if c not in header]
+    if header and missing:
+        raise UsageError(
+            f"--append {path} is not a scores file of benchmarks.score (no {', '.join(missing)} column; "
+            "a run's metrics file is written by benchmarks.run only); append to a CSV of its own, e.g. scores.csv"
+        )
+
+
+def check_image_size(images: torch.Tensor, source: Path, run: Path, image_size: int) -> None:
+    """Refuse images of another size than the run's: their features would be compared with the run's reference."""
+    height, width = images.shape[-2:]
+    if (height, width) != (image_size, image_size):
+        raise UsageError(
+            f"{source} holds {width}x{height} images, run {run} evaluates {image_size}x{image_size} images; "
+            f"export or resize them to {image_size}x{image_size}"
+        )
 
 
 def load_images(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -102,15 +164,20 @@ def for_extractor(images: torch.Tensor, channels: int | None) -> torch.Tensor:
     return images
 
 
+def run_config(run: Path):
+    """The config a run folder was made with."""
+    saved = read_manifest(run).get("config") if run.is_dir() else None
+    if saved is None:
+        raise UsageError(f"--run {run}: no run there (no {MANIFEST} with a config)")
+    return from_dict(saved)
+
+
 def run_extractor_and_reference(run: Path, device: torch.device, progress: bool):
     """The feature extractor and reference of a run's evaluator."""
     from benchmarks.evaluation.evaluator import Evaluator
     from benchmarks.launching.jobs import latents_for
 
-    saved = read_manifest(run).get("config") if run.is_dir() else None
-    if saved is None:
-        raise UsageError(f"--run {run}: no run there (no {MANIFEST} with a config)")
-    cfg = from_dict(saved)
+    cfg = run_config(run)
     evaluator = Evaluator(cfg, latents_for(cfg, progress=progress), run, progress=progress)
     return evaluator.extractor(), evaluator.reference(), cfg.eval.kid_subsets
 
@@ -144,7 +211,7 @@ def score(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m benchmarks.score",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -198,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        if args.append is not None:
+            check_append(args.append)
         images, labels = load_images(args.path) if args.path is not None else (None, None)
+        if args.run is not None and images is not None:
+            check_image_size(images, args.path, args.run, run_config(args.run).data.image_size)
         if args.run is not None:
             extractor, reference, kid_subsets = run_extractor_and_reference(args.run, device, args.progress)
         else:
@@ -228,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = SCORE_LEAD + metric_columns()
     row = {
         "source": str(args.path),
+        "sha256": content_hash(args.path),
         "n_samples": len(images),
         "feature_extractor": extractor.id,
         "ref_stats": reference.id,
@@ -235,8 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if args.append is not None:
-        append_rows(args.append, [row], columns, SCORE_KEY)
+        append_scores(args.append, row, columns)
     return 0
+
+
+def append_scores(path: Path, row: dict, columns: list[str]) -> None:
+    """Write the row into ``path`` keyed by content; say when it replaces a row or the path's
+    older content keeps its own row."""
+    _, rows = read_rows(path)
+    older = [r for r in rows if r.get("source") == row["source"] and r.get("sha256") != row["sha256"]]
+    if upsert_row(path, row, columns, SCORE_KEY):
+        print(f"replaced the row of the same content (sha256 {row['sha256'][:12]}) in {path}")
+    elif older:
+        print(f"note: {path} keeps {len(older)} row(s) of {row['source']} with other content (rows keyed by sha256)")
 
 
 if __name__ == "__main__":

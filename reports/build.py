@@ -30,7 +30,7 @@ from reports.curves import (
     sweeps,
     temperature_curves,
 )
-from reports.load import Results, load_runs
+from reports.load import Results, RunFolderError, load_runs
 from reports.markdown import FigureEntry, render
 from reports.tables import (
     best_temperature_speedup_table,
@@ -242,7 +242,19 @@ def report_text(
         meanings=meaning_rows,
         figures=figures,
         notes=results.notes,
+        diverged=results.diverged,
     )
+
+
+def check_out(out: Path) -> None:
+    """RunFolderError naming the report folder if it cannot be written, before any figure is drawn."""
+    from benchmarks.storage.writable import unwritable_reason
+
+    reason = unwritable_reason(out)
+    if reason is None and out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        reason = f"folder {out} is not writable"
+    if reason is not None:
+        raise RunFolderError(f"the report folder {out} cannot be written ({reason}): choose a writable --out")
 
 
 def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | None = None) -> Path:
@@ -257,6 +269,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | N
     results = load_runs(run_dirs)
     conv, sweep_rows = convergence(results), sweeps(results, step)
     out = Path(out) if out is not None else RunDir(run_dirs[0]).report
+    check_out(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for stale in fig_dir.iterdir():  # figures of an earlier build that this data may not produce

@@ -228,10 +228,20 @@ def mean_curve(rows: pd.DataFrame, x: str = "step", value: str = "fid") -> pd.Da
     return out[keys + ([x] if x != "step" else []) + ["mean", "std", "n_seeds"]]
 
 
-def seed_matrix(rows: pd.DataFrame, x: str = "step") -> tuple[np.ndarray, np.ndarray, list[int]]:
+def seed_matrix(
+    rows: pd.DataFrame, x: str = "step", *, keep_missing: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """One variant's curves on the checkpoints every seed has: (x (P,), fid (S, P), seeds).
-    ``x`` is the mean over seeds of column ``x`` at each of those checkpoints."""
-    fid = rows.pivot_table(index="seed", columns="step", values="fid", aggfunc="first").dropna(axis=1)
+    ``x`` is the mean over seeds of column ``x`` at each of those checkpoints. A checkpoint with a
+    missing (NaN) FID is dropped, unless ``keep_missing``: then it is kept (as NaN) where every seed
+    has a row there, so the last checkpoint stays the last one."""
+    fid = rows.pivot_table(index="seed", columns="step", values="fid", aggfunc="first", dropna=False)
+    if keep_missing:
+        present = rows.pivot_table(index="seed", columns="step", values="method", aggfunc="size", fill_value=0)
+        fid = fid.reindex(index=present.index, columns=present.columns)
+        fid = fid.loc[:, (present > 0).all(axis=0)]
+    else:
+        fid = fid.dropna(axis=1)
     if x == "step":
         xs = fid.columns.to_numpy(float)
     else:

@@ -83,6 +83,8 @@ class Run:
     traces: pd.DataFrame
     train_logs: pd.DataFrame
     floor: dict | None
+    diverged: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(method, seed) -> the step at which the job diverged (its last event), from the job events."""
 
     @property
     def config(self) -> dict:
@@ -124,6 +126,8 @@ class Results:
     labels: dict[tuple[int, str], str] = field(default_factory=dict)
     """(run index, method) -> variant label."""
     notes: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    """One text per diverged job: which variant and seed, in which run, at which step."""
 
     def config(self, source: int) -> dict:
         return self.runs[source].config
@@ -194,11 +198,48 @@ def read_run(run_dir: str | Path) -> Run:
         path=path,
         name=name,
         manifest=manifest,
-        metrics=metrics,
+        metrics=_drop_repeated_cells(metrics, folder.metrics),
         traces=traces,
         train_logs=logs,
         floor=_read_json(folder.floor),
+        diverged=_diverged_jobs(folder),
     )
+
+
+def _diverged_jobs(folder: RunDir) -> dict[tuple[str, int], int]:
+    """(method, seed) -> step of every job whose last start/done/diverged event is a divergence."""
+    found = {}
+    for job in folder.jobs():
+        if not job.events.is_file():
+            continue
+        last = None
+        for line in job.events.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if isinstance(event, dict) and event.get("event") in ("start", "done", "diverged"):
+                last = event
+        if last is not None and last["event"] == "diverged":
+            found[(job.method, job.seed)] = int(last.get("step") or 0)
+    return found
+
+
+def _drop_repeated_cells(metrics: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The rows of a run's ``metrics.csv`` with each cell once (the first line kept); a note names
+    the file and the line of every repeated cell (a hand edit or a copied line)."""
+    if metrics.empty:
+        return metrics
+    ident = _key_text(metrics, CELL_KEY)
+    repeated = ident.duplicated(keep="first")
+    first = {key: i for i, key in reversed(list(enumerate(ident)))}
+    for i in metrics.index[repeated]:
+        warnings.warn(
+            f"{path} line {i + 2} repeats the cell of line {first[ident[i]] + 2} (kept); delete line {i + 2}",
+            MergeWarning,
+            stacklevel=3,
+        )
+    return metrics[~repeated].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -370,6 +411,36 @@ def _floors_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=keys + FLOOR_KEYS + ["runs", "backbones"])
 
 
+JOB = ["backbone", "variant", "seed"]
+
+
+def _job_owners(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per job (backbone, variant, seed): ``owner``, the first given folder holding any row of it."""
+    held = [f[JOB + ["source"]] for f in frames if not f.empty]
+    if not held:
+        return pd.DataFrame(columns=JOB + ["owner"])
+    return pd.concat(held, ignore_index=True).groupby(JOB)["source"].min().rename("owner").reset_index()
+
+
+def _one_source_per_job(
+    frame: pd.DataFrame, owners: pd.DataFrame, what: str, runs: list[Run], notes: list[str]
+) -> pd.DataFrame:
+    """Drop a job's rows that come from another folder than its owner's (cells only a later folder
+    has, e.g. steps past the first folder's), so a job's loss and FID curves come from one run."""
+    if frame.empty or owners.empty:
+        return frame
+    owner = frame[JOB].merge(owners, on=JOB, how="left")["owner"].to_numpy()
+    other = frame["source"].to_numpy() != owner
+    for (variant, seed, source), rows in frame[other].groupby(["variant", "seed", "source"], sort=True):
+        kept = runs[int(owner[rows.index[0]])].name
+        notes.append(
+            f"{what}: {len(rows)} row(s) of {variant} seed {seed} only in run '{runs[int(source)].name}' "
+            f"(steps {int(rows['step'].min())}-{int(rows['step'].max())}) dropped: the job's curves all come "
+            f"from run '{kept}' (given first); give the other folder first to use its rows"
+        )
+    return frame[~other].reset_index(drop=True)
+
+
 def merge_runs(runs: list[Run]) -> Results:
     """Merge read runs (see the module docstring for variants and duplicates)."""
     notes: list[str] = []
@@ -386,9 +457,10 @@ def merge_runs(runs: list[Run]) -> Results:
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else _label(getattr(runs[0], attr), runs[0], 0, labels)
 
-    metrics = _dedupe(concat("metrics"), CELL_KEY, METRICS, runs, notes)
-    traces = _dedupe(concat("traces"), TRACE_KEY, TRACES, runs, notes)
-    logs = concat("train_logs")
+    metrics, traces, logs = concat("metrics"), concat("traces"), concat("train_logs")
+    owners = _job_owners([metrics, traces, logs])
+    metrics = _dedupe(metrics, CELL_KEY, METRICS, runs, notes)
+    traces = _dedupe(traces, TRACE_KEY, TRACES, runs, notes)
     if not logs.empty:
         first = logs.groupby(["backbone", "variant", "seed"])["source"].transform("min")
         for (variant, seed), rows in logs[logs["source"] != first].groupby(["variant", "seed"], sort=True):
@@ -398,6 +470,8 @@ def merge_runs(runs: list[Run]) -> Results:
                 f"'{runs[int(first[rows.index[0]])].name}' (given first)"
             )
         logs = logs[logs["source"] == first].reset_index(drop=True)
+    metrics = _one_source_per_job(metrics, owners, METRICS, runs, notes)
+    traces = _one_source_per_job(traces, owners, TRACES, runs, notes)
     held: dict[tuple[str, str], dict] = {}
     for (i, method), v in sorted(labels.items()):
         entry = held.setdefault(
@@ -423,7 +497,19 @@ def merge_runs(runs: list[Run]) -> Results:
         variants=variants,
         labels={k: v.label for k, v in labels.items()},
         notes=notes,
+        diverged=_diverged_texts(runs, labels),
     )
+
+
+def _diverged_texts(runs: list[Run], labels: dict) -> list[str]:
+    texts = []
+    for i, run in enumerate(runs):
+        for (method, seed), step in sorted(run.diverged.items()):
+            variant = labels[(i, method)].label if (i, method) in labels else method
+            texts.append(f"{variant} seed {seed} in run '{run.name}' diverged at step {step:,}")
+    for text in texts:
+        warnings.warn(text, MergeWarning, stacklevel=3)
+    return texts
 
 
 def load_runs(run_dirs: list[str | Path]) -> Results:

@@ -108,6 +108,7 @@ def render(
     meanings: pd.DataFrame,
     figures: list[FigureEntry],
     notes: list[str],
+    diverged: list[str] | None = None,
 ) -> str:
     """report.md; ``best_speedups`` None when no method has curves at several temperatures;
     ``best_within_nfe`` None when no method was evaluated with several samplers."""
@@ -122,6 +123,12 @@ def render(
     if not variants.empty:
         parts += ["## Variants\n", VARIANTS_TEXT, table(variants)]
     parts += ["## Results\n", RESULTS_METHOD, table(results)]
+    if diverged:
+        parts += [
+            "### Diverged jobs\n",
+            "Training stopped at a non-finite loss or gradient; these jobs have no results after that step.\n",
+            "".join(f"- {d}\n" for d in diverged),
+        ]
     if not other_cells.empty:
         parts += [
             "### Other evaluations\n",

@@ -74,7 +74,7 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
     rows = []
     best = sweep_curve(sweep_rows) if not sweep_rows.empty else pd.DataFrame(columns=["backbone", "variant"])
     for (backbone, variant), group in conv.groupby(["backbone", "variant"], sort=True):
-        steps, fid, seeds = seed_matrix(group)
+        steps, fid, seeds = seed_matrix(group, keep_missing=True)
         if fid.shape[1] == 0:
             continue
         final_step = int(steps[-1])
@@ -111,7 +111,7 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
                 f"{cell['cfg_scale']:g}, {int(cell['n_samples'])}"
                 if "n_samples" in cell
                 else f"{cell['temperature']:g}, {int(cell['steps'])}, {cell['cfg_scale']:g}",
-                "final FID": mean_sd(fid[:, -1]),
+                "final FID": final_fid(fid[:, -1]),
                 "final class acc.": final_class_accuracy(at_final),
                 "params": human(params),
                 "FLOPs/step": human(flops_per_step),
@@ -127,6 +127,16 @@ def results_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame
     return frame.sort_values(
         ["backbone", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable"
     ).reset_index(drop=True)
+
+
+def final_fid(values: np.ndarray) -> str:
+    """Mean ± s.d. over seeds of the FID at the last checkpoint, saying how many seeds have none."""
+    missing = int(np.isnan(values).sum())
+    if missing == 0:
+        return mean_sd(values)
+    if missing == len(values):
+        return "missing (NaN)"
+    return f"{mean_sd(values[~np.isnan(values)])} (NaN for {missing} of {len(values)} seeds)"
 
 
 def final_class_accuracy(at_final: pd.DataFrame) -> str:

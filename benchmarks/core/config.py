@@ -379,8 +379,13 @@ def validate(cfg: BenchmarkConfig) -> None:
         raise ConfigError(message)
     if t.checkpoint_schedule == "log":
         _check_log_schedule(t)
-    sweep_at, steps = cfg.eval.sweep_at, t.checkpoint_steps()
+    sweep_at = cfg.eval.sweep_at
     if sweep_at is not None and not (1 <= sweep_at <= t.iterations and t.is_checkpoint_step(sweep_at)):
+        steps = (
+            t.checkpoint_steps()
+            if t.checkpoint_schedule == "log"
+            else range(t.checkpoint_every, t.iterations + 1, t.checkpoint_every)
+        )
         raise ConfigError(
             f"eval.sweep_at={sweep_at} is not a checkpoint step (train.checkpoint_schedule="
             f"{t.checkpoint_schedule}: {', '.join(map(str, steps[:8]))}{' ...' if len(steps) > 8 else ''})"

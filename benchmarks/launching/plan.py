@@ -38,6 +38,10 @@ CHECKPOINT_BYTES_PER_PARAM = 16
 """float32 model + EMA + AdamW's exp_avg and exp_avg_sq."""
 ASSUMED_WRITE_BYTES_PER_S = 200e6
 """A conservative write rate to a shared (network) filesystem under load."""
+ROW_BYTES = 1000
+"""An upper bound of the text one evaluation cell adds to the results and traces files."""
+LOG_ROW_BYTES = 200
+"""An upper bound of one training-log row."""
 
 
 FLOP_UNITS = (("GFLOP", 1e9), ("TFLOP", 1e12), ("PFLOP", 1e15), ("EFLOP", 1e18))
@@ -126,32 +130,130 @@ def checkpoint_steps(cfg: BenchmarkConfig) -> list[int]:
     return cfg.train.checkpoint_steps()
 
 
-def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> list[tuple[int, int, float, float, int]]:
-    """(checkpoint step, network evaluations per sample before guidance, temperature, cfg scale,
-    samples) for every cell a job of ``method`` runs (an adaptive sampler's evaluations are not
-    known ahead: its ``steps`` stand in for them)."""
+@dataclass(frozen=True)
+class Schedule:
+    """The checkpoint schedule in constant memory: how many checkpoints, the first and last few, and
+    the steps where the evaluation cells differ from the rest (the last and ``eval.sweep_at``)."""
+
+    count: int
+    head: list[int]
+    tail: list[int]
+    last: int
+    sweep_at: int
+
+    def special(self) -> list[int]:
+        return sorted({self.last, self.sweep_at})
+
+
+def schedule(cfg: BenchmarkConfig, few: int = 3) -> Schedule:
+    t = cfg.train
+    if t.checkpoint_schedule == "log":
+        steps: list[int] | range = t.checkpoint_steps()  # at most num_checkpoints
+        count, head, tail = len(steps), list(steps[:few]), list(steps[-few:])
+    else:
+        steps = range(t.checkpoint_every, t.iterations + 1, t.checkpoint_every)  # lazy: any budget
+        extra = [] if steps and steps[-1] == t.iterations else [t.iterations]
+        count = len(steps) + len(extra)
+        head = (list(steps[:few]) + extra)[:few]
+        tail = (list(steps[-few:]) + extra)[-few:]
+    sweep_at = cfg.eval.sweep_at if cfg.eval.sweep_at is not None else t.iterations
+    return Schedule(count, head, tail, t.iterations, sweep_at)
+
+
+def cells_at(cfg: BenchmarkConfig, method: str, *, last: bool, sweep: bool) -> list[tuple[int, float, float, int]]:
+    """(network evaluations per sample before guidance, temperature, cfg scale, samples) of the
+    cells of one checkpoint of a job of ``method`` (an adaptive sampler's evaluations are not known
+    ahead: its ``steps`` stand in for them)."""
     ev = cfg.eval
     if not ev.enabled:
         return []
     tau = ev.method_temperature.get(method, 1.0)
-    sweep_at = ev.sweep_at if ev.sweep_at is not None else steps[-1]
-    cells = []
-    for step in steps:
-        last = step == steps[-1]
-        here = [
-            (
-                build_sampler(c.sampler).evaluations(c.steps) or c.steps,
-                c.temperature if c.temperature is not None else tau,
-                c.cfg_scale,
-                c.num_samples or ev.num_samples,
-            )
-            for c in ev.cells
-            if (c.at == "every" or last) and (c.methods is None or method in c.methods)
+    here = [
+        (
+            build_sampler(c.sampler).evaluations(c.steps) or c.steps,
+            c.temperature if c.temperature is not None else tau,
+            c.cfg_scale,
+            c.num_samples or ev.num_samples,
+        )
+        for c in ev.cells
+        if (c.at == "every" or last) and (c.methods is None or method in c.methods)
+    ]
+    if sweep:
+        here += [(ev.sweep_steps, t, 1.0, ev.sweep_samples or ev.num_samples) for t in ev.temperatures]
+    return list(dict.fromkeys(here))
+
+
+def evaluation_cells(cfg: BenchmarkConfig, method: str, steps: list[int]) -> list[tuple[int, int, float, float, int]]:
+    """(checkpoint step, network evaluations, temperature, cfg scale, samples) for every cell a job runs."""
+    sweep_at = cfg.eval.sweep_at if cfg.eval.sweep_at is not None else steps[-1]
+    return [
+        (step, *cell)
+        for step in steps
+        for cell in cells_at(cfg, method, last=step == steps[-1], sweep=step == sweep_at)
+    ]
+
+
+def cell_totals(cfg: BenchmarkConfig, method: str, plan: Schedule) -> tuple[int, float]:
+    """(number of cells, sum of sampler steps x samples, x2 with guidance) of a job, in constant memory."""
+
+    def weigh(cells) -> tuple[int, float]:
+        return len(cells), sum(n_steps * (1 if w == 1.0 else 2) * n for n_steps, _, w, n in cells)
+
+    special = plan.special()
+    count, weight = weigh(cells_at(cfg, method, last=False, sweep=False))
+    count, weight = count * (plan.count - len(special)), weight * (plan.count - len(special))
+    for step in special:
+        c, w = weigh(cells_at(cfg, method, last=step == plan.last, sweep=step == plan.sweep_at))
+        count, weight = count + c, weight + w
+    return count, weight
+
+
+def listed_cells(cfg: BenchmarkConfig, method: str, plan: Schedule, few: int = 3) -> str:
+    """The first and last ``few`` cells of a job, and how many there are."""
+    total = cell_totals(cfg, method, plan)[0]
+
+    def at(steps: list[int]) -> list[tuple]:
+        return [
+            (step, *cell)
+            for step in steps
+            for cell in cells_at(cfg, method, last=step == plan.last, sweep=step == plan.sweep_at)
         ]
-        if step == sweep_at:
-            here += [(ev.sweep_steps, t, 1.0, ev.sweep_samples or ev.num_samples) for t in ev.temperatures]
-        cells += [(step, *cell) for cell in dict.fromkeys(here)]
-    return cells
+
+    first, last = at(plan.head)[:few], at(plan.tail)[-few:]
+    shown = first + ["..."] + last if total > 2 * few else list(dict.fromkeys(first + last))
+    text = "; ".join(
+        c if c == "..." else f"step {c[0]:,}: {c[1]} steps, tau {c[2]:g}, cfg {c[3]:g}, {c[4]:,} samples" for c in shown
+    )
+    return f"evaluation cells per job ({method}): {total:,} in all: {text}"
+
+
+def output_bytes(cfg: BenchmarkConfig, methods: list[str], seeds: list[int]) -> int:
+    """An upper bound of what a run writes into its folder: the kept checkpoints, one sample grid
+    (uncompressed) and the result rows per evaluation cell, and the training log of every job."""
+    shape, plan, t = latent_shape(cfg), schedule(cfg), cfg.train
+    grid = cfg.eval.grid_samples * cfg.data.image_size**2 * 3
+    total = 0
+    for name in methods:
+        io = get_method(name)(torch.empty(shape.codebook_size, shape.code_dim, device="meta")).backbone_io()
+        params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
+        cells = cell_totals(cfg, name, plan)[0]
+        checkpoints = min(t.keep_checkpoints, plan.count) * params * CHECKPOINT_BYTES_PER_PARAM
+        total += checkpoints + cells * (grid + ROW_BYTES) + t.iterations // t.log_every * LOG_ROW_BYTES
+    return total * len(seeds)
+
+
+def disk_room_error(cfg: BenchmarkConfig, methods: list[str], seeds: list[int], out: Path) -> str | None:
+    """Why the run's outputs cannot fit the free disk under ``out`` (with the estimate), or None."""
+    from benchmarks.storage.writable import free_bytes, human_bytes
+
+    need, free = output_bytes(cfg, methods, seeds), free_bytes(out)
+    if need <= free:
+        return None
+    return (
+        f"this run writes about {human_bytes(need)} into --out {out} ({schedule(cfg).count:,} evaluated "
+        f"checkpoints per job), only {human_bytes(free)} is free; lower train.iterations or raise "
+        "train.checkpoint_every, or choose an --out on a larger disk"
+    )
 
 
 def dry_run(
@@ -164,7 +266,7 @@ def dry_run(
     step_time: StepTime | None = None,
 ) -> str:
     shape = latent_shape(cfg)
-    steps = checkpoint_steps(cfg)
+    plan = schedule(cfg)
     measured = [m for m in methods if step_time is not None and step_time.of(m) is not None]
     cost = f"cost at {utilisation:.0%} of {peak_tflops:g} TFLOP/s per GPU (assumed utilisation, --utilisation)"
     if measured:
@@ -180,7 +282,8 @@ def dry_run(
         f"jobs: {len(methods)} methods x {len(seeds)} seeds = {len(methods) * len(seeds)} "
         f"(methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))})",
         f"training: {cfg.train.iterations:,} iterations x global batch {cfg.train.batch_size}; "
-        f"{len(steps)} checkpoints: {', '.join(f'{s:,}' for s in steps[:6])}{' ...' if len(steps) > 6 else ''}",
+        f"{plan.count:,} checkpoints: {', '.join(f'{s:,}' for s in plan.head)}"
+        + (f" ... {', '.join(f'{s:,}' for s in plan.tail)}" if plan.count > len(plan.head) else ""),
         cost + ":",
         "",
     ]
@@ -190,8 +293,8 @@ def dry_run(
         params = meta_parameter_count(cfg.backbone, io, shape.grid, shape.num_classes)
         step_flops = model_flops(cfg.backbone, io, shape.grid, shape.num_classes, batch=1) * cfg.train.batch_size
         forward = model_flops(cfg.backbone, io, shape.grid, shape.num_classes, batch=1, backward=False)
-        cells = evaluation_cells(cfg, name, steps)
-        eval_flops = sum(forward * n_steps * (1 if w == 1.0 else 2) * n for _, n_steps, _, w, n in cells)
+        n_cells, weight = cell_totals(cfg, name, plan)
+        eval_flops = forward * weight
         train_flops = step_flops * cfg.train.iterations
         flops_seconds = lambda flops: flops / (peak_tflops * 1e12 * utilisation)  # noqa: E731
         train_s = (
@@ -199,7 +302,7 @@ def dry_run(
             if name in measured
             else flops_seconds(train_flops)
         )
-        rows.append((name, params, step_flops, train_flops, train_s, len(cells), eval_flops, flops_seconds(eval_flops)))
+        rows.append((name, params, step_flops, train_flops, train_s, n_cells, eval_flops, flops_seconds(eval_flops)))
         largest = max(largest, params)
     flop_unit, flop_scale = unit_for([max(r[3], r[6]) for r in rows], FLOP_UNITS)
     time_unit, time_scale = unit_for([max(r[4], r[7]) for r in rows], GPU_TIME_UNITS)
@@ -211,7 +314,7 @@ def dry_run(
     for name, params, step_flops, train_flops, train_s, n_cells, eval_flops, eval_s in rows:
         lines.append(
             f"{name:<14}{params / 1e6:>13.1f}M{step_flops / 1e9:>18,.1f}{number(train_flops / flop_scale):>14}"
-            f"{number(train_s / time_scale):>19}{n_cells:>12}{number(eval_flops / flop_scale):>13}"
+            f"{number(train_s / time_scale):>19}{n_cells:>12,}{number(eval_flops / flop_scale):>13}"
             f"{number(eval_s / time_scale):>18}"
         )
     jobs, gpus = len(methods) * len(seeds), max(cfg.launcher.gpus_per_job, 1)
@@ -227,35 +330,17 @@ def dry_run(
         f"{number(eval_total / max(jobs, 1) / gpus / wall_scale)} {eval_wall.removeprefix('GPU-')} "
         "of evaluation wall time per job",
     ]
-    lines.append(job_wall_note(cfg, {r[0]: r[4] + r[7] for r in rows}))
     lines.append(checkpoint_note(cfg, largest))
-    first = evaluation_cells(cfg, methods[0], steps) if methods else []
-    if first:
-        lines.append(
-            f"evaluation cells per job ({methods[0]}): "
-            + "; ".join(f"step {s:,}: {n} steps, tau {t:g}, cfg {w:g}, {k:,} samples" for s, n, t, w, k in first[-4:])
-            + (f" (last 4 of {len(first)})" if len(first) > 4 else "")
-        )
+    lines.append(f"disk: about {disk_text(cfg, methods, seeds)} of outputs (checkpoints, sample grids, logs)")
+    if methods and cfg.eval.enabled:
+        lines.append(listed_cells(cfg, methods[0], plan))
     return "\n".join(lines)
 
 
-def job_wall_note(cfg: BenchmarkConfig, gpu_seconds: dict[str, float]) -> str:
-    """A job's resources, ``launcher.nodes`` x ``gpus_per_job`` = W ranks, and its wall time: the
-    GPU time (training + evaluation) of each method / W, against ``launcher.timeout_min`` (a
-    longer job is requeued from its checkpoints, ``max_num_timeout`` times at most)."""
-    launcher = cfg.launcher
-    world = launcher.nodes * max(launcher.gpus_per_job, 1)
-    walls = {name: seconds / world for name, seconds in gpu_seconds.items()}
-    unit, scale = unit_for(list(walls.values()) or [0.0], GPU_TIME_UNITS)
-    per_method = ", ".join(f"{name} {number(wall / scale)}" for name, wall in walls.items())
-    longest = max(walls.values(), default=0.0)
-    slots = -(-longest // (launcher.timeout_min * 60)) if longest else 1
-    return (
-        f"per job: {launcher.nodes} node(s) x {launcher.gpus_per_job} GPU(s) (launcher.nodes x "
-        f"launcher.gpus_per_job) = {world} rank(s); wall time per job about {per_method} "
-        f"{unit.removeprefix('GPU-')} (GPU time / {world}); launcher.timeout_min={launcher.timeout_min}: "
-        f"{int(slots)} time slot(s) for the longest job"
-    )
+def disk_text(cfg: BenchmarkConfig, methods: list[str], seeds: list[int]) -> str:
+    from benchmarks.storage.writable import human_bytes
+
+    return human_bytes(output_bytes(cfg, methods, seeds))
 
 
 def checkpoint_note(cfg: BenchmarkConfig, params: int) -> str:

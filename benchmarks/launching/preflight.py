@@ -38,7 +38,7 @@ def check_tokenizer(cfg: BenchmarkConfig) -> None:
 def check_extractor(cfg: BenchmarkConfig) -> None:
     """``eval.feature_extractor: auto`` names a registered extractor for this data set."""
     from benchmarks.data.datasets import get_dataset
-    from benchmarks.evaluation.extractors import feature_extractor_names
+    from benchmarks.evaluation.extractors import feature_extractor_names, get_feature_extractor
 
     default = get_dataset(cfg.data.dataset).feature_extractor
     if cfg.eval.enabled and cfg.eval.feature_extractor == "auto" and default not in feature_extractor_names():
@@ -47,6 +47,12 @@ def check_extractor(cfg: BenchmarkConfig) -> None:
             f"which is not registered (registered: {', '.join(feature_extractor_names())}): import its "
             "module with --plugins, or set eval.feature_extractor"
         )
+    name = default if cfg.eval.feature_extractor == "auto" else cfg.eval.feature_extractor
+    if cfg.eval.enabled:
+        try:
+            get_feature_extractor(name).check(cfg)
+        except FileNotFoundError as e:
+            raise ConfigError(f"eval.feature_extractor {name!r}: {e}") from None
 
 
 def check_launcher(cfg: BenchmarkConfig) -> None:

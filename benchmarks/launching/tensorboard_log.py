@@ -35,6 +35,21 @@ def require_tensorboard() -> None:
         ) from None
 
 
+def logged_points(folder: Path) -> set[tuple[str, int]]:
+    """(tag, step) of every value in the TensorBoard event files of ``folder``; a record cut by a
+    kill ends its file's reading."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = set()
+    for path in sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []:
+        try:
+            for event in EventFileLoader(str(path)).Load():
+                points |= {(value.tag, int(event.step)) for value in event.summary.value}
+        except Exception:  # noqa: BLE001, S112 (a damaged file: what was read is kept)
+            continue
+    return points
+
+
 class TensorBoardLog:
     """Copies one job's new training-log rows, FIDs and sample grids into TensorBoard."""
 
@@ -43,9 +58,23 @@ class TensorBoardLog:
 
         self.run, self.method, self.seed, self.lr = RunDir(run_dir), method, seed, lr
         self.job = self.run.job(method, seed)
+        self.logged = logged_points(self.job.tensorboard)
+        """(tag, step) of every scalar and image already in the job's event files (an earlier,
+        perhaps killed, invocation): never written twice."""
         self.writer = SummaryWriter(log_dir=str(self.job.tensorboard))
         self.logged_step = from_step
         """Training-log rows up to this step are already in the event files (an earlier invocation)."""
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if (tag, step) not in self.logged:
+            self.logged.add((tag, step))
+            self.writer.add_scalar(tag, value, step)
+
+    def add_image(self, tag: str, grid: Path, step: int) -> None:
+        if (tag, step) not in self.logged:
+            self.logged.add((tag, step))
+            image = np.asarray(Image.open(grid).convert("RGB"))
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def __call__(self, event: CheckpointEvent) -> None:
         self.log_training(self.job.train_log, event.step)
@@ -61,8 +90,8 @@ class TensorBoardLog:
             step = int(row["step"])
             for column, value in row.items():
                 if column not in NOT_LOGGED and pd.notna(value):
-                    self.writer.add_scalar(f"train/{column}", float(value), step)
-            self.writer.add_scalar("train/lr", self.lr, step)
+                    self.add_scalar(f"train/{column}", float(value), step)
+            self.add_scalar("train/lr", self.lr, step)
         self.logged_step = max(self.logged_step, up_to)
 
     def log_evaluation(self, step: int) -> None:
@@ -73,10 +102,9 @@ class TensorBoardLog:
         cells = metrics[(metrics["method"] == self.method) & (metrics["seed"] == self.seed) & (metrics["step"] == step)]
         for row in cells.to_dict("records"):
             tag = f"steps{row['steps']}_tau{row['temperature']:g}_cfg{row['cfg_scale']:g}_n{row['n_samples']}"
-            self.writer.add_scalar(f"fid/{tag}", float(row["fid"]), step)
+            self.add_scalar(f"fid/{tag}", float(row["fid"]), step)
         for tag, grid in self.job.grids_at(step).items():
-            image = np.asarray(Image.open(grid).convert("RGB"))
-            self.writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
+            self.add_image(f"samples/{tag}", grid, step)
 
     def close(self) -> None:
         self.writer.close()

@@ -8,9 +8,11 @@ umask such as 002 colleagues on a shared filesystem can read a run and reuse the
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,7 +52,15 @@ def save_torch(obj, path: str | os.PathLike) -> None:
     import torch  # here, so that reading results (reports) does not need torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)  # a file object, so the archive's internal name is not the random temp name
+        try:
+            torch.save(obj, f)  # a file object, so the archive's internal name is not the random temp name
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as RuntimeError
+            if "inline_container" not in str(e) and "write failed" not in str(e):
+                raise
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO), str(path)
+            ) from None
 
 
 def save_json(obj, path: str | os.PathLike) -> None:

@@ -176,12 +176,30 @@ def append_rows(path: str | Path, rows: list[dict], columns: list[str] | None = 
                 new.append({c: cell_text(r.get(c)) for c in columns})
         if not new:
             return 0
-        header = header + [c for c in columns if c not in header]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(existing + new)
+        _rewrite(path, header + [c for c in columns if c not in header], existing + new)
     return len(new)
+
+
+def upsert_row(path: str | Path, row: dict, columns: list[str], key: list[str]) -> bool:
+    """Write ``row`` into the CSV at ``path``, replacing the row with the same ``key`` if there is
+    one (in place) or appending it. Returns whether a row was replaced."""
+    path = Path(path)
+    with locked(path):
+        header, existing = read_rows(path)
+        identity = cell_key(row, key)
+        text = {c: cell_text(row.get(c)) for c in columns}
+        kept = [r for r in existing if cell_key({k: r.get(k, "") for k in key}, key) != identity]
+        replaced = len(kept) < len(existing)
+        at = next((i for i, r in enumerate(existing) if r not in kept), len(kept))
+        _rewrite(path, header + [c for c in columns if c not in header], kept[:at] + [text] + kept[at:])
+    return replaced
+
+
+def _rewrite(path: Path, header: list[str], rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def final_rows(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:

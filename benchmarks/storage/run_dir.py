@@ -175,7 +175,9 @@ class RunDir:
         ConfigChangeRefused. Results of different configs never mix in one folder; allowed are the
         changes that cannot mix them: anything while the folder holds no trained step and no
         result (a failed start), ``eval.*`` once every job finished training (new cells are new
-        rows of ``metrics.csv``), and a larger ``train.iterations`` (the jobs continue from their
+        rows of ``metrics.csv``) or while no cell is evaluated yet (an evaluation that failed, e.g.
+        for missing extractor weights, is corrected on the trained steps), and a larger
+        ``train.iterations`` (the jobs continue from their
         newest checkpoint; only with ``train.lr_schedule: constant``, since a decaying schedule is
         a function of the budget). Where the jobs run (the ``launcher`` section) may always change."""
         saved = manifest.get("config")
@@ -190,11 +192,13 @@ class RunDir:
             return [f"{self.path} holds no trained step yet; its config is replaced"]
         budget = saved.get("train", {}).get("iterations", 0)
         jobs = [self.job(m, s).key for m in manifest.get("methods", []) for s in manifest.get("seeds", [])]
-        refused = refused_changes(changes, saved, training_done=all(trained.get(j, 0) >= budget for j in jobs))
+        done = all(trained.get(j, 0) >= budget for j in jobs) or not read_rows(self.metrics)[1]
+        refused = refused_changes(changes, saved, training_done=done)
         if refused:
             raise ConfigChangeRefused(
                 f"{self.path} holds a run with a different config ({'; '.join(refused[:5])}); a run may change "
-                "only eval.* settings once its training is done, and raise train.iterations"
+                "only eval.* settings once its training is done or before its first evaluated cell, "
+                "and raise train.iterations"
             )
         return [f"{key} changes from {old!r} to {new!r} in {self.path}" for key, old, new in changes]
 

@@ -115,7 +115,7 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
     proc.wait(timeout=30)
     assert part.exists() and not resumed.exists()
     with np.load(part) as data:
-        kept = {"images": 255 - data["images"], "labels": data["labels"]}
+        kept = {"images": 255 - data["images"], "labels": data["labels"], "plan": data["plan"]}  # same plan
     with open(part, "wb") as f:
         np.savez(f, **kept)
     cli("benchmarks.sample", *sample, "--out", str(resumed), cache=shared_cache)

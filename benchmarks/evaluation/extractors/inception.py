@@ -31,6 +31,9 @@ class InceptionExtractor(FeatureExtractor):
         """From ``weights``, else ``eval.inception_weights`` of ``cfg`` (see ``inception_extractor``)."""
         return inception_extractor(weights or (cfg.eval.inception_weights if cfg is not None else None))
 
+    def check(self, cfg: BenchmarkConfig) -> None:
+        inception_weights_file(cfg.eval.inception_weights)
+
 
 def inception_extractor(weights_path: str | os.PathLike | None = None) -> ExtractorSpec:
     """torch-fidelity's ``inception-v3-compat`` (the TF-FID Inception) from a local weights file.
@@ -39,6 +42,11 @@ def inception_extractor(weights_path: str | os.PathLike | None = None) -> Extrac
     location in the torch hub cache. Nothing is downloaded: a missing file is a FileNotFoundError
     that names the file and where to get it.
     """
+    return InceptionExtractor().from_file(inception_weights_file(weights_path))
+
+
+def inception_weights_file(weights_path: str | os.PathLike | None = None) -> Path:
+    """The Inception weights file ``inception_extractor`` reads; FileNotFoundError if it is missing."""
     hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     given = weights_path or os.environ.get(INCEPTION_ENV)
     if given is not None and not Path(given).is_file():
@@ -48,12 +56,12 @@ def inception_extractor(weights_path: str | os.PathLike | None = None) -> Extrac
             f"Inception weights not found: no path given, ${INCEPTION_ENV} is unset and "
             f"{hub_copy} does not exist. {_inception_help()}"
         )
-    return InceptionExtractor().from_file(given or hub_copy)
+    return Path(given or hub_copy)
 
 
 def _inception_help() -> str:
     return (
         f"torch-fidelity's {INCEPTION!r} extractor needs {INCEPTION_FILE}: download it on a machine with "
-        f"internet from {URL_INCEPTION_V3} and pass its path (inception_extractor(path) or "
-        f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE})."
+        f"internet from {URL_INCEPTION_V3} and pass its path (eval.inception_weights=/path/to/{INCEPTION_FILE}, "
+        f"or {INCEPTION_ENV}=/path/to/{INCEPTION_FILE})."
     )

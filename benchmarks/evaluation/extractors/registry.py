@@ -76,6 +76,11 @@ class FeatureExtractor(ABC):
         """The extractor for a run of ``cfg`` (None: no run, e.g. scoring image files), from the
         ``weights`` file if given, else the entry's default (a known location, a trained-once cache)."""
 
+    def check(self, cfg: BenchmarkConfig) -> None:
+        """Raise FileNotFoundError (one line naming the file and the fix) if ``spec(cfg)`` would miss a
+        file it cannot make, before the run writes anything. Default: nothing to check."""
+        return None
+
     def from_file(self, weights: str | os.PathLike) -> ExtractorSpec:
         """The spec of this extractor with the weights file ``weights`` (content-hashed for its id)."""
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
