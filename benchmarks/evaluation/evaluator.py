@@ -188,16 +188,7 @@ class Evaluator:
 
     def floor_metrics(self, shards: list[dict], labels: np.ndarray) -> dict:
         """Rank 0: the floor's metrics from every rank's ``floor_shard`` (in rank order)."""
-        parts = [s["features"] for s in shards if s["features"]]
-        features = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        metrics = fidelity.metrics_from_features(
-            features,
-            self.reference(),
-            self.extractor(),
-            labels=labels,
-            kid_subsets=self.cfg.eval.kid_subsets,
-            metrics=self.cfg.eval.metrics,
-        )
+        metrics = self.score(shards, labels)
         mse = sum(s["sq_err"] for s in shards) / sum(s["pixels"] for s in shards)
         metrics["psnr"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
         return metrics
@@ -315,15 +306,13 @@ class Evaluator:
             if shards is not None:
                 self.record(event, cell, shards, start)
 
-    def record(self, event: CheckpointEvent, cell: Cell, shards: list[dict], start: float) -> None:
-        """Rank 0: metrics of the gathered features, the grid, the trace and the ``metrics.csv`` row."""
-        features = {
-            k: torch.cat([s["features"][k] for s in shards if s["features"]])
-            for k in next(s["features"] for s in shards if s["features"])
-        }
-        self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
-        labels = balanced_labels(cell.num_samples, self.latents.num_classes)  # rank blocks are in order
-        metrics = fidelity.metrics_from_features(
+    def score(self, shards: list[dict], labels) -> dict[str, float]:
+        """Rank 0: the configured metrics of the images whose features the ranks' ``shards`` hold
+        ({"features": {layer: (m, D)}}, in rank order; a rank without images sends none), against
+        the run's reference; ``labels`` (N,): the class each image was made for."""
+        parts = [s["features"] for s in shards if s["features"]]
+        features = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return fidelity.metrics_from_features(
             features,
             self.reference(),
             self.extractor(),
@@ -331,6 +320,12 @@ class Evaluator:
             kid_subsets=self.cfg.eval.kid_subsets,
             metrics=self.cfg.eval.metrics,
         )
+
+    def record(self, event: CheckpointEvent, cell: Cell, shards: list[dict], start: float) -> None:
+        """Rank 0: metrics of the gathered features, the grid, the trace and the ``metrics.csv`` row."""
+        self.save_grid(torch.cat([s["grid"] for s in shards if len(s["grid"])]), event, cell)
+        labels = balanced_labels(cell.num_samples, self.latents.num_classes)  # rank blocks are in order
+        metrics = self.score(shards, labels)
         trace = mean_trace([t for s in shards for t in s["traces"]])
         entropy = float(np.mean(trace["entropy"])) if trace.get("entropy") else float("nan")
         row = self.row(event, cell, nfe=mean_nfe(sum(s["nfe_total"] for s in shards), cell.num_samples))

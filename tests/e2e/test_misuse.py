@@ -114,19 +114,8 @@ def assert_no_traceback(err: str) -> None:
     assert "Traceback" not in err, err
 
 
-@pytest.fixture(scope="module")
-def cache(shared_cache):
-    return shared_cache
-
-
-@pytest.fixture(scope="module")
-def finished(cache, tmp_path_factory):
-    """One finished 20-step purr run (read-only for the cases: copy it to change it)."""
-    return finished_run(cache, tmp_path_factory)
-
-
 def finished_run(cache: Path, tmp_path_factory) -> Path:
-    """A finished 20-step purr run in a new temporary folder (the ``finished`` fixture of each module)."""
+    """A finished 20-step purr run in a new temporary folder (the ``finished`` fixture, once a module)."""
     out = tmp_path_factory.mktemp("finished") / "run"
     code, err = finish(start(cache, out))
     assert code == 0, err

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as run_cli_module
-from tests.e2e.test_misuse import BASE, FAST, ROOT, cli, copy_run, env, finished_run
+from tests.e2e.test_misuse import BASE, FAST, ROOT, cli, copy_run, env
+from tests.support.mounts import read_only
 
 DATA_LIMIT = 3 << 30
 """Bytes of heap a dry run may use (the interpreter with torch needs under 1 GB)."""
@@ -68,17 +69,6 @@ def test_run_that_cannot_fit_the_disk_is_refused(capsys, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------- feature extractor weights
 
 
-@pytest.fixture(scope="module")
-def cache(shared_cache):
-    return shared_cache
-
-
-@pytest.fixture(scope="module")
-def finished(cache, tmp_path_factory):
-    """A finished 20-step purr run (read-only for the cases: copy it to change it)."""
-    return finished_run(cache, tmp_path_factory)
-
-
 def image_folder(root: Path) -> Path:
     from PIL import Image
 
@@ -119,19 +109,6 @@ def test_eval_change_on_trained_steps_without_results(capsys, finished, tmp_path
 
 
 # ------------------------------------------------------------------------------- read-only cache, full disk
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """``folder`` as a read-only bind mount (refused even for root); skipped where mounts are not allowed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("bind mounts need root")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_empty_read_only_cache_exits_2(capsys, tmp_path, monkeypatch):

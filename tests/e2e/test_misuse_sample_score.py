@@ -5,7 +5,6 @@ run as real subprocesses on the finished 20-step smoke run of ``test_misuse``.""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -18,20 +17,10 @@ import torch
 
 from benchmarks import sample as sample_cli
 from benchmarks import score as score_cli
-from tests.e2e.test_misuse import ROOT, env, finished_run
+from tests.e2e.test_misuse import ROOT, env
+from tests.support.mounts import read_only
 
 EXPORT = ["--method", "purr", "--batch-size", "20", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def cache(shared_cache):
-    return shared_cache
-
-
-@pytest.fixture(scope="module")
-def finished(cache, tmp_path_factory):
-    """A finished 20-step purr run (read-only for the cases)."""
-    return finished_run(cache, tmp_path_factory)
 
 
 def call(capsys, main, *args: str) -> tuple[int, str, str]:
@@ -47,19 +36,6 @@ def call(capsys, main, *args: str) -> tuple[int, str, str]:
 def assert_one_error_line(err: str, message: str) -> None:
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """``folder`` as a read-only bind mount (refused even for root); skips where mounts are not allowed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("bind mounts need root")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def sample(capsys, run: Path, out: Path, *args: str) -> tuple[int, str]:
