@@ -330,6 +330,7 @@ def dry_run(
         f"{number(eval_total / max(jobs, 1) / gpus / wall_scale)} {eval_wall.removeprefix('GPU-')} "
         "of evaluation wall time per job",
     ]
+    lines.append(job_wall_note(cfg, {r[0]: r[4] + r[7] for r in rows}))
     lines.append(checkpoint_note(cfg, largest))
     lines.append(f"disk: about {disk_text(cfg, methods, seeds)} of outputs (checkpoints, sample grids, logs)")
     if methods and cfg.eval.enabled:
@@ -341,6 +342,25 @@ def disk_text(cfg: BenchmarkConfig, methods: list[str], seeds: list[int]) -> str
     from benchmarks.storage.writable import human_bytes
 
     return human_bytes(output_bytes(cfg, methods, seeds))
+
+
+def job_wall_note(cfg: BenchmarkConfig, gpu_seconds: dict[str, float]) -> str:
+    """A job's resources, ``launcher.nodes`` x ``gpus_per_job`` = W ranks, and its wall time: the
+    GPU time (training + evaluation) of each method / W, against ``launcher.timeout_min`` (a
+    longer job is requeued from its checkpoints, ``max_num_timeout`` times at most)."""
+    launcher = cfg.launcher
+    world = launcher.nodes * max(launcher.gpus_per_job, 1)
+    walls = {name: seconds / world for name, seconds in gpu_seconds.items()}
+    unit, scale = unit_for(list(walls.values()) or [0.0], GPU_TIME_UNITS)
+    per_method = ", ".join(f"{name} {number(wall / scale)}" for name, wall in walls.items())
+    longest = max(walls.values(), default=0.0)
+    slots = -(-longest // (launcher.timeout_min * 60)) if longest else 1
+    return (
+        f"per job: {launcher.nodes} node(s) x {launcher.gpus_per_job} GPU(s) (launcher.nodes x "
+        f"launcher.gpus_per_job) = {world} rank(s); wall time per job about {per_method} "
+        f"{unit.removeprefix('GPU-')} (GPU time / {world}); launcher.timeout_min={launcher.timeout_min}: "
+        f"{int(slots)} time slot(s) for the longest job"
+    )
 
 
 def checkpoint_note(cfg: BenchmarkConfig, params: int) -> str:

@@ -370,13 +370,13 @@ OLD_COLUMNS = [
     "eval_wall_s",
     "git_commit",
 ]
-"""A metrics.csv header from before ``isc_std`` was a column."""
+"""A metrics.csv header from before ``isc_std`` and the sampling seconds were columns."""
 
 
 def test_appending_never_retypes_existing_rows(tmp_path):
     """pandas used to read the file back and rewrite it: ``seed`` 0 became 0.0 where a column
     had an empty cell. Existing lines are now copied as they are; a new metric column (``isc_std``)
-    goes at the end of an older file's header, empty in its old rows."""
+    and the sampling seconds per image go at the end of an older file's header, empty in its old rows."""
     from benchmarks.evaluation.metrics import metric_columns
     from benchmarks.storage.results import metrics_csv_columns
 
@@ -396,7 +396,8 @@ def test_appending_never_retypes_existing_rows(tmp_path):
     new = {**old, "seed": 0, "step": 20, "fid": 3.5, "isc_std": 0.25, "temperature": 0.9, "cfg_scale": 1.0}
     assert append_rows(path, [new], metrics_csv_columns(metric_columns())) == 1
     header, rest = path.read_text().split("\n", 1)
-    assert header == ",".join(OLD_COLUMNS + ["isc_std"]) and rest.startswith(before.rstrip("\n") + ",\n")
+    added = ["isc_std", "sample_s_per_image", "sample_cpu_s_per_image"]
+    assert header == ",".join(OLD_COLUMNS + added) and rest.startswith(before.rstrip("\n") + ",,,\n")
     assert pd.read_csv(path)["isc_std"].tolist()[1] == 0.25
 
 
