@@ -1,16 +1,19 @@
-"""The benchmark pipeline, one subpackage per stage, and its command-line entry points.
+"""The benchmark pipeline: library floors, lowest first, under the command-line entry points.
 
-    data/        images, code shards, the latent space (tokenizer + shards)
+    core/        the typed config (YAML files in configs/), stage logs, the device, the
+                 distributed environment (DDP ranks, preemption), the registry base
+    storage/     atomic writes and locks, the cache, results rows, manifests, the run folder's
+                 layout (run_dir.py)
+    data/        data sets and tokenizers (registries), images, code shards, the latent space
     training/    the matched-budget trainer; FLOP and utilisation accounting
-    evaluation/  sampling checkpoints into images; feature extractors; torch-fidelity metrics
-    launching/   local and SLURM launchers, one job's pipeline, DDP and preemption, dry-run plan
-    storage/     atomic writes and locks, the cache, results rows, run manifests
-    config.py    the typed config (YAML files in configs/)
+    evaluation/  sampling checkpoints into images; feature extractors and metrics (registries);
+                 the evaluator
+    launching/   local and SLURM launchers, one job's pipeline, the dry-run plan, preflight
+                 checks, TensorBoard event files
 
-    logs.py      stage lines; tensorboard_log.py: optional TensorBoard event files
-
-CLIs (``python -m benchmarks.<name>``): ``run`` (train and evaluate), ``sample`` (a checkpoint's
-samples as an ADM ``.npz`` or PNGs), ``score`` (metrics of any samples against a run's reference),
-``encode`` (images to code shards), ``tokenizer`` (inspect a pretrained tokenizer), ``gpu_check``
-(the one-GPU readiness check).
+Each floor imports only the floors below it (a test checks). The command-line modules here
+(``python -m benchmarks.<name>``) are the roof, the only modules that may import ``reports``:
+``run`` (train and evaluate), ``sample`` (a checkpoint's samples as an ADM ``.npz`` or PNGs),
+``score`` (metrics of any samples against a run's reference), ``encode`` (images to code shards),
+``tokenizer`` (inspect a pretrained tokenizer), ``gpu_check`` (the one-GPU readiness check).
 """

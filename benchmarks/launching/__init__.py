@@ -1,2 +1,2 @@
-"""Stage 4, launching and distribution: the local and SLURM launchers, one job's pipeline, the
-distributed environment (DDP ranks, preemption) and the dry-run cost plan."""
+"""The top floor, launching: the local, submitit-local and SLURM launchers, one job's pipeline
+(train, then evaluate), the dry-run cost plan, the preflight checks and TensorBoard event files."""
