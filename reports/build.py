@@ -102,9 +102,11 @@ def draw_figures(
     sweep_rows: pd.DataFrame,
     step: int | None,
     meanings: dict[str, str],
+    by_nfe: pd.DataFrame,
 ) -> list[FigureEntry]:
     """Draw every figure the data supports into ``fig_dir``; returns their entries for report.md.
-    ``conv``: ``convergence(results)``; ``sweep_rows``: ``sweeps(results, step)``."""
+    ``conv``: ``convergence(results)``; ``sweep_rows``: ``sweeps(results, step)``;
+    ``by_nfe``: ``nfe_curves(results, conv)``."""
     entries = []
 
     def keep(name: str, frame: pd.DataFrame, title: str, caption: str) -> None:
@@ -136,7 +138,6 @@ def draw_figures(
                 "default-temperature cell (mean over seeds, band ± 1 s.d. when there are several seeds); "
                 "dashed: the tokenizer's reconstruction FID.",
             )
-        by_nfe = nfe_curves(results, conv)
         if not by_nfe.empty:
             keep(
                 "fid_vs_nfe",
@@ -218,9 +219,15 @@ def draw_figures(
 
 
 def report_text(
-    results: Results, conv: pd.DataFrame, sweep_rows: pd.DataFrame, meanings: dict[str, str], figures: list[FigureEntry]
+    results: Results,
+    conv: pd.DataFrame,
+    sweep_rows: pd.DataFrame,
+    meanings: dict[str, str],
+    figures: list[FigureEntry],
+    by_nfe: pd.DataFrame | None = None,
 ) -> str:
-    """The content of report.md (deterministic given the inputs)."""
+    """The content of report.md (deterministic given the inputs); ``by_nfe``: ``nfe_curves(results,
+    conv)`` when the caller has it."""
     methods = sorted(set(results.variants["method"]))
     meaning_rows = pd.DataFrame({"method": methods, "temperature τ means": [meanings.get(m, "-") for m in methods]})
     curves = temperature_curves(results, conv)
@@ -228,7 +235,7 @@ def report_text(
     best = (
         best_temperature_speedup_table(best_temperature_curves(curves), results.variants, sweep_rows) if tuned else None
     )
-    by_nfe = nfe_curves(results, conv)
+    by_nfe = nfe_curves(results, conv) if by_nfe is None else by_nfe
     return render(
         runs=[r.name for r in results.runs],
         best_within_nfe=None if by_nfe.empty else best_within_nfe_table(by_nfe),
@@ -276,7 +283,8 @@ def build_report(run_dirs: list[Path], out: Path | None = None, *, step: int | N
         if stale.suffix in (".png", ".pdf", ".csv") and stale.is_file():
             stale.unlink()
     meanings = temperature_meanings(sorted(set(results.variants["method"])))
-    entries = draw_figures(results, fig_dir, conv, sweep_rows, step, meanings)
-    text = report_text(results, conv, sweep_rows, meanings, entries)
+    by_nfe = nfe_curves(results, conv)
+    entries = draw_figures(results, fig_dir, conv, sweep_rows, step, meanings, by_nfe)
+    text = report_text(results, conv, sweep_rows, meanings, entries, by_nfe)
     save_with(lambda tmp: tmp.write_text(text), out / REPORT_FILE)
     return out

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.storage.run_dir import RunDir
-from reports.load import Results
+from reports.load import EULER, Results
 
 CELL_COLUMNS = ["sampler", "steps", "temperature", "cfg_scale", "n_samples", "feature_extractor", "ref_stats"]
 CURVE_KEY = ["backbone", "variant"]
@@ -89,7 +89,7 @@ def cheap_cells(results: Results) -> pd.DataFrame:
         ]
         is_configured = pd.Series([k in configured for k in keys], index=coverage.index, dtype=bool)
         coverage["_default"] = [configured.get(k, False) for k in keys]
-        coverage["_other"] = coverage["sampler"] != "euler" if "sampler" in coverage else False
+        coverage["_other"] = coverage["sampler"] != EULER if "sampler" in coverage else False
         pool = coverage[is_configured] if is_configured.any() else coverage
         best = pool.sort_values(
             ["points", "_default", "_other", "steps", "temperature", "cfg_scale"],
@@ -311,7 +311,7 @@ def entropy_traces(results: Results, step: int | None = None) -> pd.DataFrame:
         if here.empty:
             continue
         settings = here.groupby(["sampler", "steps", "cfg_scale"])["temperature"].nunique().reset_index()
-        settings["other"] = settings["sampler"] != "euler"
+        settings["other"] = settings["sampler"] != EULER
         chosen = settings.sort_values(
             ["temperature", "other", "steps", "cfg_scale"], ascending=[False, True, False, True]
         ).iloc[0]

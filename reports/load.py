@@ -37,9 +37,9 @@ from benchmarks.storage.run_dir import MANIFEST, METRICS, TRACES, TRAIN_LOG, Run
 
 REQUIRED_METRICS = ["method", "seed", "step", "steps", "temperature", "cfg_scale", "fid"]
 REQUIRED_TRACES = [c for c in TRACE_KEY if c != "sampler"] + ["entropy"]
-PRE_SAMPLER_AXIS = "euler"
-"""The sampler of every trace in a ``traces.csv`` written before samplers were an evaluation axis
-(such files have no ``sampler`` column)."""
+EULER = "euler"
+"""The default sampler: every trace of a ``traces.csv`` written before samplers were an evaluation
+axis (such files have no ``sampler`` column) is Euler's, and the curves prefer it on ties."""
 REQUIRED_TRAIN_LOG = ["step", "loss"]
 FLOOR_TIMINGS = ["eval_wall_s"]
 """``tokenizer_floor.json`` keys that are timings; every other key (its metrics, whichever were
@@ -189,7 +189,7 @@ def read_run(run_dir: str | Path) -> Run:
     metrics = _read_csv(folder.metrics, REQUIRED_METRICS)
     traces = _read_csv(folder.traces, REQUIRED_TRACES)
     if "sampler" not in traces.columns:
-        traces = traces.assign(sampler=PRE_SAMPLER_AXIS)
+        traces = traces.assign(sampler=EULER)
     logs = _read_train_logs(folder)
     if not manifest and metrics.empty and logs.empty:
         raise RunFolderError(f"{path}: not a run folder (no {MANIFEST}, {METRICS} or a job's {TRAIN_LOG})")
