@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from benchmarks.core.config import load_config
 from benchmarks.core.distributed import PORT_BASE, PORT_SPAN, PREEMPTION, DistEnv, first_host, rendezvous_port
 from benchmarks.training.trainer import Trainer
+from tests.support.ranks import free_port, member_of_group
 from tests.unit.benchmarks.test_preemption import Requeued, StandInHandler, install_stand_in, signal_during_step
 
 # ----------------------------------------------------------------------------- environments
@@ -114,12 +113,6 @@ def tiny_config(*overrides: str):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_rank(rank: int, world: int, port: int, method: str, overrides: list[str], latents, folder: str) -> None:
     """One rank of a torchrun-style job. Each rank gets its own run folders, so the test can see
     that only rank 0 writes anything. First a full run; then a run in which only rank 1 receives
@@ -129,7 +122,7 @@ def _train_rank(rank: int, world: int, port: int, method: str, overrides: list[s
     )
     torch.set_num_threads(1)
     dist = DistEnv.from_environment()
-    try:
+    with member_of_group():
         Trainer(
             tiny_config(*overrides), method, 0, f"{folder}/full/rank{rank}", latents, dist=dist, progress=False
         ).run()
@@ -148,8 +141,6 @@ def _train_rank(rank: int, world: int, port: int, method: str, overrides: list[s
         PREEMPTION.uninstall()
         with open(f"{folder}/outcome{rank}.json", "w") as f:
             json.dump({"outcome": outcome, "handler_steps": [c["step"] for c in handler.calls]}, f)
-    finally:
-        torch_dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -161,7 +152,7 @@ def test_two_gloo_ranks_match_one_process(method, overrides, toy_latents, tmp_pa
     A preemption signal that reaches one rank stops all ranks at the end of the same step."""
     single = Trainer(tiny_config(*overrides), method, 0, tmp_path / "single", toy_latents, progress=False)
     single.run()
-    mp.spawn(_train_rank, args=(2, _free_port(), method, overrides, toy_latents, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_train_rank, args=(2, free_port(), method, overrides, toy_latents, str(tmp_path)), nprocs=2, join=True)
 
     job = f"{method}/seed0"
     for phase in ("full", "preempted"):

@@ -4,18 +4,17 @@ features, and the results do not depend on the number of ranks; decoding in micr
 from __future__ import annotations
 
 import os
-import socket
 
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from benchmarks.core.config import load_config
 from benchmarks.evaluation import evaluator
 from benchmarks.evaluation.sampling import decode_codes, sample_images, shard_range
 from benchmarks.launching.jobs import run_job
+from tests.support.ranks import free_port, member_of_group
 
 METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "entropy"]
 OVERRIDES = [
@@ -28,12 +27,6 @@ OVERRIDES = [
 ]
 """Two checkpoints with an Euler cell each, and at the last one a Heun (purr) or MaskGIT (dfm) cell:
 every sampler draws through the per-sample seeds, so no sample depends on the rank drawing it."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _job_rank(rank: int, world: int, port: int, method: str, run_dir: str, cache: str) -> None:
@@ -54,12 +47,10 @@ def _job_rank(rank: int, world: int, port: int, method: str, run_dir: str, cache
         return sample_images(method, model, tokenizer, grid, labels, seeds, **options)
 
     evaluator.sample_images = counting  # this process's evaluator: count the samples this rank draws
-    try:
+    with member_of_group():
         summary = run_job(load_config("smoke", OVERRIDES), method, 0, run_dir, progress=False)
         with open(f"{run_dir}/rank{rank}.txt", "w") as f:
             f.write(f"{summary['eval_s']} {sum(sampled)}")
-    finally:
-        torch_dist.destroy_process_group()
 
 
 def test_shards_cover_every_sample_once():
@@ -80,7 +71,7 @@ def test_two_gloo_ranks_write_the_metrics_of_one_process(method, shared_cache, t
     summary = run_job(load_config("smoke", OVERRIDES), method, 0, single, progress=False)
     two = tmp_path / "two"
     two.mkdir()
-    mp.spawn(_job_rank, args=(2, _free_port(), method, str(two), str(shared_cache)), nprocs=2, join=True)
+    mp.spawn(_job_rank, args=(2, free_port(), method, str(two), str(shared_cache)), nprocs=2, join=True)
 
     want, got = pd.read_csv(single / "metrics.csv"), pd.read_csv(two / "metrics.csv")
     assert len(want) == len(got) == 3 and list(got["step"]) == list(want["step"]) == [10, 20, 20]
@@ -133,13 +124,11 @@ def _floor_rank(rank: int, world: int, port: int, run_dir: str, cache: str) -> N
     cfg = load_config("smoke", FLOOR_OVERRIDES)
     dist = DistEnv.from_environment()
     dist.init_process_group(torch.device("cpu"))
-    try:
+    with member_of_group():
         ev = evaluator.Evaluator(cfg, latents_for(cfg, progress=False), run_dir, progress=False, dist=dist)
         floor = ev.tokenizer_floor()
         with open(f"{run_dir}/rank{rank}.json", "w") as f:
             json.dump({"reconstructed": sum(reconstructed), "floor": floor}, f)
-    finally:
-        torch_dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -156,7 +145,7 @@ def test_tokenizer_floor_is_sharded_over_two_ranks(shared_cache, tmp_path, monke
     want = single.tokenizer_floor()
     two = tmp_path / "two"
     two.mkdir()
-    mp.spawn(_floor_rank, args=(2, _free_port(), str(two), str(shared_cache)), nprocs=2, join=True)
+    mp.spawn(_floor_rank, args=(2, free_port(), str(two), str(shared_cache)), nprocs=2, join=True)
 
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["reconstructed"] for r in ranks] == [len(shard_range(41, r, 2)) for r in (0, 1)] == [20, 21]

@@ -5,7 +5,6 @@ CFG on features, the methods' fused and dense paths, and gradient sync under DDP
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from methods.heads import (
     inverse_cdf_draw,
     tokens_from_grid,
 )
+from tests.support.ranks import free_port, member_of_group
 
 B, V, WIDTH, GRID = 3, 11, 16, (4, 6)
 
@@ -297,18 +297,12 @@ def test_samplers_are_the_same_on_the_fused_and_dense_paths(name, cfg_scale, sam
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     """One rank: its half of the batch through DistributedDataParallel; saves its gradients."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with member_of_group():
         state = torch.load(os.path.join(folder, "state.pt"), weights_only=True)
         method = methods.get_method("purr")(state["codebook"])
         model = dit(2, vocab=V, dtype=torch.float32)
@@ -319,8 +313,6 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
         draws = {k: v[rows] for k, v in state["draws"].items()}
         method.loss(ddp, state["codes"][rows], state["labels"][rows], draws)["loss"].backward()
         torch.save({name: p.grad for name, p in model.named_parameters()}, os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -343,7 +335,7 @@ def test_fused_loss_through_ddp_all_reduces_every_gradient(tmp_path):
         {"codebook": method.codebook, "model": model.state_dict(), "codes": codes, "labels": labels, "draws": draws},
         tmp_path / "state.pt",
     )
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, grad in want.items():
