@@ -14,6 +14,7 @@
 Each floor imports only the floors below it (a test checks). The command-line modules here
 (``python -m benchmarks.<name>``) are the roof, the only modules that may import ``reports``:
 ``run`` (train and evaluate), ``sample`` (a checkpoint's samples as an ADM ``.npz`` or PNGs),
-``score`` (metrics of any samples against a run's reference), ``encode`` (images to code shards),
+``score`` (metrics of any samples against a run's reference), ``export_weights`` (a run's EMA
+weights without its training state), ``encode`` (images to code shards),
 ``tokenizer`` (inspect a pretrained tokenizer), ``gpu_check`` (the one-GPU readiness check).
 """

@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 8 -m benchmarks.sample ...          # same arguments, one GPU per rank
 
 Loads the EMA weights of ``<run>/<method>/seed<S>/checkpoints/step_<N>.pt`` (the newest unless
-``--step``; read with ``weights_only=True``) and the run's tokenizer, and samples ``--num-samples``
+``--step``; read with ``weights_only=True``), or of ``weights/step_<N>.pt`` where the job keeps
+no checkpoints (``python -m benchmarks.export_weights``), and the run's tokenizer, and samples ``--num-samples``
 images: sample i has label ``i mod num_classes`` (or ``labels[i mod len(labels)]`` with
 ``--labels``) and its own seed, exactly as the evaluator's cell with the same steps, temperature
 and CFG scale at that checkpoint (``benchmarks.evaluation.sampling``), so the first n samples of
@@ -54,22 +55,29 @@ class UsageError(ValueError):
     """Bad arguments: the message names the option and what exists."""
 
 
+def loadable_files(job) -> list[Path]:
+    """What can be sampled of a ``JobDir``, oldest first: its checkpoints, or where it has none (a
+    committed reference run) the EMA weights ``python -m benchmarks.export_weights`` kept."""
+    return job.checkpoints() or job.weight_files()
+
+
 def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path:
-    """The checkpoint of (method, seed) at ``step`` (the newest if None); errors list what exists."""
+    """The checkpoint (or exported EMA weights) of (method, seed) at ``step`` (the newest if None);
+    errors list what exists."""
     if not run.is_dir():
         raise UsageError(f"--run {run}: no such run folder")
     folder = RunDir(run)
     jobs = folder.jobs()
-    methods = sorted({job.method for job in jobs if job.checkpoints_dir.is_dir()})
+    methods = sorted({job.method for job in jobs if loadable_files(job)})
     if method not in methods:
         raise UsageError(
-            f"--method {method!r}: run {run} has no checkpoints of it; methods with checkpoints: "
+            f"--method {method!r}: run {run} has no checkpoints or weights of it; methods with either: "
             f"{', '.join(methods) or '(none)'}"
         )
     seeds = sorted(job.seed for job in jobs if job.method == method)
     if seed not in seeds:
         raise UsageError(f"--seed {seed}: run {run} has no seed {seed} of {method}; seeds: {seeds}")
-    checkpoints = folder.job(method, seed).checkpoints()
+    checkpoints = loadable_files(folder.job(method, seed))
     steps = [checkpoint_step(p) for p in checkpoints]
     if not steps or (step is not None and step not in steps):
         raise UsageError(f"--step {step}: {method} seed {seed} has checkpoints at steps {steps}")
@@ -77,7 +85,8 @@ def find_checkpoint(run: Path, method: str, seed: int, step: int | None) -> Path
 
 
 def load_model(state: dict, cfg: BenchmarkConfig, latents, device: torch.device):
-    """The method and its EMA model of a checkpoint's state (loaded with ``weights_only=True``)."""
+    """The method and its EMA model of a checkpoint's or exported weights' state (loaded with
+    ``weights_only=True``; the keys ``config``, ``method``, ``step`` and ``ema`` are read)."""
     method = build_method(cfg, state["method"], latents).to(device)
     model = build_dit(cfg.backbone, method.backbone_io(), latents.shards.grid, latents.num_classes)
     model.load_state_dict(state["ema"])

@@ -11,6 +11,8 @@ writes or reads a run folder asks this one; no other module spells these names.
       tokenizer_floor.json                      .floor: the tokenizer's reconstruction metrics (the floor)
       <method>/seed<k>/                         .job(method, k) -> JobDir; .jobs() lists the existing ones
         checkpoints/step_<9 digits>.pt          .checkpoints_dir, .checkpoint(step), .checkpoints(), .newest_step()
+        weights/step_<9 digits>.pt              .weights_dir, .weights(step), .weight_files(): EMA weights alone
+                                                (``python -m benchmarks.export_weights``), kept where checkpoints aren't
         train_log.csv                           .train_log: per-interval training statistics
         job_events.jsonl                        .events: one JSON line per start, requeue, finish, divergence
         job.lock                                .lock: held (flock) by the process running the job
@@ -59,6 +61,7 @@ TRAIN_LOG = "train_log.csv"
 EVENTS = "job_events.jsonl"
 LOCK = "job.lock"
 CHECKPOINTS = "checkpoints"
+WEIGHTS = "weights"
 CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "step_", ".pt"
 SEED_PREFIX = "seed"
 SAMPLES = "samples"
@@ -230,6 +233,18 @@ class JobDir:
     def checkpoints(self) -> list[Path]:
         """The job's checkpoints, oldest first (not ``*.corrupt`` ones, nor temporary files)."""
         return sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"))
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / WEIGHTS
+
+    def weights(self, step: int) -> Path:
+        """The EMA weights exported from the checkpoint of ``step`` (same file name, other folder)."""
+        return self.weights_dir / self.checkpoint(step).name
+
+    def weight_files(self) -> list[Path]:
+        """The job's exported EMA weights, oldest first."""
+        return sorted(self.weights_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"))
 
     def newest_step(self) -> int:
         """The step of the newest checkpoint (0 if there is none)."""

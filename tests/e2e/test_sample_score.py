@@ -175,4 +175,4 @@ def test_sample_then_score_reproduces_the_cell(run_cli, shared_cache, tmp_path):
         cache=shared_cache,
         check=False,
     )
-    assert refused.returncode == 2 and "methods with checkpoints: purr" in refused.stderr
+    assert refused.returncode == 2 and "methods with either: purr" in refused.stderr

@@ -1,11 +1,16 @@
 """Samplers end to end: a run evaluates Euler, Heun, dopri5 and MaskGIT cells side by side
 without overwriting each other, records NFE and sampling seconds per image, exports with
-``benchmarks.sample --sampler``, and its report plots FID against NFE."""
+``benchmarks.sample --sampler`` (from checkpoints or exported EMA weights), and its report plots
+FID against NFE."""
 
 from __future__ import annotations
 
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.storage.run_dir import RunDir, read_sidecar, sidecar_path
 from tests.e2e.test_sample_score import cli
@@ -122,3 +127,32 @@ def test_report_plots_fid_against_nfe_per_sampler(sampler_run):
     assert set(curve["sampler"]) >= {"euler", "heun", "maskgit:choice_temperature=4.5"}
     text = (report / "report.md").read_text()
     assert "### Best sampler within an inference budget" in text and "fid_vs_nfe.png" in text
+
+
+@pytest.mark.slow
+def test_exported_weights_sample_as_the_checkpoint(sampler_run, shared_cache, tmp_path):
+    """A run folder that keeps only ``export_weights``' EMA files (as committed reference runs do)
+    samples exactly what the checkpoint samples, and the files hold no training state."""
+    kept = tmp_path / "kept"
+    shutil.copytree(sampler_run, kept, ignore=shutil.ignore_patterns("samples", "report", "submitit"))
+    out = cli("benchmarks.export_weights", str(kept), cache=shared_cache).stdout
+    job = RunDir(kept).job("purr", 0)
+    (checkpoint,) = job.checkpoints()
+    assert f"wrote {job.weights(20)}" in out and job.weight_files() == [job.weights(20)]
+    weights = torch.load(job.weights(20), weights_only=True)
+    assert set(weights) == {"config", "method", "seed", "step", "ema"} and weights["step"] == 20
+    assert job.weights(20).stat().st_size < checkpoint.stat().st_size / 3
+    for folder in RunDir(kept).jobs():
+        shutil.rmtree(folder.checkpoints_dir)
+
+    arrays = []
+    for run in (sampler_run, kept):
+        npz = tmp_path / f"{run.name}.npz"
+        args = ["--run", str(run), "--method", "purr", "--sampler", "heun", "--num-samples", "12", "--out", str(npz)]
+        cli("benchmarks.sample", *args, "--no-progress", cache=shared_cache)
+        with np.load(npz) as data:
+            arrays.append(data["arr_0"])
+    assert np.array_equal(*arrays)
+
+    refused = cli("benchmarks.export_weights", str(kept), cache=shared_cache, check=False)
+    assert refused.returncode == 2 and f"{kept} holds no checkpoints" in refused.stderr
