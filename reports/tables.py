@@ -33,7 +33,7 @@ from reports.curves import (
     seed_matrix,
     sweep_curve,
 )
-from reports.load import Results
+from reports.load import EULER, Results
 from reports.speedup import FRACTIONS, bootstrap_interval, format_interval, format_speedup, speedup
 
 
@@ -347,37 +347,27 @@ def other_cells_table(results: Results, conv: pd.DataFrame, sweep_rows: pd.DataF
 def best_within_nfe_table(rows: pd.DataFrame, budgets=NFE_BUDGETS) -> pd.DataFrame:
     """Per variant and inference budget B: the sampler setting with the lowest mean FID over seeds
     among those whose mean NFE is at most B (``reports.curves.nfe_curves`` rows), with its NFE and
-    FID as mean ± s.d.; '-' where no setting fits the budget."""
+    FID as mean ± s.d., and beside it Euler's best within B (the comparison before the sampler was
+    an axis); '-' where no setting fits the budget."""
     curve = mean_nfe_curve(rows)
     out = []
     for (backbone, variant), here in curve.groupby(CURVE_KEY, sort=True):
         for budget in budgets:
             fits = here[here["nfe"] <= budget]
-            if fits.empty:
-                out.append(
-                    {
-                        "backbone": backbone,
-                        "variant": variant,
-                        "NFE budget": budget,
-                        "sampler": "-",
-                        "steps": "-",
-                        "NFE": "-",
-                        "FID": "-",
-                        "seeds": "-",
-                    }
-                )
-                continue
-            best = fits.loc[fits["mean"].idxmin()]
+            best, euler = _lowest_fid(fits), _lowest_fid(fits[fits["sampler"] == EULER])
             out.append(
                 {
                     "backbone": backbone,
                     "variant": variant,
                     "NFE budget": budget,
-                    "sampler": best["sampler"],
-                    "steps": int(best["steps"]),
-                    "NFE": f"{best['nfe']:g}",
-                    "FID": f"{best['mean']:.2f} ± {best['std']:.2f}",
-                    "seeds": int(best["n_seeds"]),
+                    "sampler": "-" if best is None else best["sampler"],
+                    "steps": "-" if best is None else int(best["steps"]),
+                    "NFE": "-" if best is None else f"{best['nfe']:g}",
+                    "FID": "-" if best is None else f"{best['mean']:.2f} ± {best['std']:.2f}",
+                    "seeds": "-" if best is None else int(best["n_seeds"]),
+                    "Euler's best": "-"
+                    if euler is None
+                    else f"{euler['mean']:.2f} ± {euler['std']:.2f} ({int(euler['steps'])} steps)",
                 }
             )
     frame = pd.DataFrame(out)
@@ -385,3 +375,8 @@ def best_within_nfe_table(rows: pd.DataFrame, budgets=NFE_BUDGETS) -> pd.DataFra
     return frame.sort_values(
         ["backbone", "NFE budget", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s, kind="stable"
     ).reset_index(drop=True)
+
+
+def _lowest_fid(curve: pd.DataFrame) -> pd.Series | None:
+    """The row of ``curve`` (``mean_nfe_curve`` rows) with the lowest mean FID; None if empty."""
+    return None if curve.empty else curve.loc[curve["mean"].idxmin()]
