@@ -11,11 +11,15 @@ writes ``<method>/seed<k>/weights/step_<N>.pt``, a dict of
     seed     the training seed
     step     the training step of the checkpoint
     ema      the EMA model's state dict, in the dtype it was trained in
+    tokenizer  {"codebook_sha256": ...}: the digest of the codebook the model was trained on
 
 about a quarter of the checkpoint's size (no online weights, Adam moments or RNG states), written
 atomically (an existing file is replaced). ``python -m benchmarks.sample`` samples these exactly
 as it samples the checkpoint they came from, when the job keeps no checkpoints: ``results/``
-git-ignores checkpoints but not weights, so committed reference runs can be sampled.
+git-ignores checkpoints but not weights, so committed reference runs can be sampled. The weights
+only mean something over the codes they were trained on: ``benchmarks.sample`` rebuilds the run's
+tokenizer (from the cache, or by training the suite VQ-VAE again) and refuses to sample when its
+codebook's digest differs from the recorded one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.core.cli import OneLineParser
+from benchmarks.core.config import from_dict
+from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import save_torch
 from benchmarks.storage.run_dir import JobDir, RunDir, checkpoint_step
 
@@ -34,6 +40,13 @@ KEPT = ("config", "method", "seed", "step", "ema")
 
 class UsageError(ValueError):
     """Bad arguments: the message names the run, job or step and what exists."""
+
+
+def codebook_digest(codebook) -> str:
+    """sha256 of a tokenizer's codebook (K, d) as float32 bytes: tells two tokenizers' codes apart."""
+    import hashlib
+
+    return hashlib.sha256(codebook.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
 
 
 def export_job(job: JobDir, step: int | None) -> Path:
@@ -49,9 +62,11 @@ def export_job(job: JobDir, step: int | None) -> Path:
     missing = [key for key in KEPT if key not in state]
     if missing:
         raise UsageError(f"{source} is not a training checkpoint of this suite: it lacks {', '.join(missing)}")
+    latents = latents_for(from_dict(state["config"]), progress=False)
+    tokenizer = {"codebook_sha256": codebook_digest(latents.tokenizer.codebook)}
     out = job.weights(checkpoint_step(source))
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_torch({key: state[key] for key in KEPT}, out)
+    save_torch({**{key: state[key] for key in KEPT}, "tokenizer": tokenizer}, out)
     return out
 
 

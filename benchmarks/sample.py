@@ -43,6 +43,7 @@ from benchmarks.core.config import BenchmarkConfig, from_dict
 from benchmarks.core.distributed import DistEnv
 from benchmarks.evaluation.evaluator import Cell, cell_seed
 from benchmarks.evaluation.sampling import balanced_labels, sample_images, sample_seeds
+from benchmarks.export_weights import codebook_digest
 from benchmarks.launching.jobs import latents_for
 from benchmarks.storage.atomic import locked, save_json, save_with
 from benchmarks.storage.run_dir import RunDir, checkpoint_step
@@ -91,6 +92,20 @@ def load_model(state: dict, cfg: BenchmarkConfig, latents, device: torch.device)
     model = build_dit(cfg.backbone, method.backbone_io(), latents.shards.grid, latents.num_classes)
     model.load_state_dict(state["ema"])
     return method, model.to(device).eval().requires_grad_(False), int(state["step"])
+
+
+def check_tokenizer(state: dict, latents, source: Path) -> None:
+    """Refuse weights exported with another tokenizer's codebook than the one built here (exported
+    weights record its digest; checkpoints live beside the cache that built them and record none)."""
+    recorded = state.get("tokenizer", {}).get("codebook_sha256")
+    here = codebook_digest(latents.tokenizer.codebook)
+    if recorded is not None and recorded != here:
+        raise UsageError(
+            f"{source} was trained on codes of a tokenizer whose codebook has sha256 {recorded[:16]}, but the "
+            f"tokenizer built here ({latents.info.get('tokenizer', '?')}) has {here[:16]}: its samples would decode "
+            "the wrong codes. The suite VQ-VAE trains to the same weights only with the same torch version and "
+            "thread count; sample with the cache ($VQFLOW_CACHE) of the machine that trained the run"
+        )
 
 
 def resolve_labels(spec: str | None, n: int, num_classes: int) -> torch.Tensor:
@@ -177,6 +192,7 @@ def export(args: argparse.Namespace) -> Path | None:
     cfg = from_dict(state["config"])
     check_disk(args.out, args.num_samples, cfg.data.image_size)
     latents = latents_for(cfg, progress=args.progress and dist.is_main)
+    check_tokenizer(state, latents, checkpoint)
     method, model, step = load_model(state, cfg, latents, device)
     del state  # the optimizer state is not needed
     steps = cfg.eval.cells[0].steps if args.steps is None else args.steps

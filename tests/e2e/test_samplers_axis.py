@@ -140,7 +140,7 @@ def test_exported_weights_sample_as_the_checkpoint(sampler_run, shared_cache, tm
     (checkpoint,) = job.checkpoints()
     assert f"wrote {job.weights(20)}" in out and job.weight_files() == [job.weights(20)]
     weights = torch.load(job.weights(20), weights_only=True)
-    assert set(weights) == {"config", "method", "seed", "step", "ema"} and weights["step"] == 20
+    assert set(weights) == {"config", "method", "seed", "step", "ema", "tokenizer"} and weights["step"] == 20
     assert job.weights(20).stat().st_size < checkpoint.stat().st_size / 3
     for folder in RunDir(kept).jobs():
         shutil.rmtree(folder.checkpoints_dir)
@@ -156,3 +156,8 @@ def test_exported_weights_sample_as_the_checkpoint(sampler_run, shared_cache, tm
 
     refused = cli("benchmarks.export_weights", str(kept), cache=shared_cache, check=False)
     assert refused.returncode == 2 and f"{kept} holds no checkpoints" in refused.stderr
+
+    weights["tokenizer"]["codebook_sha256"] = "0" * 64  # as if trained on another machine's VQ-VAE
+    torch.save(weights, job.weights(20))
+    refused = cli("benchmarks.sample", *args[:-1], str(tmp_path / "x.npz"), cache=shared_cache, check=False)
+    assert refused.returncode == 2 and "its samples would decode the wrong codes" in refused.stderr
