@@ -761,7 +761,13 @@ def test_row_keys_match_benchmarks_results():
 
 
 @pytest.mark.parametrize(
-    "name,runs", [("default", ["default"]), ("zloss", ["default", "zloss-off"]), ("convergence", ["convergence"])]
+    "name,runs",
+    [
+        ("default", ["default"]),
+        ("zloss", ["default", "zloss-off"]),
+        ("convergence", ["convergence"]),
+        ("samplers", ["samplers"]),
+    ],
 )
 def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, runs):
     """``python -m reports results/... --out reports/<name>`` on the committed reference results
