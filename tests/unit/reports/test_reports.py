@@ -767,6 +767,7 @@ def test_row_keys_match_benchmarks_results():
         ("zloss", ["default", "zloss-off"]),
         ("convergence", ["convergence"]),
         ("samplers", ["samplers"]),
+        ("fashion", ["fashion"]),
     ],
 )
 def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, runs):
