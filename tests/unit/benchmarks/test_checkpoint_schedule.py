@@ -66,12 +66,15 @@ def test_reference_configs_share_the_default_recipe(name):
 @pytest.mark.parametrize("name", ["fashion", "codebook-scaling"])
 def test_fashion_configs_share_the_default_recipe(name):
     """fashion.yaml and codebook-scaling.yaml: default.yaml's backbone and recipe on Fashion-MNIST;
-    fashion keeps its tokenizer and evaluation, the study its d = 4 at K = 16384."""
+    fashion keeps its tokenizer and evaluation (plus cells at other step counts at the last
+    checkpoint), the study its d = 4 at K = 16384."""
     default, other = load_config("default"), load_config(name)
     assert other.data.dataset == "fashion-mnist" and other.backbone == default.backbone
     assert {k: getattr(other.train, k) for k in RECIPE} == {k: getattr(default.train, k) for k in RECIPE}
     if name == "fashion":
-        assert other.tokenizer == default.tokenizer and other.eval == default.eval
+        extra = [cell for cell in other.eval.cells if cell not in default.eval.cells]
+        assert [(cell.at, cell.sampler, cell.temperature) for cell in extra] == [("last", "euler", None)] * 3
+        assert other.tokenizer == default.tokenizer and replace(other.eval, cells=default.eval.cells) == default.eval
     else:
         vq = other.tokenizer.vqvae
         assert (vq.codebook_size, vq.code_dim) == (16384, 4)
