@@ -36,13 +36,7 @@ REFERENCE = ("heun", 1000)
 N_SMOOTH = 100  # samples per class for the final-state errors
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Many tiny tensor ops: faster, and far less noisy on a shared machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def solve(name: str, spec: str, steps: int, *, n: int, jitter: float = 0.0, seed: int = 0, model=None):

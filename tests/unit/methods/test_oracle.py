@@ -29,14 +29,7 @@ TV_LIMIT = 0.05
 MIXTURE = toy_mixture()
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These samplers run many tiny tensor ops, which are faster (and far less noisy on a shared
-    machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def sample_per_class(
