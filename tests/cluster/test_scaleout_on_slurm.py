@@ -16,20 +16,12 @@ import pytest
 from benchmarks.launching.launch import read_events
 from benchmarks.storage.manifest import read_manifest
 from benchmarks.storage.results import CELL_KEY
+from tests.support.ranks import RANK_METRICS, TINY_EVAL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 MULTI = "multi"
-TINY = [
-    "tokenizer.vqvae.train_steps=30",
-    "eval.temperatures=[]",
-    "eval.num_samples=40",
-    "eval.batch_size=40",
-    "eval.kid_subsets=2",
-    "eval.grid_samples=4",
-]
-METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "class_accuracy", "entropy"]
 
 
 def _cli(cache: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -60,7 +52,7 @@ def test_added_eval_cells_are_evaluated_by_slurm_jobs(slurm_cluster, shared_cach
     """A finished smoke run; the same command with one more ``eval.cells`` entry resubmits the
     job, which skips training and writes rows for the new cell only."""
     run = tmp_path / "run"
-    base = ["train.iterations=20", "train.checkpoint_every=10", *TINY]
+    base = ["train.iterations=20", "train.checkpoint_every=10", *TINY_EVAL]
     launch = ["--launcher", "slurm", "--wait", "--out", str(run), "--set"]
     _ok(_cli(shared_cache, *launch, *base, *_slurm(slurm_cluster.partition)))
     before = pd.read_csv(run / "metrics.csv")
@@ -97,7 +89,7 @@ def test_two_node_job_resumes_across_nodes(slurm_cluster, shared_cache, tmp_path
     nodes = slurm_cluster.run("sinfo", "-h", "-p", MULTI, "-o", "%D", check=False).stdout.strip()
     if nodes != "2":
         pytest.skip(f"the cluster has no 2-node partition {MULTI!r} (a cluster started by .ci/slurm/cluster.py has)")
-    base = ["train.iterations=400", "train.checkpoint_every=200", *TINY]
+    base = ["train.iterations=400", "train.checkpoint_every=200", *TINY_EVAL]
     one, run = tmp_path / "one", tmp_path / "run"
     _ok(_cli(shared_cache, "--out", str(one), "--set", *base))
 
@@ -131,6 +123,6 @@ def test_two_node_job_resumes_across_nodes(slurm_cluster, shared_cache, tmp_path
     assert read_manifest(run)["jobs"]["purr/seed0"]["world_size"] == 2
     want, got = pd.read_csv(one / "metrics.csv"), pd.read_csv(run / "metrics.csv")
     assert list(got["step"]) == list(want["step"]) == [200, 400]
-    for column in METRICS:
+    for column in RANK_METRICS:
         pd.testing.assert_series_equal(got[column], want[column], rtol=1e-3, atol=1e-4, check_exact=False)
     print(f"\n2-node job with one requeue: {wall:.1f} s (submit to done)")

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.launching.launch import read_events
+from tests.support.ranks import RANK_METRICS, TINY_EVAL
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -26,14 +27,8 @@ TINY = [
     "--set",
     "train.iterations=20",
     "train.checkpoint_every=10",
-    "tokenizer.vqvae.train_steps=30",
-    "eval.temperatures=[]",
-    "eval.num_samples=40",
-    "eval.batch_size=40",
-    "eval.kid_subsets=2",
-    "eval.grid_samples=4",
+    *TINY_EVAL,
 ]
-METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "class_accuracy", "entropy"]
 FIDELITY_PRINTS = ("Creating feature extractor", "Processing samples")
 
 
@@ -48,7 +43,7 @@ def _torchrun(cache: Path, *args: str) -> subprocess.CompletedProcess:
 def _same_metrics(one: Path, two: Path) -> None:
     want, got = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
     assert list(got["step"]) == list(want["step"]) == [10, 20]
-    for column in METRICS:
+    for column in RANK_METRICS:
         pd.testing.assert_series_equal(got[column], want[column], rtol=1e-3, atol=1e-4, check_exact=False)
 
 

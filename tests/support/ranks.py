@@ -29,3 +29,16 @@ def member_of_group() -> Iterator[None]:
         torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
+
+
+TINY_EVAL = [
+    "tokenizer.vqvae.train_steps=30",
+    "eval.temperatures=[]",
+    "eval.num_samples=40",
+    "eval.batch_size=40",
+    "eval.kid_subsets=2",
+    "eval.grid_samples=4",
+]
+"""``--set`` overrides for the smallest run whose metrics a multi-rank run must reproduce."""
+RANK_METRICS = ["fid", "kid_mean", "precision", "recall", "isc", "class_accuracy", "entropy"]
+"""The metrics.csv columns compared between runs on different numbers of ranks."""
