@@ -31,6 +31,7 @@ model; the last good checkpoint stays on disk.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -54,6 +55,7 @@ from benchmarks.storage.atomic import atomic_path, save_torch
 from benchmarks.storage.run_dir import RunDir
 from benchmarks.training.flops import model_flops, parameter_count
 from benchmarks.training.prefetch import BatchPrefetcher
+from benchmarks.training.utilisation import TensorMemory
 from methods import get_method
 from methods.base import Method
 
@@ -168,6 +170,12 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(seed + 1_000_003)
         self.step = 0
         self.train_wall_s = 0.0
+        self.train_cpu_s = 0.0
+        """This process's CPU seconds (``time.process_time``, all its threads) over the same spans as
+        ``train_wall_s``: on cores shared with other work it still measures the step's own cost."""
+        self.peak_step_bytes: int | None = None
+        """Peak bytes of live tensors over one steady-state training step of this invocation (see
+        ``measure_step_memory``); None until measured."""
         self.log_sums: dict[str, torch.Tensor | float] = {}
         """Sums of this rank's step statistics since the last log row, on the device (saved averaged
         over ranks, so a preemption mid-interval still logs the interval's true mean)."""
@@ -191,6 +199,7 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "step": self.step,
                     "train_wall_s": self.train_wall_s,
+                    "train_cpu_s": self.train_cpu_s,
                     "log_sums": log_sums,
                     "rng": {
                         "data": self.data_state,
@@ -233,6 +242,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.train_wall_s = float(state["train_wall_s"])
+        self.train_cpu_s = float(state.get("train_cpu_s", 0.0))  # absent before CPU time was recorded
         self.log_sums = dict(state.get("log_sums", {}))
         self.data_gen.set_state(state["rng"]["data"])
         self.data_state = self.data_gen.get_state()
@@ -381,16 +391,23 @@ class Trainer:
         )
 
     def _train(self, bar: tqdm, on_checkpoint: Callable[[CheckpointEvent], None] | None) -> None:
-        """The training loop of ``run``. ``train_wall_s`` counts the time from one point where the
-        host waited for the device (a log row's read-back, a checkpoint's finiteness check) to the
-        next, less logging, checkpointing and evaluation."""
+        """The training loop of ``run``. ``train_wall_s`` (and ``train_cpu_s``) count the time from
+        one point where the host waited for the device (a log row's read-back, a checkpoint's
+        finiteness check) to the next, less logging, checkpointing and evaluation."""
         t = self.cfg.train
         pending: list[dict] = []
-        mark = interval_start = time.perf_counter()
+        mark = self.clock()
+        interval_start = mark[0]
         interval_steps = 0
+        step_memory_measured = False
         while self.step < t.iterations:
             with PREEMPTION.deferred():  # a preemption signal waits for the end of the step
-                stats = self.train_step()
+                if self.step >= 1 and not step_memory_measured:  # the optimizer state exists
+                    with self.measure_step_memory():
+                        stats = self.train_step()
+                    step_memory_measured = True
+                else:
+                    stats = self.train_step()
                 for k, v in stats.items():
                     self.log_sums[k] = self.log_sums.get(k, 0.0) + v
                 interval_steps += 1
@@ -398,8 +415,8 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.iterations:
                     n = self.step % t.log_every or t.log_every
                     means = {k: v / n for k, v in self.reduced_log_sums().items()}  # waits for the device
+                    self.charge_time(mark)
                     now = time.perf_counter()
-                    self.train_wall_s += now - mark
                     self.check_finite()
                     pending.append(
                         {
@@ -412,12 +429,12 @@ class Trainer:
                     )
                     bar.set_postfix(loss=f"{means['loss']:.4f}")
                     self.log_sums, interval_start, interval_steps = {}, now, 0
-                    mark = time.perf_counter()
+                    mark = self.clock()
                 scheduled = self.on_schedule(self.step)
                 preempted = self.preemption_requested(scheduled)
                 if scheduled or preempted:
                     self.check_finite()  # waits for the device; a diverged model is never saved
-                    self.train_wall_s += time.perf_counter() - mark
+                    self.charge_time(mark)
                     self._write_log(pending)
                     pending = []
                     self.save_checkpoint()
@@ -429,7 +446,38 @@ class Trainer:
                 with PREEMPTION.interruptible():
                     on_checkpoint(self.event())
             if scheduled:
-                mark = interval_start = time.perf_counter()
+                mark = self.clock()
+                interval_start = mark[0]
+
+    @staticmethod
+    def clock() -> tuple[float, float]:
+        """(wall seconds, this process's CPU seconds) now."""
+        return time.perf_counter(), time.process_time()
+
+    def charge_time(self, mark: tuple[float, float]) -> None:
+        """Add the wall and CPU seconds since ``mark`` (a ``clock()`` reading) to the training time."""
+        wall, cpu = self.clock()
+        self.train_wall_s += wall - mark[0]
+        self.train_cpu_s += cpu - mark[1]
+
+    @contextlib.contextmanager
+    def measure_step_memory(self):
+        """Record in ``peak_step_bytes`` the peak bytes of live tensors over the block (one training
+        step): ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere ``TensorMemory``, counting
+        from the step's starting state (parameters, EMA, optimizer moments). Not measured under
+        ``torch.compile``, whose graphs hide their intermediates from the count."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            self.peak_step_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        if self.cfg.train.compile:
+            yield
+            return
+        optimizer_state = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        with TensorMemory(self.model.parameters(), self.ema.parameters(), optimizer_state) as mem:
+            yield
+        self.peak_step_bytes = mem.peak
 
     def preemption_requested(self, scheduled: bool) -> bool:
         """Whether a preemption notice arrived. With several ranks that is a collective that waits
@@ -480,4 +528,6 @@ class Trainer:
             "params": self.params,
             "flops_per_step": self.flops_per_step,
             "train_wall_s": self.train_wall_s,
+            "train_cpu_s": self.train_cpu_s,
+            **({"peak_step_bytes": self.peak_step_bytes} if self.peak_step_bytes is not None else {}),
         }

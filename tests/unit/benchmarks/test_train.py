@@ -62,7 +62,9 @@ def test_checkpoint_holds_everything_and_loads_weights_only(toy_latents, tmp_pat
     trainer.run()
     (path,) = trainer.checkpoints()  # keep_checkpoints = 1
     state = torch.load(path, weights_only=True)
-    assert {"model", "ema", "optimizer", "step", "rng", "config", "train_wall_s", "method", "seed"} <= set(state)
+    assert {"model", "ema", "optimizer", "step", "rng", "config", "train_wall_s", "train_cpu_s", "method", "seed"} <= set(
+        state
+    )
     assert state["step"] == 6
     assert state["config"]["train"]["iterations"] == 6
     assert not list(tmp_path.rglob("*.tmp"))
@@ -77,6 +79,10 @@ def test_training_records_cost(toy_latents, tmp_path):
     log = pd.read_csv(trainer.log_path)
     assert {"loss", "ce", "logsumexp", "grad_norm", "images_seen", "train_wall_s", "steps_per_s"} <= set(log.columns)
     assert log["images_seen"].iloc[-1] == 6 * 8
+    # CPU seconds over the same spans as the wall seconds: positive, and at most all threads busy
+    assert 0 < summary["train_cpu_s"] <= summary["train_wall_s"] * torch.get_num_threads() * 1.5 + 0.05
+    # a steady-state step holds parameters, gradients, EMA and two Adam moments at once (fp32)
+    assert summary["peak_step_bytes"] >= 5 * 4 * summary["params"]
 
 
 def test_label_dropout_rate(toy_latents, tmp_path):
