@@ -5,11 +5,12 @@ can check the data behind a figure without looking at pixels.
 Matplotlib is used through ``matplotlib.figure.Figure`` (no pyplot, no global backend state);
 PDFs are written without a creation date so that rebuilding gives identical files.
 
-Why not seaborn (no longer a dependency): every figure plots means over seeds that the report
-computes anyway (for the figure CSVs and the speed-ups), and the FLOPs and wall-clock axes take the
-mean over seeds of x at each checkpoint, which ``seaborn.lineplot`` cannot do (it aggregates rows
-with identical x only); one style per variant across figures comes from ``styles``. Importing it
-took 3.5-6.5 s here (it pulls in scipy).
+Why not seaborn here: every figure plots means over seeds that the report computes anyway (for
+the figure CSVs and the speed-ups), and the FLOPs and wall-clock axes take the mean over seeds of
+x at each checkpoint, which ``seaborn.lineplot`` cannot do (it aggregates rows with identical x
+only); one style per variant across figures comes from ``styles``. The codebook study's figures
+against K, where every seed shares x, use seaborn (``reports.codebook_figures``, imported only
+there: it pulls in scipy, a few seconds).
 """
 
 from __future__ import annotations

@@ -62,9 +62,8 @@ def test_checkpoint_holds_everything_and_loads_weights_only(toy_latents, tmp_pat
     trainer.run()
     (path,) = trainer.checkpoints()  # keep_checkpoints = 1
     state = torch.load(path, weights_only=True)
-    assert {"model", "ema", "optimizer", "step", "rng", "config", "train_wall_s", "train_cpu_s", "method", "seed"} <= set(
-        state
-    )
+    kept = {"model", "ema", "optimizer", "step", "rng", "config", "train_wall_s", "train_cpu_s", "method", "seed"}
+    assert kept <= set(state)
     assert state["step"] == 6
     assert state["config"]["train"]["iterations"] == 6
     assert not list(tmp_path.rglob("*.tmp"))
