@@ -464,7 +464,8 @@ class Trainer:
     def measure_step_memory(self):
         """Record in ``peak_step_bytes`` the peak bytes of live tensors over the block (one training
         step): ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere ``TensorMemory``, counting
-        from the step's starting state (parameters, EMA, optimizer moments). Not measured under
+        from the step's starting state (parameters, the last step's gradients, which live until
+        the backward pass replaces them, EMA, optimizer moments). Not measured under
         ``torch.compile``, whose graphs hide their intermediates from the count."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -475,7 +476,8 @@ class Trainer:
             yield
             return
         optimizer_state = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-        with TensorMemory(self.model.parameters(), self.ema.parameters(), optimizer_state) as mem:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        with TensorMemory(self.model.parameters(), grads, self.ema.parameters(), optimizer_state) as mem:
             yield
         self.peak_step_bytes = mem.peak
 
