@@ -101,11 +101,13 @@ def plot_costs(ratios: pd.DataFrame, out_dir: Path, name: str = "step_cost_vs_co
     method; 1 dashed."""
     import seaborn as sns
 
+    methods = order_variants(ratios["method"])
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     sns.lineplot(
-        data=ratios, x="K", y="ratio", hue="quantity", style="method", errorbar="sd", marker="o",
-        err_style="bars", ax=ax,
+        data=ratios, x="K", y="ratio", hue="quantity", style="method", style_order=methods, errorbar="sd",
+        dashes=dict(zip(methods, ["", (4, 2), (1, 1)])), markers=dict(zip(methods, "osD")), err_style="bars",
+        ax=ax,
     )  # fmt: skip
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
     _k_axis(ax, ratios["K"])
