@@ -185,13 +185,17 @@ def final_table(finals: pd.DataFrame) -> pd.DataFrame:
 @dataclass(frozen=True)
 class Comparison:
     """Purrception against one baseline at one K along one axis: the point estimate and the
-    bootstrap interval (None with one seed each)."""
+    bootstrap interval (None with one seed each). Where Purrception's mean curve never reaches the
+    baseline's final FID, ``reverse`` and ``reverse_bounds`` give the other direction: the
+    baseline's speed-up over Purrception to Purrception's final FID (how far behind it is)."""
 
     K: int
     baseline: str
     axis: str
     point: Speedup
     bounds: tuple[Speedup, Speedup] | None
+    reverse: Speedup | None = None
+    reverse_bounds: tuple[Speedup, Speedup] | None = None
 
 
 def comparisons(study: list[CodebookRun]) -> list[Comparison]:
@@ -209,8 +213,14 @@ def comparisons(study: list[CodebookRun]) -> list[Comparison]:
                 b_x, b_fid, _ = seed_matrix(b_rows, axis)
                 if p_fid.shape[1] == 0 or b_fid.shape[1] == 0 or np.isnan(np.r_[p_x, b_x]).any():
                     continue  # no common checkpoints, or the axis is not recorded
-                point = speedup(p_x, p_fid, b_x, b_fid)
-                out.append(Comparison(run.K, base, axis, point, bootstrap_interval(p_x, p_fid, b_x, b_fid)))
+                point, bounds = speedup(p_x, p_fid, b_x, b_fid), bootstrap_interval(p_x, p_fid, b_x, b_fid)
+                reverse = reverse_bounds = None
+                if point.kind == NOT_REACHED:  # the roles swapped: the baseline to Purrception's final FID
+                    reverse, reverse_bounds = (
+                        speedup(b_x, b_fid, p_x, p_fid),
+                        bootstrap_interval(b_x, b_fid, p_x, p_fid),
+                    )
+                out.append(Comparison(run.K, base, axis, point, bounds, reverse, reverse_bounds))
     return out
 
 
@@ -231,9 +241,34 @@ def speedup_rows(found: list[Comparison]) -> pd.DataFrame:
                 "ci_low_kind": lo.kind if lo else "",
                 "ci_high": hi.ratio if hi else np.nan,
                 "ci_high_kind": hi.kind if hi else "",
+                **_reverse_columns(c),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _reverse_columns(c: Comparison) -> dict:
+    """The baseline's speed-up over Purrception (NaN where Purrception reached the target)."""
+    lo, hi = c.reverse_bounds if c.reverse_bounds else (None, None)
+    return {
+        "reverse_speedup": c.reverse.ratio if c.reverse else np.nan,
+        "reverse_kind": c.reverse.kind if c.reverse else "",
+        "reverse_target_fid": c.reverse.target if c.reverse else np.nan,
+        "reverse_ci_low": lo.ratio if lo else np.nan,
+        "reverse_ci_high": hi.ratio if hi else np.nan,
+    }
+
+
+def reverse_table(found: list[Comparison]) -> pd.DataFrame:
+    """Where Purrception never reaches a baseline's final FID: per K and baseline, Purrception's
+    final FID and the baseline's speed-up to it (with its interval) per axis."""
+    rows: dict[tuple[int, str], dict] = {}
+    for c in (c for c in found if c.reverse is not None):
+        first = {"K": c.K, "baseline": c.baseline, "purr's final FID": f"{c.reverse.target:.1f}"}
+        row = rows.setdefault((c.K, c.baseline), first)
+        row[f"{c.baseline} faster ({AXES[c.axis]})"] = format_speedup(c.reverse)
+        row[f"95% CI ({AXES[c.axis]})"] = format_interval(c.reverse_bounds)
+    return pd.DataFrame(list(rows.values()))
 
 
 def speedup_table(found: list[Comparison]) -> pd.DataFrame:
@@ -351,7 +386,10 @@ def verdicts(found: list[Comparison]) -> list[str]:
                 continue
             groups: dict[str, list[str]] = {"ahead": [], "behind": [], "indistinguishable": []}
             for c in sorted(here, key=lambda c: c.K):
-                groups[_side(c)].append(f"{c.K} ({format_speedup(c.point)}, {format_interval(c.bounds)})")
+                text = f"{format_speedup(c.point)}, {format_interval(c.bounds)}"
+                if c.reverse is not None:
+                    text += f"; {base} {format_speedup(c.reverse)} faster, {format_interval(c.reverse_bounds)}"
+                groups[_side(c)].append(f"{c.K} ({text})")
             said = "; ".join(f"{side} at K = {', '.join(ks)}" for side, ks in groups.items() if ks)
             lines.append(f"- vs {base}, per {label}: {said}.")
     return lines
@@ -407,6 +445,7 @@ def render(
     tokenizer: pd.DataFrame,
     finals: pd.DataFrame,
     speedups: pd.DataFrame,
+    reverse: pd.DataFrame,
     said: list[str],
     costs: pd.DataFrame,
     paper: pd.DataFrame,
@@ -430,6 +469,15 @@ def render(
         "## Speed-ups against K\n",
         SPEEDUP_TEXT,
         table(speedups),
+        *(
+            [
+                "Where Purrception never reaches the baseline's final FID (`not reached`), the other direction: "
+                "the baseline's speed-up over Purrception to Purrception's final FID.\n",
+                table(reverse),
+            ]
+            if not reverse.empty
+            else []
+        ),
         "Where Purrception stands, by the 95% intervals:\n",
         "".join(line + "\n" for line in said) or "_(no comparisons)_\n",
         "## Cost of a training step\n",
@@ -475,6 +523,7 @@ def build(run_dirs: list[Path], out: Path | None = None) -> Path:
         tokenizer_table(study),
         final_table(finals),
         speedup_table(found),
+        reverse_table(found),
         verdicts(found),
         cost_table(study, ratios),
         paper_table(study, found, paper),

@@ -18,11 +18,11 @@ CPU_PER_STEP = {32: {"purr": 0.02, "cfm": 0.01}, 4096: {"purr": 0.09, "cfm": 0.0
 PEAK = {"purr": 30 * 2**20, "cfm": 10 * 2**20}
 
 
-def make_k_run(root: Path, K: int) -> Path:
+def make_k_run(root: Path, K: int, **kwargs) -> Path:
     """A run folder of ``tests.unit.reports.test_reports.make_run`` (purr FID = 100 / step x (1 + 0.1
     seed), cfm 240 / step x (1 + 0.1 seed), checkpoints 10..40, seeds 0 and 1) made to hold codebook
     size K: latents usage in the manifest, and each job's CPU seconds and peak step memory."""
-    run = make_run(root, name=f"K{K}", seeds=(0, 1))
+    run = make_run(root, name=f"K{K}", seeds=(0, 1), **kwargs)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["latents"].update(
         codebook_size=K, codes_used=K // 2, dead_codes=K - K // 2, perplexity=K / 4, perplexity_per_code=0.25
@@ -64,6 +64,25 @@ def test_study_report_speedups_per_axis_match_closed_form(study, tmp_path):
     verdict = "- vs cfm, per CPU s: ahead at K = 32 (1.20x, [1.09, 1.32]); behind at K = 4096 (0.80x, [0.73, 0.88])."
     assert verdict in text
     assert list(figure_csv(out, "final_fid_vs_codebook_size")["K"].unique()) == [32, 4096]  # sorted by K
+
+
+def test_where_purr_falls_behind_the_baselines_speedup_is_reported(tmp_path):
+    """purr FID = 300 / step x (1 + 0.1 seed) never reaches cfm's final 6.3: purr's final mean 7.875
+    is reached by cfm at step 240 x 1.05 / 7.875 = 32, so cfm is 40 / 32 = 1.25x faster (purr 0.8x)."""
+
+    def worse_purr(method, seed, step, tau=None):
+        return (300.0 if method == "purr" else 240.0) / step * (1 + 0.1 * seed)
+
+    run = make_k_run(tmp_path, 32, fid=worse_purr)
+    out = tmp_path / "report"
+    assert main([str(run), "--out", str(out)]) == 0
+    rows = figure_csv(out, "speedup_vs_codebook_size").set_index("axis")
+    assert rows.loc["iters", "kind"] == "not_reached"
+    assert rows.loc["iters", "reverse_speedup"] == pytest.approx(1.25, rel=1e-6)
+    assert rows.loc["iters", "reverse_target_fid"] == pytest.approx(7.875, rel=1e-6)
+    text = (out / "report.md").read_text()
+    assert "| 32 | cfm | 7.9 | 1.25x |" in text  # the reverse table: K, baseline, purr's final FID, iters
+    assert "behind at K = 32 (not reached (<1.00x), [<1.00, <1.00]; cfm 1.25x faster, [1.14, 1.38])" in text
 
 
 def test_study_report_step_costs_are_ratios_to_cfm_per_seed(study, tmp_path):
