@@ -8,6 +8,8 @@ the manifest (``latents.codebook_size``). The report sets the runs side by side,
 - each method's final FID and class accuracy (the cheap cell at the last checkpoint);
 - Purrception's speed-up over every baseline at the baseline's full budget, four ways: training
   iterations, FLOPs, wall-clock seconds and CPU seconds (``reports.speedup``, bootstrap over seeds);
+  where Purrception never reaches the baseline's final FID, the baseline's speed-up to
+  Purrception's final FID instead (how far behind it is);
 - the cost of a training step against cfm's: FLOPs, CPU and wall seconds, peak live-tensor memory;
 - what the measured speed-ups imply where the K-logit head's FLOP share is the paper's (DiT-XL/2
   at K = 16384).
@@ -114,6 +116,7 @@ def _job_costs(manifest: dict) -> pd.DataFrame:
 
 
 def methods_of(study: list[CodebookRun]) -> list[str]:
+    """The methods of the study's runs, in the reports' order (purr first)."""
     return order_variants({m for run in study for m in run.conv["variant"]})
 
 
