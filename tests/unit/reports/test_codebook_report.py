@@ -66,7 +66,7 @@ def test_study_report_speedups_per_axis_match_closed_form(study, tmp_path):
     assert list(figure_csv(out, "final_fid_vs_codebook_size")["K"].unique()) == [32, 4096]  # sorted by K
 
 
-def test_where_purr_falls_behind_the_baselines_speedup_is_reported(tmp_path):
+def test_purr_behind_reports_the_baselines_speedup(tmp_path):
     """purr FID = 300 / step x (1 + 0.1 seed) never reaches cfm's final 6.3: purr's final mean 7.875
     is reached by cfm at step 240 x 1.05 / 7.875 = 32, so cfm is 40 / 32 = 1.25x faster (purr 0.8x)."""
 
@@ -136,3 +136,16 @@ def test_paper_head_share_is_the_papers_sixteen_percent():
     (19.3 of 118.6 G multiply-adds forward, the same share with backward)."""
     flops = paper_flops()
     assert flops["purr"] / flops["cfm"] - 1 == pytest.approx(0.163, abs=0.005)
+
+
+def test_committed_study_report_regenerates_byte_for_byte(tmp_path):
+    root = Path(__file__).resolve().parents[3]
+    runs = sorted((root / "results" / "codebook-scaling").glob("K*"), key=lambda p: int(p.name[1:]))
+    assert [p.name for p in runs] == ["K128", "K1024", "K16384"]
+    assert main([*(str(p) for p in runs), "--out", str(tmp_path)]) == 0
+    committed = root / "reports" / "codebook-scaling"
+    assert (tmp_path / "report.md").read_bytes() == (committed / "report.md").read_bytes()
+    csvs = sorted(p.name for p in (committed / "figures").glob("*.csv"))
+    assert csvs and csvs == sorted(p.name for p in (tmp_path / "figures").glob("*.csv"))
+    for csv in csvs:
+        assert (tmp_path / "figures" / csv).read_bytes() == (committed / "figures" / csv).read_bytes(), csv
