@@ -63,6 +63,16 @@ def test_reference_configs_share_the_default_recipe(name):
         assert other.train == load_config("convergence").train
 
 
+def test_fashion_convergence_is_convergence_on_fashion():
+    """fashion-convergence.yaml: the fashion benchmark's data, tokenizer and backbone, trained and
+    evaluated as the MNIST-5k convergence reference except for its third temperature curve."""
+    fashion, convergence, other = load_config("fashion"), load_config("convergence"), load_config("fashion-convergence")
+    assert (other.data, other.tokenizer, other.backbone) == (fashion.data, fashion.tokenizer, fashion.backbone)
+    assert other.train == convergence.train
+    changed = [(a.temperature, b.temperature) for a, b in zip(other.eval.cells, convergence.eval.cells) if a != b]
+    assert changed == [(0.7, 0.5)] and replace(other.eval, cells=convergence.eval.cells) == convergence.eval
+
+
 @pytest.mark.parametrize("name", ["fashion", "codebook-scaling"])
 def test_fashion_configs_share_the_default_recipe(name):
     """fashion.yaml and codebook-scaling.yaml: default.yaml's backbone and recipe on Fashion-MNIST;
