@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.storage.atomic import save_with
-from benchmarks.storage.run_dir import REPORT_FILE
+from benchmarks.storage.run_dir import MANIFEST, REPORT_FILE
 from reports.build import check_out
 from reports.curves import convergence, order_variants, seed_matrix
 from reports.load import MergeWarning, Results, RunFolderError, load_runs
@@ -90,7 +90,7 @@ def load_study(run_dirs: list[Path]) -> list[CodebookRun]:
         run = results.runs[0]
         latents = run.manifest.get("latents") or {}
         if not latents.get("codebook_size"):
-            raise RunFolderError(f"{path}: manifest.json has no latents.codebook_size (not a benchmarks.run folder?)")
+            raise RunFolderError(f"{path}: {MANIFEST} has no latents.codebook_size (not a benchmarks.run folder?)")
         K = int(latents["codebook_size"])
         if any(r.K == K for r in runs):
             raise RunFolderError(f"{path}: K = {K} is already given by another run folder; give one folder per K")
