@@ -768,6 +768,7 @@ def test_row_keys_match_benchmarks_results():
         ("convergence", ["convergence"]),
         ("samplers", ["samplers"]),
         ("fashion", ["fashion"]),
+        ("fashion-convergence", ["fashion-convergence"]),
     ],
 )
 def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, runs):
