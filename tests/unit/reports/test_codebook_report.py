@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from reports.codebook import load_study, main, paper_flops
+from tests.support.reports import assert_same_report
 from tests.unit.reports.test_reports import make_run
 
 CPU_PER_STEP = {32: {"purr": 0.02, "cfm": 0.01}, 4096: {"purr": 0.09, "cfm": 0.03}}
@@ -143,9 +144,4 @@ def test_committed_study_report_regenerates_byte_for_byte(tmp_path):
     runs = sorted((root / "results" / "codebook-scaling").glob("K*"), key=lambda p: int(p.name[1:]))
     assert [p.name for p in runs] == ["K128", "K1024", "K16384"]
     assert main([*(str(p) for p in runs), "--out", str(tmp_path)]) == 0
-    committed = root / "reports" / "codebook-scaling"
-    assert (tmp_path / "report.md").read_bytes() == (committed / "report.md").read_bytes()
-    csvs = sorted(p.name for p in (committed / "figures").glob("*.csv"))
-    assert csvs and csvs == sorted(p.name for p in (tmp_path / "figures").glob("*.csv"))
-    for csv in csvs:
-        assert (tmp_path / "figures" / csv).read_bytes() == (committed / "figures" / csv).read_bytes(), csv
+    assert_same_report(tmp_path, root / "reports" / "codebook-scaling")

@@ -31,6 +31,7 @@ from reports.speedup import (
     value_at,
 )
 from reports.tables import speedup_table
+from tests.support.reports import assert_same_report
 
 STEPS = [10, 20, 30, 40]
 TEMPS = [0.8, 1.2]  # the sweep; purr's cheap cell adds 0.9, the others' 1.0
@@ -778,12 +779,7 @@ def test_committed_reference_reports_regenerate_byte_for_byte(tmp_path, name, ru
 
     root = Path(__file__).resolve().parents[3]
     reports_main([*(str(root / "results" / r) for r in runs), "--out", str(tmp_path)])
-    committed = root / "reports" / name
-    assert (tmp_path / "report.md").read_bytes() == (committed / "report.md").read_bytes()
-    csvs = sorted(p.name for p in (committed / "figures").glob("*.csv"))
-    assert csvs and csvs == sorted(p.name for p in (tmp_path / "figures").glob("*.csv"))
-    for csv in csvs:
-        assert (tmp_path / "figures" / csv).read_bytes() == (committed / "figures" / csv).read_bytes(), csv
+    assert_same_report(tmp_path, root / "reports" / name)
 
 
 def test_best_within_nfe_picks_lowest_fid_that_fits():
